@@ -1,0 +1,97 @@
+"""The trainer config: precedence file < env < CLI, typed parsing, and unknown settings rejected."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.config import SearchConfig, add_arguments, from_namespace, load
+from trainer.errors import ConfigError
+
+
+def test_defaults_serve_the_embedded_digits() -> None:
+    config = load({}, {})
+    assert config.data is None and config.model_name == "digits" and config.export_base == Path("models")
+    assert config.backbones == ("small_cnn",) and config.flip_mode == "none"
+
+
+def test_defaults_for_a_user_folder_use_transfer_learning() -> None:
+    config = load({"data": "photos"}, {})
+    assert config.backbones == ("mobilenet_v2",) and config.weights == "imagenet"
+    assert config.flip_mode == "horizontal"
+
+
+def test_precedence_is_file_then_env_then_cli(tmp_path: Path) -> None:
+    settings = tmp_path / "search.json"
+    settings.write_text(json.dumps({"max-trials": 3, "tuner": "random", "epochs": 7, "model_name": "a"}))
+    env = {"TFSTACK_MAX_TRIALS": "5", "TFSTACK_TUNER": "hyperband", "TFSTACK_EXPORT_BASE": "/models"}
+    config = load({"max_trials": "9"}, env, settings)
+    assert config.max_trials == 9  # CLI beats env and file
+    assert config.tuner == "hyperband"  # env beats file
+    assert config.epochs == 7 and config.model_name == "a"  # file beats defaults
+    assert config.export_base == Path("/models")
+
+
+def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    settings = tmp_path / "s.json"
+    settings.write_text('{"seed": 7}')
+    assert load({}, {"TFSTACK_CONFIG": str(settings)}).seed == 7
+
+
+def test_lists_and_booleans_parse_from_strings() -> None:
+    config = load({}, {"TFSTACK_BACKBONE": "mobilenet_v2, vgg16", "TFSTACK_UNFREEZE_DEPTHS": "0,10",
+                       "TFSTACK_OVERWRITE": "yes", "TFSTACK_METRICS_PORT": "9100"})
+    assert config.backbones == ("mobilenet_v2", "vgg16") and config.unfreeze_depths == (0, 10)
+    assert config.overwrite is True and config.metrics_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "fragment"),
+    [
+        ({}, {"TFSTACK_MAX_TRIAL": "3"}, "TFSTACK_MAX_TRIAL"),
+        ({"backbone": "resnet9000"}, {}, "resnet9000"),
+        ({"tuner": "grid"}, {}, "tuner"),
+        ({"max_trials": "many"}, {}, "max_trials"),
+        ({"max_trials": "0"}, {}, "max_trials >= 1"),
+        ({"val_fraction": "1.5"}, {}, "val_fraction"),
+        ({}, {"TFSTACK_OVERWRITE": "maybe"}, "TFSTACK_OVERWRITE"),
+        ({"model_name": "a/b"}, {}, "model name"),
+        ({"backbone": "auto,vgg16"}, {}, "'auto' alone"),
+    ],
+    ids=["unknown-env", "unknown-backbone", "unknown-tuner", "not-int", "zero-trials", "fraction",
+         "bad-bool", "slash-in-name", "auto-and-named"],
+)
+def test_bad_values_name_the_setting(cli: dict[str, str], env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(cli, env)
+    assert fragment in str(info.value)
+
+
+def test_unknown_file_keys_are_listed(tmp_path: Path) -> None:
+    settings = tmp_path / "s.json"
+    settings.write_text('{"max_trails": 3, "epochs": 2}')
+    with pytest.raises(ConfigError, match=r"\['max_trails'\]"):
+        load({}, {}, settings)
+
+
+def test_malformed_config_file_is_a_config_error(tmp_path: Path) -> None:
+    settings = tmp_path / "s.json"
+    settings.write_text("{epochs: 2")
+    with pytest.raises(ConfigError, match="valid json"):
+        load({}, {}, settings)
+
+
+def test_cluster_variables_are_not_unknown_settings() -> None:
+    assert load({}, {"TFSTACK_CLUSTER_WORKERS": "2", "TFSTACK_CLUSTER_PORT": "2222"}) == SearchConfig()
+
+
+def test_cli_flags_cover_every_field() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--max-trials", "2", "--no-overwrite", "--backbone", "vgg16", "--image-size", "64"])
+    config = from_namespace(args, env={"TFSTACK_OVERWRITE": "true"})
+    assert config.max_trials == 2 and config.overwrite is False and config.backbones == ("vgg16",)
+    assert config.image_size == 64

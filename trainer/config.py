@@ -1,0 +1,315 @@
+"""The trainer's one typed configuration, and the only reader of flags, environment and config files.
+
+Every setting is a field of the frozen `SearchConfig`. Each field is readable, in increasing order of
+precedence, from a config file (JSON, or TOML on Python >= 3.11: ``--config FILE`` or
+``TFSTACK_CONFIG``), from an environment variable named ``TFSTACK_<FIELD>`` (what Kubernetes sets,
+e.g. ``TFSTACK_EXPORT_BASE``), and from a CLI flag ``--<field-with-dashes>``. Help text is written once,
+in the field's metadata, and drives all three. Unknown file keys and unknown ``TFSTACK_*`` variables
+fail with the list of them, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.cluster import INDEXED_JOB_VARIABLES
+from trainer.errors import ConfigError
+
+__all__ = [
+    "BACKBONES",
+    "ENV_PREFIX",
+    "HEADS",
+    "TUNERS",
+    "SearchConfig",
+    "add_arguments",
+    "from_namespace",
+    "load",
+]
+
+ENV_PREFIX = "TFSTACK_"
+BACKBONES = ("small_cnn", "mobilenet_v2", "efficientnet_b0", "resnet50_v2", "vgg16", "inception_v3")
+HEADS = ("gap_dense", "gap_dense_dropout", "flatten_dense_dropout")
+TUNERS = ("hyperband", "bayesian", "random")
+PRECISIONS = ("auto", "off", "mixed_float16", "mixed_bfloat16")
+# Variables that share the prefix but belong to other readers (the cluster resolver, the file option).
+_OTHER_VARIABLES = frozenset({*INDEXED_JOB_VARIABLES, "TFSTACK_CONFIG"})
+
+
+def _opt(help: str, *, choices: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    return field(metadata={"help": help, "choices": tuple(choices) if choices else None}, **kwargs)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything `python -m trainer search` can be told. Paths are as given (relative to the CWD)."""
+
+    data: Path | None = _opt(
+        "Image folder: one sub-folder per class, or train/ val/ [test/] folders of class sub-folders. "
+        "Default: the embedded digits data set (scikit-learn's load_digits as 32x32 PNGs).",
+        default=None,
+    )
+    model_name: str = _opt("Model name: the export goes to <export-base>/<model-name>/<version>/.", default="digits")
+    export_base: Path = _opt("Base directory of exported models (TF Serving's model base path parent).",
+                             default=Path("models"))
+    run_dir: Path = _opt("Directory for tuner state, checkpoints, reports and TensorBoard logs "
+                         "(<run-dir>/<model-name>/); shared by workers, written by the chief only.",
+                         default=Path("runs"))
+    backbone: tuple[str, ...] = _opt(
+        "keras.applications backbone(s), comma-separated; several are searched over. 'auto' = small_cnn "
+        "for the embedded digits, mobilenet_v2 otherwise.",
+        choices=("auto", *BACKBONES), default=("auto",),
+    )
+    weights: str = _opt("Backbone weights: 'imagenet', 'none' (random init, trains the whole backbone), "
+                        "or the path of a local .h5/.weights.h5 file.", default="imagenet")
+    image_size: int | None = _opt("Square input size in pixels. Default: the backbone's own (32 for small_cnn, "
+                                  "224 for most applications, 299 for inception_v3).", default=None)
+    heads: tuple[str, ...] = _opt("Classification heads to search over, comma-separated.", choices=HEADS,
+                                  default=HEADS)
+    unfreeze_depths: tuple[int, ...] = _opt(
+        "Candidate numbers of top backbone layers to fine-tune (0 = frozen backbone), comma-separated.",
+        default=(0, 20, 60),
+    )
+    tuner: str = _opt("KerasTuner oracle.", choices=TUNERS, default="bayesian")
+    max_trials: int = _opt("Trials to run (for hyperband: an upper bound set by its brackets).", default=8)
+    epochs: int = _opt("Epochs per trial: the head phase plus the fine-tuning phase (hyperband's max epochs).",
+                       default=10)
+    head_epochs: int = _opt("Epochs of the first phase (frozen backbone, head only) of each trial.", default=4)
+    patience: int = _opt("Early-stopping patience in epochs on val_accuracy.", default=3)
+    batch_size: int = _opt("Batch size per replica (the global batch is this times the number of replicas).",
+                           default=32)
+    scale_learning_rate: bool = _opt("Multiply learning rates by the number of replicas.", default=False)
+    val_fraction: float = _opt("Fraction of each class held out for validation (without explicit val/).",
+                               default=0.2)
+    test_fraction: float = _opt("Fraction of each class held out as a test split the search never sees "
+                                "(without explicit test/); accuracy on it is reported at the end.", default=0.1)
+    seed: int = _opt("Seed for the split, shuffling, initialisation and the oracle.", default=42)
+    strict_data: bool = _opt("Fail on unreadable or non-image files instead of skipping them.", default=False)
+    flip: str = _opt("Random flip augmentation: none, horizontal, vertical, horizontal_and_vertical; 'auto' = none "
+                     "for the embedded digits, horizontal otherwise.",
+                     choices=("auto", "none", "horizontal", "vertical", "horizontal_and_vertical"), default="auto")
+    rotation: float = _opt("Random rotation augmentation, as a fraction of a full turn (0 = off).", default=0.05)
+    zoom: float = _opt("Random zoom augmentation, as a fraction (0 = off).", default=0.1)
+    overwrite: bool = _opt("Start the search afresh instead of resuming the one in the run directory.",
+                           default=False)
+    metrics_port: int | None = _opt("Port on which the chief serves Prometheus metrics while it searches.",
+                                    default=None)
+    mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_float16 on GPUs, float32 on CPUs.",
+                                choices=PRECISIONS, default="auto")
+    xla: bool = _opt("Compile training steps with XLA.", default=False)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("max_trials", "epochs", "head_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"Expected {name} >= 1. Received: {name}={getattr(self, name)}")
+        if self.patience < 0:
+            problems.append(f"Expected patience >= 0. Received: patience={self.patience}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"Expected {name} in [0, 1). Received: {name}={getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            problems.append(
+                f"Expected val_fraction + test_fraction < 0.9. Received: {self.val_fraction} + {self.test_fraction}"
+            )
+        if self.image_size is not None and not 8 <= self.image_size <= 1024:
+            problems.append(f"Expected image_size in [8, 1024]. Received: image_size={self.image_size}")
+        if any(depth < 0 for depth in self.unfreeze_depths) or not self.unfreeze_depths:
+            problems.append(f"Expected unfreeze_depths >= 0. Received: unfreeze_depths={self.unfreeze_depths}")
+        if not 0.0 <= self.rotation <= 0.5 or not 0.0 <= self.zoom < 1.0:
+            problems.append(f"Expected rotation in [0, 0.5], zoom in [0, 1). Received: {self.rotation}, {self.zoom}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append(f"Expected metrics_port in [0, 65535]. Received: metrics_port={self.metrics_port}")
+        if not self.model_name or any(c in self.model_name for c in "/\\ ") or self.model_name.startswith("."):
+            problems.append(
+                f"Expected a model name without slashes or spaces. Received: model_name={self.model_name!r}"
+            )
+        if "auto" in self.backbone and len(self.backbone) > 1:
+            problems.append(f"Expected 'auto' alone or named backbones. Received: backbone={','.join(self.backbone)}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def uses_embedded_data(self) -> bool:
+        return self.data is None
+
+    @property
+    def backbones(self) -> tuple[str, ...]:
+        """The backbones to search, with 'auto' resolved."""
+        if self.backbone == ("auto",):
+            return ("small_cnn",) if self.uses_embedded_data else ("mobilenet_v2",)
+        return self.backbone
+
+    @property
+    def flip_mode(self) -> str:
+        if self.flip == "auto":
+            return "none" if self.uses_embedded_data else "horizontal"
+        return self.flip
+
+    @property
+    def model_run_dir(self) -> Path:
+        return self.run_dir / self.model_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly values, for the export metadata and logs."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        return out
+
+
+# --- parsing -------------------------------------------------------------------------------------------------
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(SearchConfig)}
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"Expected {name} to be true or false. Received: {name}={text!r}")
+
+
+def _parser_for(name: str, type_name: str) -> Callable[[Any], Any]:
+    """A function turning a string (env, CLI) or a JSON/TOML value into the field's type."""
+    choices = next(f.metadata["choices"] for f in dataclasses.fields(SearchConfig) if f.name == name)
+
+    def check_choice(value: str) -> str:
+        if choices and value not in choices:
+            raise ConfigError(f"Expected {name} to be one of {', '.join(choices)}. Received: {name}={value!r}")
+        return value
+
+    def number(kind: type) -> Callable[[Any], Any]:
+        def parse(value: Any) -> Any:
+            if isinstance(value, bool) or (isinstance(value, float) and kind is int):
+                raise ConfigError(f"Expected {name} to be {kind.__name__}. Received: {name}={value!r}")
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"Expected {name} to be {kind.__name__}. Received: {name}={value!r}") from None
+        return parse
+
+    def sequence(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+        def parse(value: Any) -> tuple[Any, ...]:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            cleaned = [item(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
+            if not cleaned:
+                raise ConfigError(f"Expected at least one value for {name}. Received: {name}={value!r}")
+            return tuple(dict.fromkeys(cleaned))
+        return parse
+
+    if type_name == "bool":
+        return lambda v: v if isinstance(v, bool) else _parse_bool(str(v), name)
+    if type_name == "int":
+        return number(int)
+    if type_name == "int | None":
+        return lambda v: None if v in (None, "", "none") else number(int)(v)
+    if type_name == "float":
+        return number(float)
+    if type_name == "Path":
+        return lambda v: Path(str(v))
+    if type_name == "Path | None":
+        return lambda v: None if v in (None, "") else Path(str(v))
+    if type_name == "tuple[int, ...]":
+        return sequence(number(int))
+    if type_name == "tuple[str, ...]":
+        return sequence(lambda v: check_choice(str(v)))
+    return lambda v: check_choice(str(v))
+
+
+def _env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Expected a readable config file. Received: {path} ({exc.strerror})") from exc
+    try:
+        if path.suffix == ".toml":
+            if sys.version_info < (3, 11):
+                raise ConfigError(f"TOML config files need Python >= 3.11; use JSON. Received: {path}")
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"Expected {path} to be valid {path.suffix.lstrip('.') or 'JSON'}. Received: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Expected {path} to hold a table of settings. Received: {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per field (defaults left as None so that unset flags do not shadow env or file)."""
+    parser.add_argument("--config", type=Path, default=None, help="JSON (or TOML) file of settings.")
+    for f in dataclasses.fields(SearchConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def load(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    file: Path | None = None,
+) -> SearchConfig:
+    """Build the config: defaults < file < env < CLI values (those that are not None).
+
+    Raises:
+        ConfigError: a value is invalid, or the file / environment holds unknown settings.
+    """
+    env = dict(os.environ if env is None else env)
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    types = _field_types()
+    file = file or (Path(env["TFSTACK_CONFIG"]) if env.get("TFSTACK_CONFIG") else None)
+
+    values: dict[str, Any] = {}
+    if file is not None:
+        from_file = _read_file(file)
+        unknown = sorted(set(from_file) - set(types))
+        if unknown:
+            raise ConfigError(f"Expected settings among {', '.join(types)}. Received unknown keys in {file}: {unknown}")
+        values.update({k: (_parser_for(k, types[k])(v), f"{file}") for k, v in from_file.items()})
+
+    known_env = {_env_name(name): name for name in types}
+    unknown_env = sorted(
+        n for n in env if n.startswith(ENV_PREFIX) and n not in known_env and n not in _OTHER_VARIABLES
+    )
+    if unknown_env:
+        raise ConfigError(
+            f"Expected TFSTACK_* variables among {', '.join(sorted(known_env))}. Received unknown: {unknown_env}"
+        )
+    values.update({name: (env[var], var) for var, name in known_env.items() if var in env})
+    values.update({name: (value, "--" + name.replace("_", "-")) for name, value in cli.items() if name in types})
+
+    parsed: dict[str, Any] = {}
+    for name, (value, origin) in values.items():
+        try:
+            parsed[name] = _parser_for(name, types[name])(value) if isinstance(value, str) else value
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+    return SearchConfig(**parsed)
+
+
+def from_namespace(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> SearchConfig:
+    """The config for parsed CLI arguments (see `add_arguments`)."""
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    cli = {k: v for k, v in vars(args).items() if k in names}
+    return load(cli, env, getattr(args, "config", None))
