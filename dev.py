@@ -57,7 +57,7 @@ def _env() -> dict[str, str]:
 
 
 def demo(args: list[str]) -> None:
-    _run([str(PYTHON), "-m", "trainer", "demo", *args], env=_env())
+    _run([str(PYTHON), str(ROOT / "demo.py"), *args], env=_env())
 
 
 def test(args: list[str]) -> None:

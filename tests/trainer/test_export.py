@@ -1,0 +1,133 @@
+"""The exporter: signatures that match the Keras model, metadata and warm-up, atomic versioned writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import prediction_log_pb2
+
+from tests.trainer.images import pattern
+from trainer.errors import ExportError
+from trainer.export import METADATA_FILE, WARMUP_FILE, existing_versions, export_model, next_version
+from trainer.hypermodel import ModelSpec, build_model
+
+SIZE = 16
+CLASSES = ("circle", "square", "stripe")
+
+
+@pytest.fixture(scope="module")
+def model() -> keras.Model:
+    spec = ModelSpec(num_classes=len(CLASSES), image_size=SIZE)
+    built = build_model(spec, backbone="small_cnn", head="flatten_dense_dropout", units=16, dropout=0.1)
+    built.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(1)
+    built.fit(rng.uniform(0, 255, (8, SIZE, SIZE, 3)), rng.integers(0, 3, 8), epochs=1, verbose=0)
+    return built
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _export(model: keras.Model, base: Path, **kwargs: object):
+    defaults: dict = {"export_base": base, "model_name": "toy", "class_names": CLASSES, "image_size": SIZE,
+                      "metadata": {"hyperparameters": {"head": "flatten_dense_dropout"}}}
+    defaults.update(kwargs)
+    return export_model(model, **defaults)
+
+
+def test_serving_default_on_png_bytes_matches_the_keras_model(model: keras.Model, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    images = np.stack([pattern(k % 3, SIZE, rng) for k in range(5)])
+    exported = _export(model, tmp_path, warmup_images=[_png(images[0]), _png(images[1])])
+    assert exported.version == 1 and exported.path == tmp_path / "toy" / "1"
+
+    loaded = tf.saved_model.load(str(exported.path))
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels"}
+    served = loaded.signatures["serving_default"](images=tf.constant([_png(a) for a in images]))
+    expected = tf.nn.softmax(model(images.astype("float32"), training=False)).numpy()
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(served["class_id"].numpy(), expected.argmax(-1))
+    assert [n.decode() for n in served["class_name"].numpy()] == [CLASSES[i] for i in expected.argmax(-1)]
+
+    pixels = loaded.signatures["predict_pixels"](pixels=tf.constant(images, tf.float32))
+    np.testing.assert_allclose(pixels["probabilities"].numpy(), expected, atol=1e-4)
+    assert served["class_id"].dtype == tf.int64 and served["class_name"].dtype == tf.string
+
+
+def test_metadata_and_warmup_requests_travel_with_the_model(model: keras.Model, tmp_path: Path) -> None:
+    png = _png(pattern(0, SIZE, np.random.default_rng(3)))
+    exported = _export(model, tmp_path, warmup_images=[png, png, png])
+    metadata = json.loads((exported.path / "assets.extra" / METADATA_FILE).read_text())
+    assert metadata["class_names"] == list(CLASSES) and metadata["image_size"] == SIZE
+    assert metadata["hyperparameters"] == {"head": "flatten_dense_dropout"}
+    records = list(tf.data.TFRecordDataset(str(exported.path / "assets.extra" / WARMUP_FILE)).as_numpy_iterator())
+    assert len(records) == 3  # two single-image requests and one batch
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
+    assert all(log.predict_log.request.model_spec.name == "toy" for log in logs)
+    assert [log.predict_log.request.inputs["images"].tensor_shape.dim[0].size for log in logs] == [1, 1, 3]
+    assert logs[0].predict_log.request.inputs["images"].string_val[0] == png
+
+
+def test_versions_increase_and_are_never_rewritten(model: keras.Model, tmp_path: Path) -> None:
+    (tmp_path / "toy" / "7").mkdir(parents=True)
+    (tmp_path / "toy" / "7" / "saved_model.pb").write_bytes(b"older")
+    (tmp_path / "toy" / "notes").mkdir()
+    assert next_version(tmp_path / "toy") == 8
+    first = _export(model, tmp_path)
+    second = _export(model, tmp_path)
+    assert (first.version, second.version) == (8, 9)
+    assert (tmp_path / "toy" / "7" / "saved_model.pb").read_bytes() == b"older"
+    assert existing_versions(tmp_path / "toy") == [7, 8, 9]
+    assert not [p for p in (tmp_path / "toy").iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_a_failed_export_leaves_nothing_behind(model: keras.Model, tmp_path: Path) -> None:
+    with pytest.raises(ExportError):
+        _export(model, tmp_path, image_size=SIZE + 3)  # the model cannot take this shape: tracing fails
+    assert list((tmp_path / "toy").iterdir()) == []
+    with pytest.raises(ExportError, match="at least 2 class names"):
+        _export(model, tmp_path, class_names=("only",))
+
+
+def test_a_poller_never_sees_a_partial_version(model: keras.Model, tmp_path: Path) -> None:
+    """List the model directory in a tight loop (as TF Serving polls it) while exports run."""
+    model_dir = tmp_path / "toy"
+    model_dir.mkdir()
+    done = threading.Event()
+    seen: set[str] = set()
+    partial: list[str] = []
+
+    def poll() -> None:
+        while not done.is_set():
+            for entry in os.listdir(model_dir):
+                if entry.isdigit() and entry not in seen:
+                    version = model_dir / entry
+                    complete = (version / "saved_model.pb").is_file() and (
+                        version / "variables" / "variables.index"
+                    ).is_file() and (version / "assets.extra" / METADATA_FILE).is_file()
+                    if not complete:
+                        partial.append(entry)
+                    seen.add(entry)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for _ in range(3):
+            _export(model, tmp_path)
+    finally:
+        done.set()
+        poller.join()
+    assert seen == {"1", "2", "3"}
+    assert partial == []

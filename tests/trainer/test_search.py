@@ -1,0 +1,108 @@
+"""The search end to end in one process: trials, resume, report, export, and the CLI's error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from tests.trainer.images import write_folder
+from trainer.cluster import Cluster
+from trainer.config import load
+from trainer.progress import SearchMetrics
+from trainer.search import run_search
+
+SINGLE = Cluster(peers=(), rank=0, source="single")
+
+
+def _config(tmp_path: Path, data: Path, **overrides: str):
+    settings = {
+        "data": str(data), "backbone": "small_cnn", "image_size": "16", "tuner": "random", "max_trials": "2",
+        "epochs": "2", "head_epochs": "1", "batch_size": "8", "run_dir": str(tmp_path / "runs"),
+        "export_base": str(tmp_path / "models"), "model_name": "toy", "test_fraction": "0.2",
+    }
+    settings.update(overrides)
+    return load(settings, {})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("images") / "data", classes=3, per_class=15)
+
+
+def test_search_exports_the_best_model_with_a_report(tmp_path: Path, folder: Path) -> None:
+    metrics = SearchMetrics()
+    result = run_search(_config(tmp_path, folder), SINGLE, metrics=metrics)
+    assert result.trials == 2 and result.export is not None
+    assert result.export.path == tmp_path / "models" / "toy" / "1"
+    assert 0.0 <= result.best_val_accuracy <= 1.0 and result.test_accuracy is not None and result.test_images == 9
+    assert set(result.best_hyperparameters) >= {"backbone", "head", "learning_rate"}
+    loaded = tf.saved_model.load(str(result.export.path))
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels"}
+    metadata = json.loads((result.export.path / "assets.extra" / "tfstack_metadata.json").read_text())
+    assert metadata["class_names"] == ["class_0", "class_1", "class_2"]
+    assert metadata["metrics"]["test_accuracy"] == pytest.approx(result.test_accuracy)
+    assert metadata["data"]["fingerprint"] and metadata["versions"]["tensorflow"] == tf.__version__
+    report = result.report_dir
+    assert report is not None
+    for name in ("curves.png", "confusion_matrix.png", "trials.csv", "trials.md", "summary.json", "held_out.json"):
+        assert (report / name).stat().st_size > 0, name
+    assert len((report / "trials.csv").read_text().strip().splitlines()) == 3  # header + 2 trials
+    assert list((tmp_path / "runs" / "toy" / "logs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
+    assert metrics.trials_done._value.get() == 2
+    assert metrics.best._value.get() == pytest.approx(result.best_val_accuracy)
+
+
+def test_a_rerun_resumes_without_repeating_finished_trials(tmp_path: Path, folder: Path) -> None:
+    first = run_search(_config(tmp_path, folder), SINGLE)
+    trial_files = sorted((tmp_path / "runs" / "toy" / "tuner" / "toy").glob("trial_*/trial.json"))
+    before = {path: path.read_text() for path in trial_files}
+    metrics = SearchMetrics()
+    second = run_search(_config(tmp_path, folder, max_trials="3"), SINGLE, metrics=metrics)
+    assert metrics.trials_done._value.get() == 1, "only the one new trial runs"
+    assert second.trials == 3
+    for path, text in before.items():
+        assert path.read_text() == text, f"{path} was rerun"
+    assert (first.export.version, second.export.version) == (1, 2)
+
+    fresh = SearchMetrics()
+    run_search(_config(tmp_path, folder, overwrite="true"), SINGLE, metrics=fresh)
+    assert fresh.trials_done._value.get() == 2, "--overwrite starts afresh"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--data", "no/such/folder"], "no/such/folder"),
+        (["--backbone", "resnet9000"], "resnet9000"),
+        (["--max-trials", "zero"], "max_trials"),
+        (["--weights", "missing.h5", "--backbone", "mobilenet_v2"], "missing.h5"),
+    ],
+    ids=["missing-folder", "unknown-backbone", "bad-number", "missing-weights-file"],
+)
+def test_cli_reports_bad_input_in_one_line_and_writes_nothing(
+    tmp_path: Path, folder: Path, args: list[str], fragment: str
+) -> None:
+    base_args = ["search", "--data", str(folder), "--export-base", "models", "--run-dir", "runs"]
+    result = _cli(*base_args, *args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("saved_model.pb"))
+
+
+def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
+    result = _cli("search", "--no-such-flag", cwd=tmp_path)
+    assert result.returncode == 2 and "--no-such-flag" in result.stderr

@@ -1,0 +1,135 @@
+"""``python -m trainer``: the trainer's command line (search, launch).
+
+    python -m trainer search [--data DIR] [--model-name NAME] [--export-base DIR] ...
+    python -m trainer launch --workers 2 -- search --model-name digits --export-base ./models
+
+Exit status: 0 ok, 1 failure (one line on stderr; the traceback with --verbose), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from trainer import config as config_module
+from trainer.errors import ConfigError, TrainerError
+
+__all__ = ["main"]
+
+log = logging.getLogger("trainer")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def search_command_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "search",
+        help="Run the KerasTuner search on an image folder and export the best model.",
+        description="Run the search in this process. In a cluster, every worker runs this same command and "
+        "finds its role from TF_CONFIG or the Kubernetes Indexed-Job variables.",
+    )
+    config_module.add_arguments(parser)
+    return parser
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from trainer.cluster import resolve
+
+    config = config_module.from_namespace(args)
+    cluster = resolve(os.environ)
+    log.info("cluster: %s", cluster.describe())
+    _set_tf_config(cluster)
+
+    from trainer.progress import SearchMetrics
+    from trainer.search import run_search
+
+    metrics = SearchMetrics()
+    if config.metrics_port is not None and cluster.is_chief:
+        metrics.serve(config.metrics_port)
+    try:
+        result = run_search(config, cluster, metrics=metrics)
+    finally:
+        metrics.close()
+    if result.export is not None:
+        print(f"best hyperparameters: {result.best_hyperparameters}")
+        print(f"best val_accuracy: {result.best_val_accuracy:.4f} over {result.trials} trials")
+        if result.test_accuracy is not None:
+            print(f"held-out accuracy: {result.test_accuracy:.4f} on {result.test_images} images the search never saw")
+        print(f"exported version {result.export.version}: {result.export.path}")
+        print(f"report: {result.report_dir}")
+    return 0
+
+
+def _set_tf_config(cluster: object) -> None:
+    """TensorFlow reads TF_CONFIG from the environment: give it the one we resolved (e.g. from an Indexed Job)."""
+    import json
+
+    tf_config = cluster.tf_config()  # type: ignore[attr-defined]
+    if tf_config is not None:
+        os.environ["TF_CONFIG"] = json.dumps(tf_config)
+
+
+def launch_command_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "launch",
+        help="Run a trainer command as N local worker processes wired by TF_CONFIG on loopback.",
+        description="Start N local workers running `python -m trainer ARGS...`, stream their prefixed logs, and stop "
+        "all of them if one fails for good.",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="Number of local worker processes (default 2).")
+    parser.add_argument("--max-restarts", type=int, default=0,
+                        help="Restart a dead worker up to this many times, as Kubernetes restarts a pod (default 0).")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the trainer command, e.g. -- search ...")
+    return parser
+
+
+def launch_command(args: argparse.Namespace) -> int:
+    from trainer.launch import launch
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigError("Expected a trainer command after --, e.g. `launch --workers 2 -- search`")
+    if args.workers < 1:
+        raise ConfigError(f"Expected --workers >= 1. Received: --workers={args.workers}")
+    return launch(command, workers=args.workers, env=dict(os.environ), max_restarts=args.max_restarts)
+
+
+_COMMANDS = {
+    "search": (search_command_parser, search_command),
+    "launch": (launch_command_parser, launch_command),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help="Debug logging and full tracebacks.")
+    subparsers = parser.add_subparsers(dest="subcommand", required=True)
+    for make_parser, _run in _COMMANDS.values():
+        make_parser(subparsers)
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return _COMMANDS[args.subcommand][1](args)
+    except (TrainerError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

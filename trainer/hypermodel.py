@@ -1,0 +1,294 @@
+"""The search space: backbone x classification head x unfreeze depth, and its two-phase training.
+
+A model maps float pixels ``[batch, H, W, 3]`` in 0..255 to logits. Everything a backbone needs
+(scaling, channel order, mean subtraction) happens inside the model, so serving sends raw pixels or
+encoded images and never preprocesses. The backbone is called with ``training=False``, so its
+BatchNormalization layers stay in inference mode (moving statistics frozen) even when fine-tuned,
+and `set_unfreeze_depth` never makes a BatchNormalization layer trainable.
+
+Training a trial has two phases (`TransferHyperModel.fit`):
+
+1. the head on a frozen backbone at ``learning_rate``;
+2. when ``unfreeze_depth > 0``, the top ``unfreeze_depth`` backbone layers are made trainable and
+   training continues at ``learning_rate * fine_tune_factor``.
+
+Backbones trained from scratch (``small_cnn``, or ``weights="none"``) have no phase 2: they are
+fully trainable from the start and ``unfreeze_depth`` is not searched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from trainer.errors import ConfigError
+
+__all__ = [
+    "BACKBONE_SPECS",
+    "BackboneSpec",
+    "ModelSpec",
+    "TransferHyperModel",
+    "build_model",
+    "find_backbone",
+    "set_unfreeze_depth",
+]
+
+
+def _caffe(x: Any) -> Any:
+    """VGG16's "caffe" preprocessing: RGB -> BGR, minus the ImageNet channel means."""
+    bgr = keras.ops.flip(x, axis=-1)
+    return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone and feed it pixels in 0..255."""
+
+    name: str
+    default_size: int
+    min_size: int
+    factory: Callable[..., keras.Model] | None
+    """The keras.applications constructor; None for the from-scratch CNN."""
+    scale: float | None
+    """x * scale + offset before the backbone; None when the backbone needs `preprocess` instead."""
+    offset: float = 0.0
+    preprocess: Callable[[Any], Any] | None = None
+
+
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("small_cnn", 32, 8, None, 1 / 255.0),
+        BackboneSpec("mobilenet_v2", 224, 32, keras.applications.MobileNetV2, 1 / 127.5, -1.0),
+        # EfficientNet rescales and normalises inside the application model: feed 0..255 as is.
+        BackboneSpec("efficientnet_b0", 224, 32, keras.applications.EfficientNetB0, 1.0),
+        BackboneSpec("resnet50_v2", 224, 32, keras.applications.ResNet50V2, 1 / 127.5, -1.0),
+        BackboneSpec("vgg16", 224, 32, keras.applications.VGG16, None, preprocess=_caffe),
+        BackboneSpec("inception_v3", 299, 75, keras.applications.InceptionV3, 1 / 127.5, -1.0),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What does not vary between trials: the data's shape and the search's fixed choices."""
+
+    num_classes: int
+    image_size: int
+    backbones: tuple[str, ...] = ("small_cnn",)
+    weights: str = "none"
+    heads: tuple[str, ...] = ("gap_dense", "gap_dense_dropout", "flatten_dense_dropout")
+    unfreeze_depths: tuple[int, ...] = (0, 20, 60)
+    head_epochs: int = 4
+    augmentation: tuple[tuple[str, Any], ...] = ()
+    """(layer, argument) pairs: ("flip", "horizontal"), ("rotation", 0.05), ("zoom", 0.1)."""
+    learning_rate_scale: float = 1.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ConfigError(f"Expected at least 2 classes. Received: num_classes={self.num_classes}")
+        for name in self.backbones:
+            spec = BACKBONE_SPECS.get(name)
+            if spec is None:
+                raise ConfigError(f"Expected a backbone among {', '.join(BACKBONE_SPECS)}. Received: backbone={name!r}")
+            if self.image_size < spec.min_size:
+                raise ConfigError(
+                    f"Expected image_size >= {spec.min_size} for {name}. Received: image_size={self.image_size}"
+                )
+        if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
+            raise ConfigError(
+                f"Expected weights 'imagenet', 'none' or an existing weights file. Received: weights={self.weights!r}"
+            )
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+
+def find_backbone(model: keras.Model) -> keras.Model:
+    """The backbone sub-model of a model built by `build_model`."""
+    for layer in model.layers:
+        if layer.name.startswith("backbone_"):
+            return layer
+    raise ValueError(f"Expected a layer named backbone_*. Received: {[layer.name for layer in model.layers]}")
+
+
+def set_unfreeze_depth(backbone: keras.Model, depth: int) -> list[str]:
+    """Make the top `depth` layers of `backbone` trainable and the rest frozen.
+
+    Layers count in `backbone.layers` order (the input layer included); BatchNormalization layers
+    among the top `depth` stay frozen. Returns the names of the layers made trainable.
+    """
+    if depth < 0:
+        raise ConfigError(f"Expected unfreeze depth >= 0. Received: depth={depth}")
+    backbone.trainable = depth > 0
+    layers = backbone.layers
+    top = layers[len(layers) - depth :] if depth else []
+    unfrozen: list[str] = []
+    for layer in layers:
+        make_trainable = layer in top and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = make_trainable
+        if make_trainable:
+            unfrozen.append(layer.name)
+    return unfrozen
+
+
+def _small_cnn(image_size: int, seed: int) -> keras.Model:
+    """The classic MNIST-style CNN: a scratch baseline that trains in seconds on a CPU."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for filters in (32, 64, 128):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init)(x)
+        x = keras.layers.MaxPooling2D()(x) if x.shape[1] >= 2 else x
+    return keras.Model(inputs, x, name="backbone_small_cnn")
+
+
+def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int) -> keras.Model:
+    if spec.factory is None:
+        return _small_cnn(image_size, seed)
+    keras_weights = None if weights == "none" else weights
+    try:
+        model = spec.factory(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
+    except Exception as exc:  # download failures surface as many types (URLError, OSError, ValueError)
+        hint = " (no internet? pass --weights none or --weights PATH to a local file)" if weights == "imagenet" else ""
+        raise ConfigError(f"Could not build {spec.name} with weights={weights!r}: {exc}{hint}") from exc
+    model.name = f"backbone_{spec.name}"
+    return model
+
+
+def build_model(
+    spec: ModelSpec,
+    *,
+    backbone: str,
+    head: str,
+    units: int | None = None,
+    dropout: float | None = None,
+) -> keras.Model:
+    """One candidate model: pixels 0..255 -> augmentation -> preprocessing -> backbone -> head -> logits."""
+    keras.utils.set_random_seed(spec.seed)
+    bspec = BACKBONE_SPECS[backbone]
+    inputs = keras.Input((spec.image_size, spec.image_size, 3), name="pixels", dtype="float32")
+    x = inputs
+    for kind, argument in spec.augmentation:
+        if kind == "flip":
+            x = keras.layers.RandomFlip(argument, seed=spec.seed, name="augment_flip")(x)
+        elif kind == "rotation":
+            x = keras.layers.RandomRotation(argument, seed=spec.seed, name="augment_rotation")(x)
+        elif kind == "zoom":
+            x = keras.layers.RandomZoom(argument, seed=spec.seed, name="augment_zoom")(x)
+    if bspec.scale is not None:
+        x = keras.layers.Rescaling(bspec.scale, bspec.offset, name="preprocess")(x)
+    elif bspec.preprocess is not None:
+        x = keras.layers.Lambda(bspec.preprocess, name="preprocess")(x)
+
+    base = _backbone(bspec, spec.image_size, spec.weights, spec.seed)
+    from_scratch = bspec.factory is None or not spec.pretrained
+    base.trainable = from_scratch
+    x = base(x, training=False if not from_scratch else None)
+
+    init = keras.initializers.GlorotUniform(seed=spec.seed)
+    if head == "gap_dense":
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif head == "gap_dense_dropout":
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = keras.layers.Dropout(dropout if dropout is not None else 0.2, seed=spec.seed, name="head_dropout")(x)
+    elif head == "flatten_dense_dropout":
+        x = keras.layers.Flatten(name="head_flatten")(x)
+        x = keras.layers.Dense(units or 128, activation="relu", kernel_initializer=init, name="head_dense")(x)
+        x = keras.layers.Dropout(dropout if dropout is not None else 0.2, seed=spec.seed, name="head_dropout")(x)
+    else:
+        raise ConfigError(f"Expected a head among {', '.join(ModelSpec.heads)}. Received: head={head!r}")
+    # float32 logits even under a mixed-precision policy, so the loss is computed stably.
+    outputs = keras.layers.Dense(
+        1 if spec.binary else spec.num_classes, dtype="float32", kernel_initializer=init, name="logits"
+    )(x)
+    return keras.Model(inputs, outputs, name=f"{backbone}_{head}")
+
+
+def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
+    if spec.binary:
+        loss: keras.losses.Loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        metrics: list[Any] = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
+        loss=loss,
+        metrics=metrics,
+    )
+
+
+class TransferHyperModel(kt.HyperModel):
+    """KerasTuner hypermodel over `ModelSpec`'s choices, trained in two phases (see module docstring)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(name="tfstack_transfer", tunable=True)
+        self.spec = spec
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        spec = self.spec
+        backbone = hp.Choice("backbone", list(spec.backbones))
+        head = hp.Choice("head", list(spec.heads))
+        units = dropout = None
+        with hp.conditional_scope("head", ["flatten_dense_dropout"]):
+            if head == "flatten_dense_dropout":
+                units = hp.Choice("units", [64, 128, 256])
+        with hp.conditional_scope("head", ["gap_dense_dropout", "flatten_dense_dropout"]):
+            if head in ("gap_dense_dropout", "flatten_dense_dropout"):
+                dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
+        hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+        if spec.pretrained:
+            depth = hp.Choice("unfreeze_depth", list(spec.unfreeze_depths))
+            fine_tuned = [d for d in spec.unfreeze_depths if d > 0]
+            if fine_tuned:
+                with hp.conditional_scope("unfreeze_depth", fine_tuned):
+                    if depth > 0:
+                        hp.Choice("fine_tune_factor", [0.1, 0.01], default=0.1)
+        model = build_model(spec, backbone=backbone, head=head, units=units, dropout=dropout)
+        _compile(model, spec, hp.get("learning_rate"))
+        return model
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> keras.callbacks.History:
+        """Phase 1 on the head, then phase 2 fine-tuning; returns one History over both phases."""
+        epochs = int(kwargs.pop("epochs", 1))
+        initial_epoch = int(kwargs.pop("initial_epoch", 0))
+        # `backup(phase)` returns a BackupAndRestore-like callback for that phase (the search passes it), so a
+        # restarted trial skips a finished phase 1 and resumes phase 2 at its last epoch.
+        backup: Callable[[str], keras.callbacks.Callback] | None = kwargs.pop("backup", None)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+
+        def with_backup(phase: str) -> list[keras.callbacks.Callback]:
+            return [*callbacks, backup(phase)] if backup is not None else callbacks
+
+        depth = hp.get("unfreeze_depth") if self.spec.pretrained else 0
+        head_epochs = min(self.spec.head_epochs, epochs) if depth else epochs
+        merged = keras.callbacks.History()
+        merged.history = {}
+
+        def record(history: keras.callbacks.History) -> None:
+            for key, values in history.history.items():
+                merged.history.setdefault(key, []).extend(values)
+
+        if initial_epoch < head_epochs:
+            record(model.fit(*args, epochs=head_epochs, initial_epoch=initial_epoch,
+                             callbacks=with_backup("phase1"), **kwargs))
+        if depth and epochs > head_epochs:
+            set_unfreeze_depth(find_backbone(model), depth)
+            with model.distribute_strategy.scope():
+                _compile(model, self.spec, hp.get("learning_rate") * hp.get("fine_tune_factor"))
+            record(model.fit(*args, epochs=epochs, initial_epoch=max(head_epochs, initial_epoch),
+                             callbacks=with_backup("phase2"), **kwargs))
+        merged.set_model(model)
+        return merged
