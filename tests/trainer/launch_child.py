@@ -1,0 +1,57 @@
+"""A worker for the launcher tests, without TensorFlow: ``python -m tests.trainer.launch_child MODE DIR``.
+
+Modes:
+
+- ``hello``: print a line to stdout and one to stderr, then exit 0.
+- ``fail-rank1``: every worker writes ``DIR/pid<rank>`` and ``DIR/ready<rank>``; worker 1 waits for the
+  others to be ready, then fails with an error line and exit status 3; the others block until stopped.
+- ``stubborn``: like ``fail-rank1`` but the waiting workers ignore SIGTERM (only SIGKILL stops them).
+- ``block``: every worker writes its pid and ready files, prints ``ready``, and blocks until stopped.
+- ``flaky``: the first run of each worker exits 5; a restarted one (marker file present) exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    mode, out = argv[0], Path(argv[1])
+    config = json.loads(os.environ["TF_CONFIG"])
+    rank = config["task"]["index"]
+    workers = len(config["cluster"]["worker"])
+    if mode == "hello":
+        print(f"hello from rank {rank} of {workers} at {config['cluster']['worker'][rank]}")
+        print(f"note on stderr from rank {rank}", file=sys.stderr)
+        return 0
+    if mode == "flaky":
+        marker = out / f"failed{rank}"
+        if not marker.exists():
+            marker.write_text("1")
+            print(f"RuntimeError: first run of worker {rank} fails", file=sys.stderr)
+            return 5
+        print(f"worker {rank} recovered")
+        return 0
+    if mode == "stubborn" and rank != 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    (out / f"pid{rank}").write_text(str(os.getpid()))
+    (out / f"ready{rank}").write_text("1")
+    print("ready", flush=True)
+    if mode in ("fail-rank1", "stubborn") and rank == 1:
+        deadline = time.monotonic() + 60
+        while not all((out / f"ready{r}").exists() for r in range(workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the other workers' readiness files
+        print("ValueError: boom on worker 1", file=sys.stderr)
+        return 3
+    threading.Event().wait()  # block until the launcher stops us
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

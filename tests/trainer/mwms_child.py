@@ -1,0 +1,171 @@
+"""One worker of the two-process MWMS tests: ``python -m tests.trainer.mwms_child MODE OUTDIR``.
+
+Reads its role from TF_CONFIG (as the trainer's CLI does), then removes TF_CONFIG from the
+environment to prove that `trainer.distribute.make_strategy` needs only the `Cluster` object.
+Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
+
+- ``fit``: a tiny Dense model, ``model.fit`` for 2 epochs with validation data and the shared
+  backup callback; saves final weights (npz) and the history (json).
+- ``tuner``: a KerasTuner RandomSearch (2 trials) with ``distribution_strategy``; checks agreement
+  at each trial start; saves the trials' and the best hyperparameters (json).
+- ``noshim``: ``fit`` without the shim; records the upstream error (keras-team/keras#20585).
+- ``fault``: like ``fit`` for 4 epochs, but worker 1 dies at the start of epoch 2 on its first run;
+  run under the launcher with restarts, the workers resume from the chief's epoch backup.
+- ``disagree``: `assert_workers_agree` on a payload that differs per worker; records the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+
+from trainer import cluster as cluster_module
+from trainer import distribute
+from trainer.errors import DivergenceError
+
+GLOBAL_BATCH = 16
+FEATURES = 6
+CLASSES = 3
+
+
+def _data(seed: int, samples: int) -> tf.data.Dataset:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(samples, FEATURES)).astype("float32")
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int64") + (x[:, 2] > 1).astype("int64")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _build(units: int = 8, learning_rate: float = 0.05) -> keras.Model:
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([
+        keras.Input((FEATURES,)),
+        keras.layers.Dense(units, activation="relu"),
+        keras.layers.Dense(CLASSES, activation="softmax", dtype="float32"),
+    ])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
+    return model
+
+
+def _fit(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    with strategy.scope():
+        model = _build()
+    backup = distribute.backup_and_restore(out / "backup", writer=cluster.is_chief)
+    history = model.fit(
+        _data(1, 128), validation_data=_data(2, 64), epochs=2, verbose=0, callbacks=[backup]
+    )
+    np.savez(out / f"fit_{cluster.rank}.npz", *[np.asarray(w) for w in model.get_weights()])
+    (out / f"fit_{cluster.rank}.json").write_text(json.dumps(
+        {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+         "replicas": strategy.num_replicas_in_sync}
+    ))
+
+
+def _noshim(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    try:
+        _fit(strategy, cluster, out)
+    except Exception as exc:  # the upstream failure this test documents
+        result = {"failed": True, "error": f"{type(exc).__name__}: {exc}"[-2000:]}
+    else:
+        result = {"failed": False, "error": ""}
+    (out / f"noshim_{cluster.rank}.json").write_text(json.dumps(result))
+
+
+class _DieOnce(keras.callbacks.Callback):
+    """Kill this process at the start of epoch 2 on its first run (a marker file remembers the run)."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch == 2 and not self.marker.exists():
+            self.marker.write_text("died")
+            logging.getLogger(__name__).error("dying at the start of epoch %d", epoch)
+            os._exit(17)
+
+
+def _fault(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    with strategy.scope():
+        model = _build()
+    callbacks: list[keras.callbacks.Callback] = [distribute.backup_and_restore(out / "backup", writer=cluster.is_chief)]
+    if cluster.rank == 1:
+        callbacks.append(_DieOnce(out / "died"))
+    history = model.fit(_data(1, 128), validation_data=_data(2, 64), epochs=4, verbose=0, callbacks=callbacks)
+    np.savez(out / f"fault_{cluster.rank}.npz", *[np.asarray(w) for w in model.get_weights()])
+    (out / f"fault_{cluster.rank}.json").write_text(json.dumps(
+        {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    ))
+
+
+class _HyperModel(kt.HyperModel):
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        return _build(hp.Int("units", 4, 32, step=4), hp.Float("learning_rate", 1e-3, 1e-1, sampling="log"))
+
+
+def _tuner(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    seen: list[dict[str, object]] = []
+
+    class Tuner(kt.RandomSearch):
+        def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+            super().on_trial_begin(trial)
+            values = json.dumps(trial.hyperparameters.values, sort_keys=True)
+            distribute.assert_workers_agree(strategy, values, f"trial {trial.trial_id} hyperparameters")
+            seen.append(dict(trial.hyperparameters.values))
+
+    with distribute.worker_dirs(out / "shared", cluster) as dirs:
+        tuner = Tuner(
+            _HyperModel(), objective="val_accuracy", max_trials=2, seed=3, directory=str(dirs.tuner_dir),
+            project_name="child", distribution_strategy=strategy,
+        )
+        tuner.search(_data(1, 96), validation_data=_data(2, 32), epochs=1, verbose=0)
+        best = tuner.get_best_hyperparameters(1)[0].values
+        scratch = str(dirs.scratch) if dirs.scratch else None
+    (out / f"tuner_{cluster.rank}.json").write_text(json.dumps(
+        {"trials": seen, "best": best, "tuner_dir": str(dirs.tuner_dir), "scratch": scratch}
+    ))
+
+
+def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    distribute.assert_workers_agree(strategy, "same on every worker", "a shared value")
+    try:
+        distribute.assert_workers_agree(strategy, f"worker {cluster.rank}", "a per-worker value")
+    except DivergenceError as exc:
+        result = {"raised": True, "message": str(exc)}
+    else:
+        result = {"raised": False, "message": ""}
+    (out / f"disagree_{cluster.rank}.json").write_text(json.dumps(result))
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    mode, out = argv[0], Path(argv[1])
+    if mode == "noshim":
+        distribute._SHIM_VERSIONS = ((0, 0), (0, 0))  # as if the installed Keras were not known to be broken
+    cluster = cluster_module.resolve(os.environ)
+    os.environ.pop("TF_CONFIG", None)
+    accelerator = distribute.choose_accelerator(tf.config.list_physical_devices(), mixed_precision="auto")
+    distribute.apply(accelerator)
+    strategy = distribute.make_strategy(cluster, accelerator=accelerator)
+    modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree}
+    modes[mode](strategy, cluster, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,292 @@
+"""Tests for trainer.distribute: accelerator choice, the Keras MWMS shim, agreement, backups, directories.
+
+The ``slow`` tests start two real worker processes (tests/trainer/mwms_child.py) wired by TF_CONFIG
+on loopback ports and run MultiWorkerMirroredStrategy over them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import distribute
+from trainer.cluster import Cluster, local_tf_configs
+from trainer.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _devices(*kinds: str) -> list[SimpleNamespace]:
+    return [SimpleNamespace(device_type=kind, name=f"/physical_device:{kind}:{i}") for i, kind in enumerate(kinds)]
+
+
+@pytest.mark.parametrize(
+    ("devices", "mixed_precision", "expected"),
+    [
+        (_devices("CPU"), "auto", distribute.Accelerator("cpu", 0, "float32", "RING", False, False)),
+        (_devices("CPU"), None, distribute.Accelerator("cpu", 0, "float32", "RING", False, False)),
+        (_devices("CPU"), "off", distribute.Accelerator("cpu", 0, "float32", "RING", False, False)),
+        (_devices("CPU"), "mixed_bfloat16", distribute.Accelerator("cpu", 0, "mixed_bfloat16", "RING", False, False)),
+        (_devices("CPU", "GPU"), "auto", distribute.Accelerator("gpu", 1, "mixed_float16", "NCCL", True, False)),
+        (_devices("CPU", "GPU", "GPU", "GPU", "GPU"), "auto",
+         distribute.Accelerator("gpu", 4, "mixed_float16", "NCCL", True, False)),
+        (_devices("CPU", "GPU", "GPU"), "mixed_bfloat16",
+         distribute.Accelerator("gpu", 2, "mixed_bfloat16", "NCCL", True, False)),
+        (_devices("CPU", "GPU"), "off", distribute.Accelerator("gpu", 1, "float32", "NCCL", True, False)),
+        (["CPU", "gpu"], "auto", distribute.Accelerator("gpu", 1, "mixed_float16", "NCCL", True, False)),
+    ],
+    ids=["cpu", "cpu-none", "cpu-off", "cpu-bf16", "1-gpu", "4-gpus", "gpu-bf16", "gpu-off", "type-strings"],
+)
+def test_choose_accelerator(devices: list[object], mixed_precision: str | None,
+                            expected: distribute.Accelerator) -> None:
+    assert distribute.choose_accelerator(devices, mixed_precision=mixed_precision, xla=False) == expected
+
+
+def test_choose_accelerator_on_this_machine_and_xla() -> None:
+    accelerator = distribute.choose_accelerator(tf.config.list_physical_devices("CPU"), mixed_precision="auto",
+                                                xla=True)
+    assert (accelerator.kind, accelerator.policy, accelerator.communication) == ("cpu", "float32", "RING")
+    assert accelerator.jit_compile is True
+    assert "CPU" in accelerator.describe() and "XLA on" in accelerator.describe()
+
+
+def test_choose_accelerator_rejects_unknown_policy() -> None:
+    with pytest.raises(ConfigError, match="mixed_precision='float16'"):
+        distribute.choose_accelerator(_devices("GPU"), mixed_precision="float16", xla=False)
+
+
+def test_apply_sets_dtype_policy() -> None:
+    before = keras.config.dtype_policy().name
+    try:
+        distribute.apply(distribute.Accelerator("cpu", 0, "mixed_bfloat16", "RING", False, False))
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+@pytest.mark.parametrize("version", ["2.15.0", "3.16.0", "4.0.0", "nightly"], ids=str)
+def test_shim_is_a_noop_on_unaffected_versions(version: str) -> None:
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    reduce = tf_trainer.reduce_per_replica
+    assert distribute.install_keras_mwms_shim(version) is False
+    assert tf_trainer.TensorFlowTrainer._maybe_symbolic_build is build
+    assert tf_trainer.reduce_per_replica is reduce
+
+
+@pytest.mark.parametrize(("version", "applies"), [("3.0.0", True), ("3.15.1", True), ("3.15.2.dev2026", True),
+                                                  ("3.16.0", False), ("2.21.0", False)], ids=str)
+def test_shim_version_range(version: str, applies: bool) -> None:
+    assert distribute._shim_applies(version) is applies
+
+
+def test_installed_keras_is_covered_by_the_shim() -> None:
+    # When this fails, Keras was upgraded: rerun the slow two-process tests with the range widened (or
+    # without the shim, if keras-team/keras#20585 is fixed) before changing _SHIM_VERSIONS.
+    assert distribute._shim_applies(keras.__version__), keras.__version__
+
+
+def test_payload_hash_is_stable_and_63_bits() -> None:
+    assert distribute.payload_hash("abc") == distribute.payload_hash(b"abc")
+    assert distribute.payload_hash("abc") != distribute.payload_hash("abd")
+    assert 0 <= distribute.payload_hash("abc") < 2**63
+    assert distribute.payload_hash("") == 0xE4A6A0577479B2B4 >> 1  # blake2b-64 of b""
+
+
+def test_single_process_strategy_and_agreement() -> None:
+    cluster = Cluster(peers=(), rank=0, source="single")
+    accelerator = distribute.choose_accelerator(["CPU"], mixed_precision="off", xla=False)
+    strategy = distribute.make_strategy(cluster, accelerator=accelerator)
+    assert strategy.num_replicas_in_sync == 1
+    distribute.assert_workers_agree(strategy, '{"units": 8}', "trial 0 hyperparameters")
+
+
+def test_worker_dirs_chief_writes_shared_paths(tmp_path: Path) -> None:
+    chief = Cluster(peers=("127.0.0.1:1", "127.0.0.1:2"), rank=0, source="tf_config")
+    with distribute.worker_dirs(tmp_path, chief) as dirs:
+        assert dirs == distribute.WorkerDirs(tmp_path / "tuner", tmp_path / "backup", tmp_path / "logs", None)
+        assert dirs.tuner_dir.is_dir() and dirs.logs_dir.is_dir()
+    assert dirs.tuner_dir.is_dir()
+
+
+def test_worker_dirs_other_workers_write_private_scratch(tmp_path: Path) -> None:
+    worker = Cluster(peers=("127.0.0.1:1", "127.0.0.1:2"), rank=1, source="tf_config")
+    with distribute.worker_dirs(tmp_path, worker) as dirs:
+        assert dirs.scratch is not None and dirs.scratch.is_dir()
+        assert tmp_path not in dirs.scratch.parents
+        assert dirs.tuner_dir.parent == dirs.scratch and dirs.logs_dir.parent == dirs.scratch
+        assert dirs.tuner_dir.is_dir()
+        assert dirs.backup_dir == tmp_path / "backup"  # read by every worker, written by the chief
+    assert not dirs.scratch.exists()
+    assert not (tmp_path / "tuner").exists()
+
+
+def test_worker_dirs_scratch_removed_on_error(tmp_path: Path) -> None:
+    worker = Cluster(peers=("127.0.0.1:1", "127.0.0.1:2"), rank=1, source="tf_config")
+    with pytest.raises(RuntimeError), distribute.worker_dirs(tmp_path, worker) as dirs:
+        raise RuntimeError("trial failed")
+    assert dirs.scratch is not None and not dirs.scratch.exists()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def _tiny_model() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", jit_compile=False)
+    return model
+
+
+def test_backup_and_restore_writer_saves_and_reader_resumes(tmp_path: Path) -> None:
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _tiny_model().fit(x, y, epochs=4, verbose=0,
+                          callbacks=[distribute.backup_and_restore(backup, writer=True), _Interrupt()])
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]
+
+    # A non-writer (another worker) restores the chief's epoch and writes nothing, deletes nothing.
+    history = _tiny_model().fit(x, y, epochs=4, verbose=0, callbacks=[distribute.backup_and_restore(backup,
+                                                                                                      writer=False)])
+    assert len(history.history["loss"]) == 2
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+
+    # The writer resumes too and deletes the backup when fit ends.
+    history = _tiny_model().fit(x, y, epochs=4, verbose=0, callbacks=[distribute.backup_and_restore(backup)])
+    assert len(history.history["loss"]) == 2
+    assert not backup.exists()
+
+
+def test_public_api_is_sorted() -> None:
+    # isort-style, as ruff's RUF022 keeps it: CONSTANTS, then Classes, then functions.
+    assert distribute.__all__ == sorted(distribute.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+    assert all(hasattr(distribute, name) for name in distribute.__all__)
+
+
+# ---------------------------------------------------------------------------------------------- two processes
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _run_two_workers(mode: str, out: Path, timeout: float = 240) -> None:
+    """Run ``mwms_child MODE OUT`` as two MWMS workers; fail with their output if either fails."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    procs = []
+    for rank, tf_config in enumerate(local_tf_configs(_free_ports(2))):
+        log = (out / f"worker{rank}.log").open("w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.trainer.mwms_child", mode, str(out)], cwd=ROOT,
+            env={**env, "TF_CONFIG": json.dumps(tf_config)}, stdout=log, stderr=subprocess.STDOUT,
+        ))
+        log.close()
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = "\n".join(f"--- worker {r} ---\n" + (out / f"worker{r}.log").read_text()[-3000:] for r in range(2))
+    assert codes == [0, 0], logs
+
+
+@pytest.mark.slow
+def test_two_worker_fit_ends_with_identical_weights_and_logs(tmp_path: Path) -> None:
+    _run_two_workers("fit", tmp_path)
+    weights = [np.load(tmp_path / f"fit_{rank}.npz") for rank in range(2)]
+    assert len(weights[0].files) == 4
+    for name in weights[0].files:
+        np.testing.assert_allclose(weights[0][name], weights[1][name], rtol=0, atol=1e-7)
+    results = [json.loads((tmp_path / f"fit_{rank}.json").read_text()) for rank in range(2)]
+    assert results[0]["replicas"] == results[1]["replicas"] == 2
+    history = results[0]["history"]
+    assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert all(len(values) == 2 and all(np.isfinite(values)) for values in history.values())
+    for key, values in history.items():
+        np.testing.assert_allclose(values, results[1]["history"][key], rtol=1e-6, err_msg=key)
+    log0 = (tmp_path / "worker0.log").read_text()
+    assert "keras-team/keras/issues/20585" in log0 and "MultiWorkerMirroredStrategy over 2 workers" in log0
+    assert not (tmp_path / "backup").exists()  # the chief deleted its backup when fit ended
+
+
+@pytest.mark.slow
+def test_two_worker_fit_fails_without_the_shim(tmp_path: Path) -> None:
+    # keras-team/keras#20585. When this fails, upstream fixed it: delete install_keras_mwms_shim.
+    _run_two_workers("noshim", tmp_path)
+    results = [json.loads((tmp_path / f"noshim_{rank}.json").read_text()) for rank in range(2)]
+    assert all(r["failed"] for r in results), results
+    assert "PerReplica" in results[0]["error"]
+
+
+@pytest.mark.slow
+def test_two_worker_keras_tuner_search_agrees(tmp_path: Path) -> None:
+    _run_two_workers("tuner", tmp_path)
+    results = [json.loads((tmp_path / f"tuner_{rank}.json").read_text()) for rank in range(2)]
+    assert len(results[0]["trials"]) == 2
+    assert results[0]["trials"][0] != results[0]["trials"][1]
+    assert results[0]["trials"] == results[1]["trials"]
+    assert results[0]["best"] == results[1]["best"]
+    # The chief wrote the shared tuner dir; the other worker wrote a private scratch dir, now removed.
+    assert results[0]["scratch"] is None and Path(results[0]["tuner_dir"]) == tmp_path / "shared" / "tuner"
+    assert (tmp_path / "shared" / "tuner" / "child" / "oracle.json").is_file()
+    assert results[1]["scratch"] is not None and not Path(results[1]["scratch"]).exists()
+
+
+@pytest.mark.slow
+def test_two_workers_with_different_payloads_raise_divergence(tmp_path: Path) -> None:
+    _run_two_workers("disagree", tmp_path)
+    results = [json.loads((tmp_path / f"disagree_{rank}.json").read_text()) for rank in range(2)]
+    assert all(r["raised"] for r in results)  # the child catches DivergenceError only
+    assert "a per-worker value" in results[0]["message"]
+    hashes = [f"{distribute.payload_hash(f'worker {rank}'):016x}" for rank in range(2)]
+    assert all(all(h in r["message"] for h in hashes) for r in results)
+
+
+@pytest.mark.slow
+def test_a_restarted_worker_resumes_fit_from_the_chief_backup(tmp_path: Path) -> None:
+    # Worker 1 dies at the start of epoch 2 of 4; the launcher restarts it (and the chief, whose
+    # collectives abort); both restore the chief's epoch-2 backup and run only epochs 2 and 3.
+    from trainer.launch import launch
+
+    output = io.StringIO()
+    code = launch(["fault", str(tmp_path)], workers=2, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                  module="tests.trainer.mwms_child", cwd=str(ROOT), max_restarts=2, stdout=output, stderr=output)
+    assert code == 0, output.getvalue()[-4000:]
+    assert (tmp_path / "died").read_text() == "died"
+    results = [json.loads((tmp_path / f"fault_{rank}.json").read_text()) for rank in range(2)]
+    assert [len(r["history"]["loss"]) for r in results] == [2, 2]
+    assert results[0]["history"] == results[1]["history"]
+    weights = [np.load(tmp_path / f"fault_{rank}.npz") for rank in range(2)]
+    for name in weights[0].files:
+        np.testing.assert_allclose(weights[0][name], weights[1][name], rtol=0, atol=1e-7)
+    assert not (tmp_path / "backup").exists()

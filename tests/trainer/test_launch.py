@@ -1,0 +1,142 @@
+"""Tests for trainer.launch: real worker processes (tests/trainer/launch_child.py, no TensorFlow)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer import launch as launch_module
+from trainer.cluster import resolve
+from trainer.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = "tests.trainer.launch_child"
+
+
+def _launch(mode: str, tmp_path: Path, **kwargs: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    options: dict = {"workers": 2, "env": dict(os.environ), "module": CHILD, "cwd": str(ROOT), "grace_period": 5.0,
+                     **kwargs}
+    code = launch_module.launch([mode, str(tmp_path)], stdout=out, stderr=err, **options)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(pid, 0); it has exited all the same.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_worker_command_builds_cmd_and_env() -> None:
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+    cmd, env = launch_module.worker_command(["search", "--x"], tf_config=tf_config, python="py",
+                                            env={"A": "1", "TF_CONFIG": "old"}, module="trainer")
+    assert cmd == ["py", "-m", "trainer", "search", "--x"]
+    assert env == {"A": "1", "TF_CONFIG": json.dumps(tf_config), "PYTHONUNBUFFERED": "1"}
+    cluster = resolve(env)
+    assert (cluster.rank, cluster.num_workers, cluster.is_chief) == (1, 2, False)
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = launch_module.free_ports(4)
+    assert len(set(ports)) == 4 and all(0 < p < 65536 for p in ports)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"workers": 0}, "workers=0"), ({"max_restarts": -1}, "max_restarts=-1")],
+    ids=["no-workers", "negative-restarts"],
+)
+def test_launch_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _launch("hello", tmp_path, **kwargs)
+
+
+@pytest.mark.slow
+def test_workers_get_their_own_tf_config_and_prefixed_output(tmp_path: Path) -> None:
+    code, out, err = _launch("hello", tmp_path, workers=3)
+    assert code == 0
+    lines = sorted(line for line in out.splitlines() if "hello" in line)
+    assert [line.split(" from ")[0] for line in lines] == [f"[worker {r}] hello" for r in range(3)]
+    addresses = [line.split(" at ")[1] for line in lines]
+    assert len(set(addresses)) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
+    assert sorted(line for line in err.splitlines() if "note" in line) == [
+        f"[worker {r}] note on stderr from rank {r}" for r in range(3)
+    ]
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="trainer.launch"):
+        code, _, err = _launch("fail-rank1", tmp_path)
+    assert code == 3
+    assert "[worker 1] ValueError: boom on worker 1" in err
+    assert "worker 1 failed with exit status 3: ValueError: boom on worker 1" in caplog.text
+    assert "stopping worker 0" in caplog.text
+    assert not _alive(int((tmp_path / "pid0").read_text()))
+
+
+@pytest.mark.slow
+def test_a_worker_that_ignores_sigterm_is_killed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="trainer.launch"):
+        code, _, _ = _launch("stubborn", tmp_path, grace_period=0.5)
+    assert code == 3
+    assert "worker 0 did not stop within" in caplog.text
+    assert not _alive(int((tmp_path / "pid0").read_text()))
+
+
+@pytest.mark.slow
+def test_restart_policy_restarts_a_dead_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="trainer.launch"):
+        code, out, _ = _launch("flaky", tmp_path, max_restarts=1)
+    assert code == 0
+    assert sorted(line for line in out.splitlines() if "recovered" in line) == [
+        "[worker 0] worker 0 recovered", "[worker 1] worker 1 recovered"
+    ]
+    assert "restarting it (1 of 1)" in caplog.text
+
+
+@pytest.mark.slow
+def test_without_restarts_a_dead_worker_fails_the_launch(tmp_path: Path) -> None:
+    code, _, err = _launch("flaky", tmp_path, max_restarts=0)
+    assert code == 5
+    assert "fails" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
+    script = (
+        "import os, sys, logging; logging.basicConfig(level=logging.INFO)\n"
+        "from trainer.launch import launch\n"
+        f"sys.exit(launch(['block', {str(tmp_path)!r}], workers=2, env=dict(os.environ), module={CHILD!r}))\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout is not None
+        ready = set()
+        for line in launcher.stdout:  # readiness: both workers said "ready"
+            if line.endswith("] ready\n"):
+                ready.add(line.split("]")[0])
+            if len(ready) == 2:
+                break
+        assert ready == {"[worker 0", "[worker 1"}
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=30) == 130
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert not any(_alive(int((tmp_path / f"pid{r}").read_text())) for r in range(2))
