@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from serving.client import Client
+from serving.client import Client, ServingError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -43,7 +43,7 @@ def _step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def _wait_until_available(client: Client, server: subprocess.Popen[bytes], timeout: float) -> str:
+def _wait_until_available(client: Client, server: subprocess.Popen[bytes], timeout: float) -> int:
     """Poll the model status until a version is AVAILABLE (a 200 alone can mean LOADING)."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
@@ -51,14 +51,13 @@ def _wait_until_available(client: Client, server: subprocess.Popen[bytes], timeo
         if server.poll() is not None:
             raise SystemExit(f"the model server exited early with status {server.returncode}")
         try:
-            states = client.status()
-            available = [s for s in states if str(s.state) == "AVAILABLE"]
-            if available:
-                return str(max(int(s.version) for s in available))
-            last = ", ".join(f"version {s.version}: {s.state}" for s in states)
-        except Exception as exc:  # the server is still starting: connection refused, not found, ...
+            status = client.status(timeout=5)
+            if status.available_versions:
+                return status.available_versions[-1]
+            last = ", ".join(f"version {v.version}: {v.state}" for v in status.versions)
+        except ServingError as exc:  # still starting: unavailable, or the model not loaded yet
             last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.2)  # polling interval, not synchronisation: the loop checks the real state
+        time.sleep(0.2)  # polling interval, not synchronisation: each pass checks the real state
     raise SystemExit(f"no AVAILABLE version within {timeout:.0f}s (last: {last})")
 
 

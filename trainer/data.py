@@ -512,11 +512,18 @@ def make_dataset(
     training: bool,
     seed: int,
     cache: bool = True,
+    pad_to_full_batches: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 ``[B, H, W, 3]`` pixels 0..255, int32 ``[B]`` labels) from `files`.
 
     `batch_size` is the global batch (`global_batch_size`); ``training`` shuffles the whole set
     with `seed`, in a new but reproducible order each epoch. The last batch may be smaller.
+
+    ``pad_to_full_batches`` (for multi-worker training): the set is padded with copies of its first
+    images to a whole number of batches and each element gets a sample weight, 1 for real images and
+    0 for the padding: ``(pixels, labels, weights)``. Every global batch is then full, so every worker
+    gets an equal share and runs the same number of steps (a worker with fewer steps than its peers
+    leaves them waiting in a collective forever), while weighted metrics stay exact.
     """
     import tensorflow as tf
 
@@ -525,22 +532,32 @@ def make_dataset(
         raise ConfigError(f"Expected a batch size >= 1. Received: batch_size={batch_size}")
     if not files:
         raise DataError("Expected at least one image file to build a data set from. Received: files=()")
+    files = list(files)
+    weights = [1.0] * len(files)
+    if pad_to_full_batches and len(files) % batch_size:
+        padding = batch_size - len(files) % batch_size
+        files += [files[i % len(files)] for i in range(padding)]
+        weights += [0.0] * padding
     paths = tf.constant([str(f.path) for f in files])
     labels = tf.constant([f.label for f in files], dtype=tf.int32)
+    sample_weights = tf.constant(weights, dtype=tf.float32)
 
-    def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def load(path: tf.Tensor, label: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         pixels = decode_image(tf.io.read_file(path), (height, width))
-        return tf.cast(pixels, tf.uint8), label  # exact: decode_image returns whole values 0..255
+        return tf.cast(pixels, tf.uint8), label, weight  # exact: decode_image returns whole values 0..255
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels, sample_weights))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
+
+    def to_float(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return (tf.cast(x, tf.float32), y, w) if pad_to_full_batches else (tf.cast(x, tf.float32), y)
+
+    dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     # A list of file names has no file-reader dataset to shard by FILE (tf.data refuses it):

@@ -35,6 +35,7 @@ __all__ = [
     "TransferHyperModel",
     "build_model",
     "find_backbone",
+    "prepare_backbones",
     "set_unfreeze_depth",
 ]
 
@@ -89,6 +90,8 @@ class ModelSpec:
     """(layer, argument) pairs: ("flip", "horizontal"), ("rotation", 0.05), ("zoom", 0.1)."""
     learning_rate_scale: float = 1.0
     seed: int = 42
+    jit_compile: bool | str = "auto"
+    """Passed to ``model.compile``; True when XLA was asked for (``--xla``)."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -141,6 +144,20 @@ def set_unfreeze_depth(backbone: keras.Model, depth: int) -> list[str]:
         if make_trainable:
             unfrozen.append(layer.name)
     return unfrozen
+
+
+def prepare_backbones(spec: ModelSpec) -> None:
+    """Build each pretrained backbone once, so that unavailable weights fail before the first trial.
+
+    Keras caches downloaded ImageNet weights (``~/.keras/models``), so trials then load them locally.
+    """
+    if not spec.pretrained:
+        return
+    for name in spec.backbones:
+        backbone = BACKBONE_SPECS[name]
+        if backbone.factory is not None:
+            _backbone(backbone, spec.image_size, spec.weights, spec.seed)
+    keras.backend.clear_session()
 
 
 def _small_cnn(image_size: int, seed: int) -> keras.Model:
@@ -227,6 +244,7 @@ def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
         optimizer=keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
         loss=loss,
         metrics=metrics,
+        jit_compile=spec.jit_compile,
     )
 
 
@@ -236,6 +254,7 @@ class TransferHyperModel(kt.HyperModel):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(name="tfstack_transfer", tunable=True)
         self.spec = spec
+        self.last_model: keras.Model | None = None
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         spec = self.spec
@@ -248,7 +267,7 @@ class TransferHyperModel(kt.HyperModel):
         with hp.conditional_scope("head", ["gap_dense_dropout", "flatten_dense_dropout"]):
             if head in ("gap_dense_dropout", "flatten_dense_dropout"):
                 dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
-        hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+        hp.Float("learning_rate", 1e-4, 3e-3, sampling="log", default=1e-3)
         if spec.pretrained:
             depth = hp.Choice("unfreeze_depth", list(spec.unfreeze_depths))
             fine_tuned = [d for d in spec.unfreeze_depths if d > 0]
@@ -291,4 +310,5 @@ class TransferHyperModel(kt.HyperModel):
             record(model.fit(*args, epochs=epochs, initial_epoch=max(head_epochs, initial_epoch),
                              callbacks=with_backup("phase2"), **kwargs))
         merged.set_model(model)
+        self.last_model = model  # for the search's per-trial weights digest
         return merged

@@ -31,12 +31,12 @@ import tensorflow as tf
 from trainer import data, distribute, plots
 from trainer.cluster import Cluster
 from trainer.config import SearchConfig
-from trainer.errors import SearchError
+from trainer.errors import SearchError, TrainerError
 from trainer.export import ExportedModel, export_model
-from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel
+from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
 
-__all__ = ["SearchResult", "make_tuner", "model_spec", "run_search"]
+__all__ = ["SearchResult", "make_tuner", "model_spec", "run_search", "weights_digest"]
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val_accuracy"
@@ -79,6 +79,7 @@ def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> Mod
         augmentation=tuple(augmentation),
         learning_rate_scale=float(replicas) if config.scale_learning_rate else 1.0,
         seed=config.seed,
+        jit_compile=True if config.xla else "auto",
     )
 
 
@@ -104,7 +105,22 @@ class _SearchHooks:
         trial_backup = self.tfstack_backup_root / f"trial_{trial.trial_id}"
         kwargs["backup"] = lambda phase: distribute.backup_and_restore(trial_backup / phase,
                                                                         writer=self.tfstack_cluster.is_chief)
-        results = super().run_trial(trial, *args, **kwargs)  # type: ignore[misc]
+        try:
+            results = super().run_trial(trial, *args, **kwargs)  # type: ignore[misc]
+        except _PEER_ERRORS as exc:
+            # KerasTuner would record the trial as failed and move on, and the restarted job would never
+            # retry it. Stop instead: the trial stays RUNNING in the tuner state, and a restarted job
+            # (the launcher's --max-restarts, or Kubernetes) retries it from its last epoch backup.
+            raise _TrialInterrupted(
+                f"Lost contact with another worker during trial {trial.trial_id}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Restart the job to resume this trial."
+            ) from exc
+        except TrainerError as exc:  # our own errors (bad weights file, ...) are not trial failures
+            raise _TrialInterrupted(str(exc)) from exc
+        trained = getattr(self.hypermodel, "last_model", None)  # type: ignore[attr-defined]
+        if trained is not None:
+            # Workers must end every trial with identical weights; this line lets anyone check it.
+            log.info("trial %s weights: %s", trial.trial_id, weights_digest(trained))
         if self.tfstack_history_root is not None:
             histories = results if isinstance(results, list) else [results]
             merged: dict[str, list[float]] = {}
@@ -128,6 +144,31 @@ class _SearchHooks:
         best_score = f"{best[0].score:.4f}" if best else "n/a"
         shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.hyperparameters.values.items()))
         log.info("trial %s %s: %s=%s (best %s) %s", trial.trial_id, trial.status, OBJECTIVE, score, best_score, shown)
+
+
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+)
+
+
+class _TrialInterrupted(kt.errors.FatalError):
+    """Stops the search without marking the running trial failed (KerasTuner re-raises FatalError)."""
+
+
+def weights_digest(model: keras.Model) -> str:
+    """``l2=<float> sha256=<hex>`` over all of a model's weights: equal on workers that trained in step."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    total = 0.0
+    for weight in model.weights:
+        array = np.asarray(keras.ops.convert_to_numpy(weight.value), dtype=np.float32)
+        digest.update(array.tobytes())
+        total += float(np.sum(np.square(array, dtype=np.float64)))
+    return f"l2={math.sqrt(total):.12e} sha256={digest.hexdigest()[:16]}"
 
 
 def _short(value: Any) -> str:
@@ -203,9 +244,14 @@ def run_search(
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
     spec = model_spec(config, len(splits.class_names), replicas)
+    prepare_backbones(spec)
     size = (spec.image_size, spec.image_size)
-    train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed)
-    val_ds = data.make_dataset(splits.val, size, global_batch, training=False, seed=config.seed)
+    # Several workers must each run the same number of steps: pad to full global batches (weight 0).
+    padded = cluster.num_workers > 1
+    train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
+                                 pad_to_full_batches=padded)
+    val_ds = data.make_dataset(splits.val, size, global_batch, training=False, seed=config.seed,
+                               pad_to_full_batches=padded)
 
     hypermodel = TransferHyperModel(spec)
     run_root = config.model_run_dir
@@ -231,6 +277,8 @@ def run_search(
         try:
             tuner.search(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2)
         except kt.errors.FatalError as exc:
+            if isinstance(exc.__cause__, TrainerError):
+                raise exc.__cause__ from None
             raise SearchError(f"The search stopped: {exc}") from exc
         best_trials = tuner.oracle.get_best_trials(1)
         if not best_trials or best_trials[0].score is None:

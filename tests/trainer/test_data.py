@@ -690,3 +690,19 @@ def test_a_symlink_loop_inside_a_class_folder_is_listed_once(three_classes: Path
     (three_classes / "ant" / "loop").symlink_to(three_classes / "ant", target_is_directory=True)
     splits = scan(three_classes)
     assert len(splits.train) + len(splits.val) == 30
+
+
+# --------------------------------------------------------------------------- multi-worker padding
+
+
+@pytest.mark.parametrize("count", [9, 16, 17], ids=["partial", "exact", "one-over"])
+def test_padding_to_full_batches_keeps_every_real_image_once_with_weight_one(digits: Path, count: int) -> None:
+    files = [ImageFile(path, 0) for path in sorted(digits.glob("3/*.png"))[:count]]
+    dataset = data.make_dataset(files, (32, 32), 8, training=True, seed=1, pad_to_full_batches=True)
+    batches = list(dataset.as_numpy_iterator())
+    assert all(x.shape[0] == 8 for x, _y, _w in batches), "every global batch is full"
+    weights = np.concatenate([w for _x, _y, w in batches])
+    assert weights.sum() == count and len(weights) == -(-count // 8) * 8
+    assert set(np.unique(weights)) <= {0.0, 1.0}
+    unpadded = data.make_dataset(files, (32, 32), 8, training=False, seed=1)
+    assert sum(x.shape[0] for x, _y in unpadded.as_numpy_iterator()) == count
