@@ -1,0 +1,203 @@
+"""Benchmark of serving.model_server on loopback, next to a bare gRPC echo server (the Python floor).
+
+Usage: ``python bench/server_bench.py [--seconds 5] [--rounds 3] [--concurrency 4] [--model DIR]``
+
+Starts two server processes and drives them from this process with ``--concurrency`` threads, in
+``--rounds`` interleaved rounds (echo, gRPC predict, REST predict, echo, ...) so that load from other
+programs on the machine hits every row alike; the median round is reported:
+
+- ``echo``: a bare ``grpc.server`` that returns each request's bytes (no parsing, no model);
+- ``grpc predict``: ``python -m serving.model_server`` serving the tiny half_plus_two fixture over gRPC;
+- ``rest predict``: the same server over REST (HTTP/1.1 keep-alive, one connection per thread).
+
+The gRPC clients send the same pre-serialized ``PredictRequest`` bytes and do not parse responses, so
+client cost is identical for echo and predict and the difference is the server's. Prints requests/s and
+p50/p99 latency per row, and gRPC predict as a percentage of the echo floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent import futures
+from http.client import HTTPConnection
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def echo_server(port: int, threads: int) -> None:
+    """Run a bare gRPC server that answers every Predict call with the request bytes (blocks)."""
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService",
+        {"Predict": grpc.unary_unary_rpc_method_handler(lambda request, context: request)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("echo ready", flush=True)
+    server.wait_for_termination()
+
+
+def _request_bytes() -> bytes:
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    tensor = request.inputs["x"]
+    tensor.dtype = 1  # DT_FLOAT
+    tensor.tensor_shape.dim.add(size=3)
+    tensor.float_val.extend([1.0, 2.0, 5.0])
+    return request.SerializeToString()
+
+
+def _drive(call: Callable[[], None], seconds: float, concurrency: int) -> tuple[float, float, float, int]:
+    """Run ``call`` from ``concurrency`` threads for ``seconds``; returns (req/s, p50 ms, p99 ms, errors)."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        local = latencies[i]
+        while True:
+            start = time.perf_counter()
+            if start >= stop:
+                return
+            try:
+                call()
+            except Exception:  # counted, not fatal: the benchmark reports them
+                errors[i] += 1
+                continue
+            local.append(time.perf_counter() - start)
+
+    for _ in range(50):  # warm up connections and code paths
+        call()
+    begin = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - begin
+    merged = sorted(x for chunk in latencies for x in chunk)
+    p50 = statistics.quantiles(merged, n=100)[49] * 1000
+    p99 = statistics.quantiles(merged, n=100)[98] * 1000
+    return len(merged) / elapsed, p50, p99, sum(errors)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("Expected the server to become ready. Received: timeout")
+        time.sleep(0.1)
+
+
+def _model_ready(rest_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/half_plus_two", timeout=5) as response:
+            body = json.loads(response.read())
+    except OSError:
+        return False
+    return any(v["state"] == "AVAILABLE" for v in body["model_version_status"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--grpc_max_threads", type=int, default=8)
+    parser.add_argument("--model", type=Path, default=REPO / "tests" / "fixtures" / "half_plus_two")
+    parser.add_argument("--server-flag", dest="server_flag", action="append", default=[],
+                        help="extra flag for the model server, e.g. --server-flag=--tensorflow_inter_op_parallelism=1")
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)  # internal: run the echo server
+    args = parser.parse_args(argv)
+    if args.echo_server:
+        echo_server(args.echo_server, args.grpc_max_threads)
+        return 0
+
+    import grpc
+
+    payload = _request_bytes()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+    echo_port, grpc_port, rest_port = _free_port(), _free_port(), _free_port()
+    echo = subprocess.Popen([sys.executable, __file__, f"--echo-server={echo_port}",
+                             f"--grpc_max_threads={args.grpc_max_threads}"], stdout=subprocess.PIPE, text=True, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving.model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         "--model_name=half_plus_two", f"--model_base_path={args.model}",
+         f"--grpc_max_threads={args.grpc_max_threads}", "--file_system_poll_wait_seconds=0", *args.server_flag],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    body = json.dumps({"instances": [1.0, 2.0, 5.0]}).encode()
+    local = threading.local()
+
+    def rest_call() -> None:
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = local.connection = HTTPConnection("127.0.0.1", rest_port, timeout=30)
+        connection.request("POST", "/v1/models/half_plus_two:predict", body=body)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"Expected HTTP 200. Received: {response.status} {data[:200]!r}")
+
+    results: dict[str, list[tuple[float, float, float, int]]] = {"grpc echo (floor)": [], "grpc predict": [],
+                                                                 "rest predict": []}
+    try:
+        assert echo.stdout is not None
+        echo.stdout.readline()
+        _wait_for(lambda: _model_ready(rest_port))
+        with grpc.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel, \
+                grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            echo_call = echo_channel.unary_unary(PREDICT_METHOD)  # bytes in, bytes out: no client-side parsing
+            predict_call = channel.unary_unary(PREDICT_METHOD)
+            for _ in range(args.rounds):  # interleaved, so load from elsewhere hits every row alike
+                results["grpc echo (floor)"].append(
+                    _drive(lambda: echo_call(payload, timeout=30), args.seconds, args.concurrency))
+                results["grpc predict"].append(
+                    _drive(lambda: predict_call(payload, timeout=30), args.seconds, args.concurrency))
+                results["rest predict"].append(_drive(rest_call, args.seconds, args.concurrency))
+    finally:
+        for process in (echo, server):
+            process.terminate()
+            process.wait(timeout=60)
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"grpcio {grpc.__version__}; {args.concurrency} client threads; {args.rounds} interleaved rounds of "
+          f"{args.seconds:.0f} s per row, median round shown")
+    print(f"{'':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    medians = {}
+    for name, runs in results.items():
+        rps, p50, p99, errors = (statistics.median(r[i] for r in runs) for i in range(4))
+        medians[name] = rps
+        print(f"{name:<20}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}{errors:>8.0f}")
+    ratios = [p[0] / e[0] for p, e in zip(results["grpc predict"], results["grpc echo (floor)"], strict=True)]
+    print(f"grpc predict = {100 * medians['grpc predict'] / medians['grpc echo (floor)']:.0f}% of the echo floor's "
+          f"requests/s (per round: {', '.join(f'{100 * r:.0f}%' for r in ratios)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Server-side batching (``--enable_batching``): concurrent predict calls on one signature run as one.
+
+A small stand-in for TF Serving's batching session, driven by the same ``BatchingParameters`` file:
+requests on the same servable and signature whose inputs agree in dtype and in every dimension but the
+first are concatenated along dimension 0, run once, and the outputs split back by row counts. There are no
+extra threads: the first caller becomes the batch's leader, waits up to ``batch_timeout_micros`` for the
+batch to fill to ``max_batch_size`` rows, runs it, and hands leadership to the next waiting request; up to
+``num_batch_threads`` batches run at once. If a merged batch fails, or its outputs are not batch-major,
+every request in it is re-run alone, so one bad request never fails its neighbours. Not reproduced:
+padding to ``allowed_batch_sizes`` (a static-shape optimisation) and ``max_enqueued_batches`` (requests
+wait instead of being rejected).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.model_server._proto import session_bundle_config_pb2
+
+__all__ = ["Batcher"]
+
+RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Task:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    key: tuple[Any, ...]
+    run: RunFn
+    lead: bool = False  # asked to lead a batch
+    leading: bool = False  # leading one now
+    finished: bool = False
+    result: dict[str, np.ndarray] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Queue:
+    pending: list[_Task] = field(default_factory=list)
+    running: int = 0
+
+
+class Batcher:
+    """Merges concurrent calls; one instance per server, queues per ``(servable, signature)``."""
+
+    def __init__(self, params: session_bundle_config_pb2.BatchingParameters) -> None:
+        self.max_batch_size = params.max_batch_size.value if params.HasField("max_batch_size") else 1000
+        self.timeout = (params.batch_timeout_micros.value if params.HasField("batch_timeout_micros") else 0) / 1e6
+        self.num_batch_threads = max(params.num_batch_threads.value if params.HasField("num_batch_threads") else 1, 1)
+        self._lock = threading.Condition()
+        self._queues: dict[Any, _Queue] = {}
+
+    def queued(self, queue_key: Any) -> int:
+        """How many requests wait on ``queue_key`` now (for tests and debugging)."""
+        with self._lock:
+            queue = self._queues.get(queue_key)
+            return len(queue.pending) if queue else 0
+
+    def run(self, queue_key: Any, inputs: Mapping[str, np.ndarray], run: RunFn) -> dict[str, np.ndarray]:
+        """Run ``run(inputs)``, merged with concurrent calls on the same ``queue_key`` where possible."""
+        rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+        if len(rows) != 1 or -1 in rows or not inputs or next(iter(rows)) >= self.max_batch_size:
+            return run(inputs)
+        key = tuple(sorted((alias, a.dtype.str, a.shape[1:]) for alias, a in inputs.items()))
+        task = _Task(inputs, rows.pop(), key, run)
+        with self._lock:
+            queue = self._queues.setdefault(queue_key, _Queue())
+            queue.pending.append(task)
+            if queue.running < self.num_batch_threads:
+                queue.running += 1
+                task.lead = True
+            else:
+                self._lock.notify_all()  # a leader may be waiting for its batch to fill
+        while True:
+            if task.lead:
+                self._lead(queue, task)
+            with self._lock:
+                while not task.finished and not task.lead:
+                    self._lock.wait()
+                if task.finished:
+                    break
+        if task.error is not None:
+            raise task.error
+        assert task.result is not None
+        return task.result
+
+    def _take(self, queue: _Queue, first: _Task) -> list[_Task]:
+        candidates = ([first] if first in queue.pending else []) + [t for t in queue.pending if t is not first]
+        batch, rows = [], 0
+        for task in candidates:
+            if task.key == first.key and rows + task.rows <= self.max_batch_size:
+                batch.append(task)
+                rows += task.rows
+                queue.pending.remove(task)
+        return batch
+
+    def _lead(self, queue: _Queue, first: _Task) -> None:
+        with self._lock:
+            first.lead, first.leading = False, True
+        while True:
+            with self._lock:
+                if self.timeout > 0 and first in queue.pending:
+                    deadline = time.monotonic() + self.timeout
+                    while sum(t.rows for t in queue.pending if t.key == first.key) < self.max_batch_size:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._lock.wait(remaining)
+                batch = self._take(queue, first)
+            if batch:
+                self._execute(batch)
+            with self._lock:
+                for task in batch:
+                    task.finished = True
+                if first in queue.pending:
+                    self._lock.notify_all()
+                    continue  # our own request did not fit: lead another batch
+                first.leading = False
+                successor = next((t for t in queue.pending if not t.leading), None)
+                if successor is not None:
+                    successor.lead = True  # it wakes up and leads the next batch
+                else:
+                    queue.running -= 1
+                self._lock.notify_all()
+            return
+
+    @staticmethod
+    def _execute(batch: list[_Task]) -> None:
+        if len(batch) == 1:
+            _run_alone(batch[0])
+            return
+        total = sum(t.rows for t in batch)
+        merged = {alias: np.concatenate([t.inputs[alias] for t in batch]) for alias in batch[0].inputs}
+        try:
+            outputs = batch[0].run(merged)
+            if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
+                raise ValueError("outputs are not batch-major")
+        except Exception:
+            for task in batch:  # re-run alone: each request gets its own answer or error
+                _run_alone(task)
+            return
+        offset = 0
+        for task in batch:
+            task.result = {k: v[offset : offset + task.rows] for k, v in outputs.items()}
+            offset += task.rows
+
+
+def _run_alone(task: _Task) -> None:
+    try:
+        task.result = task.run(task.inputs)
+    except BaseException as exc:  # handed to the request's own thread, which re-raises it
+        task.error = exc

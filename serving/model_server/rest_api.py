@@ -1,0 +1,367 @@
+"""The REST API on ``--rest_api_port``: TF Serving's ``/v1/models/...`` routes, and the metrics page.
+
+Routes, status codes and bodies follow ``g3doc/api_rest.md`` and ``http_rest_api_handler.cc``:
+
+- ``GET /v1/models/{name}[/versions/{v} | /labels/{l}]``: model status (GetModelStatus as JSON)
+- ``GET .../metadata``: ``{"model_spec": ..., "metadata": {"signature_def": ...}}``
+- ``POST .../{...}:predict | :classify | :regress``: row / columnar predict, ``"results"`` for the others
+- ``GET <prometheus path>``: metrics, when ``--monitoring_config_file`` enables them
+
+Every error is ``{"error": "<message>"}`` with TF Serving's mapping of status codes (INVALID_ARGUMENT and
+FAILED_PRECONDITION 400, NOT_FOUND 404, ...); a body larger than the limit is 413, a request whose
+processing outlives ``--rest_api_timeout_in_ms`` is 504. Connections are HTTP/1.1 keep-alive, one thread
+each; ``--rest_api_num_threads`` bounds how many requests run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+from serving.model_server import tensors
+from serving.model_server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelServerError,
+)
+from serving.model_server.grpc_service import SIGNATURE_DEF_FIELD, model_metadata, model_status
+from serving.model_server.loader import ModelManager
+from serving.model_server.metrics import ServerMetrics
+
+__all__ = ["RestApi", "RestServer"]
+
+log = logging.getLogger(__name__)
+
+_PREDICTION = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
+_STATUS = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _error_body(message: str) -> bytes:
+    return _json({"error": message})
+
+
+class RestApi:
+    """Request handling without sockets: ``handle(method, path, body) -> (status, body, model, api)``."""
+
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, prometheus_path: str | None = None) -> None:
+        self._manager = manager
+        self._metrics = metrics
+        self.prometheus_path = prometheus_path
+
+    def handle(self, http_method: str, raw_path: str, body: bytes) -> tuple[int, bytes, str, str]:
+        path = urlsplit(raw_path).path
+        model, api = "", "unknown"
+        start = time.perf_counter()
+        try:
+            if not path.lower().startswith("/v1/"):
+                return HTTPStatus.NOT_FOUND, _error_body(f"Not found: {http_method} {path}"), model, api
+            match = _PREDICTION.fullmatch(path) if http_method == "POST" else None
+            if match:
+                model, version, label, api = match.groups()
+                api = api.lower()
+                payload = self._prediction(api, *self._spec(model, version, label), body)
+            else:
+                match = _STATUS.fullmatch(path) if http_method == "GET" else None
+                if not match:
+                    raise InvalidArgument(f"Malformed request: {http_method} {path}")
+                model, version, label, sub = match.groups()
+                model = model or ""
+                api = "metadata" if sub else "status"
+                if not model:
+                    raise InvalidArgument("Missing model name in request.")
+                payload = self._metadata(*self._spec(model, version, label)) if sub else self._status(
+                    *self._spec(model, version, label)
+                )
+            status, out = HTTPStatus.OK, payload
+        except ModelServerError as exc:
+            status, out = exc.http_status, _error_body(exc.message)
+            self._metrics.observe(model, api, "rest", exc.code.name, time.perf_counter() - start)
+            return status, out, model, api
+        except Exception as exc:
+            log.exception("REST %s %s failed", http_method, path)
+            self._metrics.observe(model, api, "rest", "INTERNAL", time.perf_counter() - start)
+            return HTTPStatus.INTERNAL_SERVER_ERROR, _error_body(f"Internal error: {exc}"), model, api
+        self._metrics.observe(model, api, "rest", "OK", time.perf_counter() - start)
+        return status, out, model, api
+
+    @staticmethod
+    def _spec(model: str, version: str | None, label: str | None) -> tuple[str, int | None, str | None]:
+        name = unquote(model)
+        if version is not None:
+            try:
+                number: int | None = int(version)
+            except ValueError:
+                raise InvalidArgument(f"Failed to convert version: {version} to numeric.") from None
+            if number is not None and number >= 1 << 63:
+                raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
+        else:
+            number = None
+        return name, number, unquote(label) if label else None
+
+    # ------------------------------------------------------------------------------------------ GET
+
+    def _status(self, name: str, version: int | None, label: str | None) -> bytes:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        if label:
+            request.model_spec.version_label = label
+        response = model_status(self._manager, request)
+        return json_format.MessageToJson(response, always_print_fields_with_no_presence=True, indent=1).encode()
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        if label:
+            request.model_spec.version_label = label
+        response = model_metadata(self._manager, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_map)
+        options = {"always_print_fields_with_no_presence": True, "preserving_proto_field_name": True}
+        return _json(
+            {
+                "model_spec": json_format.MessageToDict(response.model_spec, **options),
+                "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_map, **options)},
+            }
+        )
+
+    # ------------------------------------------------------------------------------------------ POST
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any]:
+        if not body.strip():
+            raise InvalidArgument("JSON Parse error: The document is empty")
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise InvalidArgument(f"JSON Parse error: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InvalidArgument(f"JSON Value: {str(doc)[:256]} Is not object")
+        signature = doc.get("signature_name", "")
+        if not isinstance(signature, str):
+            raise InvalidArgument(
+                f"JSON Value: {str(signature)[:256]} not formatted correctly. 'signature_name' key must be a string "
+                "value."
+            )
+        return doc
+
+    def _prediction(self, api: str, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        doc = self._parse(body)
+        servable = self._manager.resolve(name, version, label)
+        signature = doc.get("signature_name", "")
+        try:
+            if api == "predict":
+                info = servable.signature(signature)
+                dtypes = {alias: dtype for alias, (dtype, _shape) in info.inputs.items()}
+                inputs, fmt = tensors.predict_inputs_from_json(doc, dtypes)
+                _info, outputs = servable.predict(signature, inputs)
+                return _json(tensors.outputs_to_json(outputs, fmt))
+            serialized = [e.SerializeToString() for e in tensors.examples_from_json(doc)]
+            if api == "classify":
+                _info, classes, scores = servable.classify(signature, serialized)
+                shape = (classes if classes is not None else scores).shape
+                results = [
+                    [
+                        [
+                            _label(classes[i, j]) if classes is not None else "",
+                            float(scores[i, j]) if scores is not None else 0.0,
+                        ]
+                        for j in range(shape[1])
+                    ]
+                    for i in range(shape[0])
+                ]
+                return _json({"results": results})
+            _info, values = servable.regress(signature, serialized)
+            return _json({"results": tensors.to_json_value(values.astype(np.float32), "outputs")})
+        except RecursionError:
+            raise InvalidArgument("Expected JSON nested at most a few hundred levels deep. Received: deeper") from None
+
+
+def _label(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.condition = threading.Condition()
+        self.inflight = 0
+        self.closing = False
+        self.connections: set[socket.socket] = set()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        with self.condition:
+            self.connections.add(conn)
+        return conn, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.condition:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+
+class RestServer:
+    """A threaded HTTP/1.1 server for :class:`RestApi`, with a graceful :meth:`stop`."""
+
+    def __init__(
+        self,
+        api: RestApi,
+        host: str,
+        port: int,
+        *,
+        metrics: ServerMetrics,
+        num_threads: int,
+        timeout_ms: int,
+        max_request_bytes: int,
+        enable_cors: bool = False,
+    ) -> None:
+        semaphore = threading.BoundedSemaphore(max(num_threads, 1))
+        track_in_flight = metrics.in_flight.labels("rest").track_inprogress
+        timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "TFStackModelServer/1"
+
+            def setup(self) -> None:
+                super().setup()
+                with contextlib.suppress(OSError):
+                    self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("%s - %s", self.address_string(), format % args)
+
+            def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                if enable_cors:
+                    self.send_header("Access-Control-Allow-Origin", "*")
+                    self.send_header("Access-Control-Allow-Methods", "POST, GET")
+                    self.send_header("Access-Control-Allow-Headers", "Content-Type")
+                if self.server.closing:  # type: ignore[attr-defined]
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                # Headers and body leave in one write: two small writes meet Nagle's algorithm and the
+                # client's delayed ACK, which costs ~40 ms per keep-alive request.
+                self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
+                self.flush_headers()
+
+            def _process(self, method: str) -> None:
+                server: _HttpServer = self.server  # type: ignore[assignment]
+                with server.condition:
+                    server.inflight += 1
+                try:
+                    body = b""
+                    if method == "POST":
+                        length_header = self.headers.get("Content-Length")
+                        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                            self.close_connection = True
+                            self._send(HTTPStatus.LENGTH_REQUIRED, _error_body(
+                                "Expected a Content-Length header. Received: Transfer-Encoding: chunked"))
+                            return
+                        try:
+                            length = int(length_header or 0)
+                            if length < 0:
+                                raise ValueError(length)
+                        except ValueError:
+                            self.close_connection = True
+                            self._send(HTTPStatus.BAD_REQUEST, _error_body(
+                                f"Expected a non-negative Content-Length. Received: {length_header!r}"))
+                            return
+                        if length > max_request_bytes:
+                            self.close_connection = True
+                            metrics.observe("", "unknown", "rest", "RESOURCE_EXHAUSTED", 0.0)
+                            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _error_body(
+                                f"Expected a request body of at most {max_request_bytes} bytes. "
+                                f"Received: Content-Length={length}"))
+                            return
+                        body = self.rfile.read(length)
+                    path = self.path
+                    if api.prometheus_path and method == "GET" and urlsplit(path).path == api.prometheus_path:
+                        page, content_type = metrics.exposition()
+                        self._send(HTTPStatus.OK, page, content_type)
+                        return
+                    start = time.monotonic()
+                    with semaphore, track_in_flight():
+                        status, out, _model, _api = api.handle(method, path, body)
+                    if timeout is not None and time.monotonic() - start > timeout:
+                        error = DeadlineExceeded(
+                            f"Request took longer than --rest_api_timeout_in_ms={timeout_ms}")
+                        status, out = error.http_status, _error_body(error.message)
+                    self._send(status, out)
+                finally:
+                    with server.condition:
+                        server.inflight -= 1
+                        server.condition.notify_all()
+
+            def do_GET(self) -> None:
+                self._process("GET")
+
+            def do_POST(self) -> None:
+                self._process("POST")
+
+            def do_OPTIONS(self) -> None:
+                self._send(HTTPStatus.OK if enable_cors else HTTPStatus.BAD_REQUEST,
+                           b"" if enable_cors else _error_body(f"Malformed request: OPTIONS {self.path}"))
+
+            def _malformed(self) -> None:
+                self._send(HTTPStatus.BAD_REQUEST, _error_body(f"Malformed request: {self.command} {self.path}"))
+
+            do_PUT = do_DELETE = do_PATCH = _malformed
+
+        Handler.timeout = max(timeout or 0, 60.0)  # socket reads: generous, so slow uploads are not cut short
+        self._httpd = _HttpServer((host, port), Handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest-api", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), then close connections."""
+        httpd = self._httpd
+        httpd.shutdown()
+        deadline = time.monotonic() + grace
+        with httpd.condition:
+            httpd.closing = True
+            while httpd.inflight and time.monotonic() < deadline:
+                httpd.condition.wait(deadline - time.monotonic())
+            connections = list(httpd.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        httpd.server_close()

@@ -1,0 +1,391 @@
+"""Tensor conversions: TensorProto <-> numpy for gRPC, JSON <-> numpy for REST, JSON -> tf.Example.
+
+Responses are written the way TF Serving writes them: gRPC ``TensorProto`` with typed repeated fields
+(``float_val``, ``int64_val``, ``string_val``, ...), never ``tensor_content``; requests are read from either.
+The JSON rules follow ``tensorflow_serving/util/json_tensor.cc``: row (``instances``) and columnar
+(``inputs``) formats, ``{"b64": ...}`` for binary strings, string outputs whose alias ends in ``_bytes``
+written back as ``{"b64": ...}``, ``NaN`` / ``Infinity`` for non-finite floats.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from serving.model_server.errors import InvalidArgument
+
+__all__ = [
+    "MAX_ELEMENTS",
+    "examples_from_input",
+    "examples_from_json",
+    "json_to_array",
+    "make_ndarray",
+    "make_tensor_proto",
+    "numpy_dtype",
+    "outputs_to_json",
+    "predict_inputs_from_json",
+    "to_json_value",
+    "type_string",
+]
+
+#: Largest tensor (in elements) a request may declare; protects against ``shape [1e12]`` with no values.
+MAX_ELEMENTS = 1 << 28
+
+_INT_FIELDS = {
+    types_pb2.DT_INT8, types_pb2.DT_INT16, types_pb2.DT_INT32, types_pb2.DT_UINT8, types_pb2.DT_UINT16,
+}
+
+
+@functools.lru_cache(maxsize=64)
+def numpy_dtype(enum: int) -> np.dtype[Any]:
+    """The numpy dtype of a ``tensorflow.DataType`` enum value (``object`` for DT_STRING)."""
+    try:
+        dtype = tf.dtypes.as_dtype(enum)
+    except TypeError as exc:
+        raise InvalidArgument(f"Expected a known tensorflow.DataType. Received: dtype={enum}") from exc
+    if dtype == tf.string:
+        return np.dtype(object)
+    if dtype.is_quantized or dtype in (tf.resource, tf.variant):
+        raise InvalidArgument(f"Expected a numeric, bool or string dtype. Received: dtype={dtype.name}")
+    return np.dtype(dtype.as_numpy_dtype)
+
+
+def type_string(dtype: np.dtype[Any]) -> str:
+    """TensorFlow's ``DataTypeString`` of a numpy dtype: ``float``, ``double``, ``int64``, ``string``, ..."""
+    if dtype.kind in "OSU":
+        return "string"
+    return types_pb2.DataType.Name(tf.dtypes.as_dtype(dtype).as_datatype_enum)[3:].lower()
+
+
+def _dtype_enum(array: np.ndarray) -> int:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return types_pb2.DT_STRING
+    return int(tf.dtypes.as_dtype(array.dtype).as_datatype_enum)
+
+
+def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """Decode a request ``TensorProto`` (``tensor_content`` or typed fields); bad ones raise InvalidArgument."""
+    if proto.tensor_shape.unknown_rank:
+        raise InvalidArgument("Expected a tensor with a known shape. Received: tensor_shape.unknown_rank=true")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"Expected non-negative dimensions. Received: shape={dims}")
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise InvalidArgument(f"Expected at most {MAX_ELEMENTS} elements in a tensor. Received: shape={dims}")
+    dtype = numpy_dtype(proto.dtype)
+    if proto.dtype == types_pb2.DT_FLOAT and not proto.tensor_content and len(proto.float_val) == math.prod(dims):
+        return np.array(proto.float_val, dtype=np.float32).reshape(dims)  # the common fast path
+    try:
+        array = tf.make_ndarray(proto)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise InvalidArgument(
+            f"Expected tensor values that fill shape {dims} of dtype {tf.dtypes.as_dtype(proto.dtype).name}. "
+            f"Received: {exc}"
+        ) from exc
+    if array.dtype != dtype and dtype.kind != "O":
+        array = array.astype(dtype)
+    return array
+
+
+def make_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """Encode a response array with TF Serving's typed repeated fields (no ``tensor_content``)."""
+    array = np.asarray(array)
+    enum = _dtype_enum(array)
+    proto = tensor_pb2.TensorProto(
+        dtype=enum,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in array.shape]
+        ),
+    )
+    flat = array.ravel()
+    if enum == types_pb2.DT_STRING:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
+    elif enum == types_pb2.DT_FLOAT:
+        proto.float_val.extend(flat.tolist())
+    elif enum == types_pb2.DT_DOUBLE:
+        proto.double_val.extend(flat.tolist())
+    elif enum == types_pb2.DT_INT64:
+        proto.int64_val.extend(flat.tolist())
+    elif enum in _INT_FIELDS:
+        proto.int_val.extend(flat.tolist())
+    elif enum == types_pb2.DT_BOOL:
+        proto.bool_val.extend(flat.tolist())
+    elif enum in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+    elif enum == types_pb2.DT_UINT32:
+        proto.uint32_val.extend(flat.tolist())
+    elif enum == types_pb2.DT_UINT64:
+        proto.uint64_val.extend(flat.tolist())
+    elif enum == types_pb2.DT_COMPLEX64:
+        proto.scomplex_val.extend(flat.view(np.float32).tolist())
+    elif enum == types_pb2.DT_COMPLEX128:
+        proto.dcomplex_val.extend(flat.view(np.float64).tolist())
+    else:  # pragma: no cover - every dtype a signature can output is listed above
+        raise InvalidArgument(f"Expected an output dtype TF Serving can encode. Received: dtype={array.dtype}")
+    return proto
+
+
+# ---------------------------------------------------------------------------------------------- JSON -> numpy
+
+
+def _debug(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 256 else text[:253] + "..."
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _b64_decode(value: dict[str, Any]) -> bytes:
+    encoded = value["b64"]
+    if not isinstance(encoded, str):
+        raise InvalidArgument(f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        try:  # TF Serving also accepts the URL-safe alphabet.
+            return base64.urlsafe_b64decode(encoded)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"Unable to base64 decode. Received: {_debug(value)}") from exc
+
+
+def _strings(value: Any, level: int = 0) -> Any:
+    """Turn a nested JSON value into nested lists of bytes (strings as UTF-8, ``{"b64"}`` decoded)."""
+    if isinstance(value, list):
+        if level > 64:
+            raise InvalidArgument("Expected a JSON value nested at most 64 levels deep. Received: deeper")
+        return [_strings(v, level + 1) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if _is_b64(value):
+        return _b64_decode(value)
+    raise InvalidArgument(f"JSON Value: {_debug(value)} Type: {type(value).__name__} is not of expected type: string")
+
+
+_JSON_KINDS = {"U": "String", "S": "String", "b": "Boolean", "i": "Number", "u": "Number", "f": "Number"}
+
+
+def json_to_array(value: Any, dtype: np.dtype[Any], name: str = "") -> np.ndarray:
+    """Convert one JSON value (scalar or nested lists) to an array of ``dtype``, as TF Serving would."""
+    where = f" for input {name!r}" if name else ""
+    if dtype.kind == "O":
+        nested = _strings(value)
+        try:
+            array = np.array(nested, dtype=object)
+        except ValueError as exc:
+            raise InvalidArgument(f"Expected a rectangular list of strings{where}. Received: {exc}") from exc
+        if array.size and not all(isinstance(v, bytes) for v in array.ravel().tolist()):
+            raise InvalidArgument(f"Expected a rectangular list of strings{where}. Received: {_debug(value)}")
+        return array
+    try:
+        raw = np.array(value)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"Expected a rectangular list of numbers{where}. Received: {exc}") from exc
+    kind = raw.dtype.kind
+    target = dtype.kind
+    if raw.size == 0 and kind in "fO":
+        return raw.astype(dtype) if kind == "f" else np.zeros(raw.shape, dtype)
+    if target == "b":
+        ok = kind == "b"
+    elif target in "iu":
+        ok = kind in "biu" if kind != "b" else False
+    elif target in "fc":
+        ok = kind in "iuf" or (target == "c" and kind == "c")
+    else:
+        ok = False
+    if not ok:
+        sample = raw.ravel()[0].item() if raw.size and kind != "O" else value
+        raise InvalidArgument(
+            f"JSON Value: {_debug(sample)} Type: {_JSON_KINDS.get(kind, 'mixed')} "
+            f"is not of expected type: {type_string(dtype)}{where}"
+        )
+    if target in "iu" and raw.size:
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise InvalidArgument(f"Expected values in [{info.min}, {info.max}] for {dtype.name}{where}. "
+                                  f"Received: min={raw.min()}, max={raw.max()}")
+    with np.errstate(over="ignore"):  # a float beyond float32's range becomes inf, as in TF Serving's parser
+        return raw.astype(dtype)
+
+
+def predict_inputs_from_json(
+    body: Mapping[str, Any], input_dtypes: Mapping[str, np.dtype[Any]]
+) -> tuple[dict[str, np.ndarray], str]:
+    """Read a ``:predict`` body into named arrays; returns them and the format, ``"row"`` or ``"columnar"``."""
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances and has_inputs:
+        raise InvalidArgument(
+            f"JSON Value: {_debug(body)} Not formatted correctly expecting only one of 'inputs' or 'instances' "
+            "keys to exist"
+        )
+    names = sorted(input_dtypes)
+    if has_instances:
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise InvalidArgument(f"JSON Value: {_debug(body)} Expecting 'instances' to be an list/array")
+        if not instances:
+            raise InvalidArgument(f"JSON Value: {_debug(body)} No values in 'instances' array")
+        named = [isinstance(e, dict) and not _is_b64(e) for e in instances]
+        if len(names) > 1 and not all(named):
+            raise InvalidArgument(
+                "instances is a plain list, but expecting list of objects as multiple input tensors required as "
+                f"per tensorinfo_map (inputs: {', '.join(names)})"
+            )
+        if any(named) and not all(named):
+            raise InvalidArgument("Expected every element of 'instances' to be an object, or none. Received: a mix")
+        columns: dict[str, list[Any]] = {n: [] for n in names}
+        for i, element in enumerate(instances):
+            if named[i]:
+                if set(element) != set(names):
+                    raise InvalidArgument(
+                        f"Failed to process element: {i} of 'instances' list. JSON object: {_debug(element)} keys "
+                        f"must be equal to: {','.join(names)}"
+                    )
+                for n in names:
+                    columns[n].append(element[n])
+            else:
+                columns[names[0]].append(element)
+        arrays = {}
+        for n in names:
+            items = [json_to_array(v, input_dtypes[n], n) for v in columns[n]]
+            shapes = {a.shape for a in items}
+            if len(shapes) != 1:
+                raise InvalidArgument(
+                    f"Expecting tensor size: {items[0].shape} but got: {sorted(shapes - {items[0].shape})[0]} "
+                    f"for input {n!r} across 'instances'"
+                )
+            arrays[n] = np.stack(items)
+        return arrays, "row"
+    if has_inputs:
+        inputs = body["inputs"]
+        if isinstance(inputs, dict) and not _is_b64(inputs):
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise InvalidArgument(f"Missing named input: {missing[0]} in 'inputs' object.")
+            return {n: json_to_array(inputs[n], input_dtypes[n], n) for n in names}, "columnar"
+        if len(names) != 1:
+            raise InvalidArgument(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
+                f"tensorinfo_map (inputs: {', '.join(names)})"
+            )
+        return {names[0]: json_to_array(inputs, input_dtypes[names[0]], names[0])}, "columnar"
+    raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+# ---------------------------------------------------------------------------------------------- numpy -> JSON
+
+
+def to_json_value(array: np.ndarray, name: str) -> Any:
+    """One output array as JSON-ready nested lists (strings decoded, ``*_bytes`` as ``{"b64"}``)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        if name.endswith("_bytes"):
+            convert = np.frompyfunc(lambda b: {"b64": base64.b64encode(b).decode("ascii")}, 1, 1)
+        else:
+            convert = np.frompyfunc(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b), 1, 1)
+        return convert(array).tolist() if array.ndim else convert(array.item())
+    if array.dtype == np.float32 or (array.dtype.kind == "f" and array.dtype.itemsize < 8):
+        # Shortest decimal that round-trips the float32 (what TF Serving prints), not float64's expansion.
+        return np.asarray(array.astype(str), dtype=np.float64).tolist()
+    if array.dtype.kind == "c":
+        return np.stack([array.real, array.imag], axis=-1).tolist()
+    if array.dtype.kind == "V" or str(array.dtype) == "bfloat16":
+        return array.astype(np.float32).astype(np.float64).tolist()
+    return array.tolist()
+
+
+def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> dict[str, Any]:
+    """The response body for ``:predict``: ``{"predictions": ...}`` (row) or ``{"outputs": ...}`` (columnar)."""
+    names = sorted(outputs)
+    if fmt == "columnar":
+        if len(names) == 1:
+            return {"outputs": to_json_value(outputs[names[0]], names[0])}
+        return {"outputs": {n: to_json_value(outputs[n], n) for n in names}}
+    batch = {n: (outputs[n].shape[0] if outputs[n].ndim else None) for n in names}
+    if None in batch.values() or len(set(batch.values())) != 1:
+        raise InvalidArgument(
+            "Expected every output to have the same 0th dimension (batch size) for the row ('instances') format; "
+            f"use the columnar ('inputs') format instead. Received: {batch}"
+        )
+    if len(names) == 1:
+        return {"predictions": to_json_value(outputs[names[0]], names[0])}
+    columns = {n: to_json_value(outputs[n], n) for n in names}
+    size = next(iter(batch.values()))
+    return {"predictions": [{n: columns[n][i] for n in names} for i in range(size)]}
+
+
+# ---------------------------------------------------------------------------------------------- JSON -> Example
+
+
+def _add_feature(features: feature_pb2.Features, name: str, value: Any) -> None:
+    values = value if isinstance(value, list) else [value]
+    kinds = set()
+    for v in values:
+        if isinstance(v, bool) or v is None or (isinstance(v, (list, dict)) and not _is_b64(v)):
+            raise InvalidArgument(f"Feature: {name} has element with unexpected JSON type: {type(v).__name__}")
+        kinds.add("bytes" if isinstance(v, (str, dict)) else "float" if isinstance(v, float) else "int64")
+    feature = features.feature[name]
+    if not values:
+        return
+    if "bytes" in kinds:
+        if len(kinds) > 1:
+            raise InvalidArgument(f"Unexpected element type in feature: {name} expecting type: bytes")
+        feature.bytes_list.value.extend(v.encode("utf-8", "surrogatepass") if isinstance(v, str) else _b64_decode(v)
+                                        for v in values)
+    elif "float" in kinds:
+        feature.float_list.value.extend(float(v) for v in values)
+    else:
+        if any(not -(1 << 63) <= v < (1 << 63) for v in values):
+            raise InvalidArgument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        feature.int64_list.value.extend(values)
+
+
+def _example(value: Any) -> example_pb2.Example:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"Example must be JSON object but got JSON {type(value).__name__}")
+    example = example_pb2.Example()
+    for name, feature_value in value.items():
+        _add_feature(example.features, name, feature_value)
+    return example
+
+
+def examples_from_json(body: Mapping[str, Any]) -> list[example_pb2.Example]:
+    """Read a ``:classify`` / ``:regress`` body (``examples`` plus optional ``context``) into tf.Examples."""
+    examples = body.get("examples")
+    if not isinstance(examples, list):
+        raise InvalidArgument(f"Expected 'examples' to be a list/array of objects. Received: {_debug(examples)}")
+    if not examples:
+        raise InvalidArgument("Expected at least one element in 'examples'. Received: []")
+    context = _example(body["context"]) if "context" in body else None
+    result = []
+    for value in examples:
+        example = _example(value)
+        if context is not None:
+            merged = example_pb2.Example()
+            merged.CopyFrom(context)
+            merged.MergeFrom(example)
+            example = merged
+        result.append(example)
+    return result
+
+
+def examples_from_input(examples: Sequence[example_pb2.Example], context: example_pb2.Example | None) -> list[bytes]:
+    """Serialize examples (each merged over the context, if any) for a signature's ``inputs`` tensor."""
+    if context is None:
+        return [e.SerializeToString() for e in examples]
+    out = []
+    for example in examples:
+        merged = example_pb2.Example()
+        merged.CopyFrom(context)
+        merged.MergeFrom(example)
+        out.append(merged.SerializeToString())
+    return out

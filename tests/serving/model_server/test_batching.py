@@ -1,0 +1,87 @@
+"""Batching: concurrent calls merge into one run, answers split back, a bad request fails alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from serving.model_server._proto import session_bundle_config_pb2
+from serving.model_server.batching import Batcher
+
+from .conftest import http, wait_until
+
+
+def _batcher(text: str = "max_batch_size { value: 32 } num_batch_threads { value: 1 }") -> Batcher:
+    return Batcher(text_format.Parse(text, session_bundle_config_pb2.BatchingParameters()))
+
+
+class HalfPlusTwo:
+    """y = 0.5 x + 2 that records each batch it runs; the first run waits until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.release = threading.Event()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.batches:
+            self.batches.append(len(inputs["x"]))
+            self.release.wait(timeout=60)
+        else:
+            self.batches.append(len(inputs["x"]))
+        if (inputs["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"y": inputs["x"] * 0.5 + 2}
+
+
+def test_concurrent_requests_run_as_one_batch_and_get_their_own_rows() -> None:
+    batcher, model = _batcher(), HalfPlusTwo()
+    with ThreadPoolExecutor(9) as pool:
+        first = pool.submit(batcher.run, "k", {"x": np.array([0.0])}, model)
+        wait_until(lambda: model.batches)  # the first request is running
+        rest = [pool.submit(batcher.run, "k", {"x": np.array([float(i), float(i)])}, model) for i in range(1, 9)]
+        wait_until(lambda: batcher.queued("k") == 8)
+        model.release.set()
+        assert first.result()["y"].tolist() == [2.0]
+        for i, future in enumerate(rest, start=1):
+            assert future.result()["y"].tolist() == [0.5 * i + 2] * 2
+    assert model.batches == [1, 16]
+
+
+def test_a_failing_request_fails_alone() -> None:
+    batcher, model = _batcher(), HalfPlusTwo()
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.run, "k", {"x": np.array([1.0])}, model)
+        wait_until(lambda: model.batches)
+        good = pool.submit(batcher.run, "k", {"x": np.array([2.0])}, model)
+        bad = pool.submit(batcher.run, "k", {"x": np.array([-1.0])}, model)
+        wait_until(lambda: batcher.queued("k") == 2)
+        model.release.set()
+        assert first.result()["y"].tolist() == [2.5]
+        assert good.result()["y"].tolist() == [3.0]
+        with pytest.raises(ValueError, match="negative input"):
+            bad.result()
+
+
+def test_inputs_of_other_shapes_or_too_many_rows_are_not_merged() -> None:
+    batcher, model = _batcher("max_batch_size { value: 4 } num_batch_threads { value: 1 }"), HalfPlusTwo()
+    model.release.set()
+    assert batcher.run("k", {"x": np.zeros(5)}, model)["y"].tolist() == [2.0] * 5  # over max: run alone
+    assert batcher.run("k", {"x": np.float32(1.0)}, lambda i: {"y": i["x"] + 1})["y"] == 2.0  # scalar: alone
+
+
+def test_server_with_the_shipped_batching_config_answers_correctly(start_server: Any, model_base: Path) -> None:
+    from serving.config import CONFIG_DIR
+
+    server = start_server("--model_name=hp2", f"--model_base_path={model_base}", "--enable_batching",
+                          f"--batching_parameters_file={CONFIG_DIR / 'batching.config'}")
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/hp2:predict"
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: http("POST", url, f'{{"instances": [{i}.0, 1.0]}}'), range(40)))
+    assert answers == [(200, {"predictions": [0.5 * i + 2, 2.5]}) for i in range(40)]
