@@ -1,0 +1,54 @@
+"""templates/serving-configmap.yaml: TF Serving's config files, parsed with TF Serving's own protos and
+kept identical to serving/config/ (the chart's copies live in k8s/chart/files/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import CONFIG_DIR
+from serving.model_server.config import read_batching_parameters, read_model_server_config, read_monitoring_config
+from tests.deploy.rendering import CHART_DIR, render, render_values
+
+TEMPLATE = "serving-configmap.yaml"
+
+
+@pytest.mark.parametrize("name", ["monitoring.config", "batching.config"])
+def test_should_ship_identical_copies_when_chart_files_are_compared(name: str) -> None:
+    assert (CHART_DIR / "files" / name).read_bytes() == (CONFIG_DIR / name).read_bytes()
+
+
+def _write(tmp_path: Path, data: dict[str, str]) -> dict[str, Path]:
+    paths = {}
+    for name, text in data.items():
+        paths[name] = tmp_path / name
+        paths[name].write_text(text)
+    return paths
+
+
+def test_should_parse_every_file_with_tf_serving_protos_when_defaults_are_rendered(tmp_path: Path) -> None:
+    paths = _write(tmp_path, render("defaults").one(TEMPLATE)["data"])
+    assert set(paths) == {"models.config", "monitoring.config", "batching.config"}
+    ours = read_model_server_config(paths["models.config"])
+    assert ours == read_model_server_config(CONFIG_DIR / "models.config")
+    assert read_monitoring_config(paths["monitoring.config"]).prometheus_config.enable is True
+    assert read_batching_parameters(paths["batching.config"]).max_batch_size.value > 0
+
+
+def test_should_serve_the_named_model_from_the_mount_when_model_values_are_set(tmp_path: Path) -> None:
+    data = render_values({"model": {"name": "flowers", "versionsToServe": 2},
+                          "storage": {"mountPath": "/export"}}).one(TEMPLATE)["data"]
+    (config,) = read_model_server_config(_write(tmp_path, data)["models.config"]).model_config_list.config
+    assert config.name == "flowers"
+    assert config.base_path == "/export/flowers"
+    assert config.model_platform == "tensorflow"
+    assert config.model_version_policy.latest.num_versions == 2
+
+
+def test_should_put_the_model_under_the_export_base_when_trainer_and_serving_share_the_volume() -> None:
+    rendered = render("defaults")
+    data = rendered.one(TEMPLATE)["data"]["models.config"]
+    env = {e["name"]: e["value"] for e in rendered.one("trainer-job.yaml")["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert f'base_path: "{env["TFSTACK_EXPORT_BASE"]}/{env["TFSTACK_MODEL_NAME"]}"' in data

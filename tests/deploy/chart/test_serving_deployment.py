@@ -1,0 +1,100 @@
+"""templates/serving-deployment.yaml: TF Serving on the shared volume (read-only) with our config."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from serving.config import CONTAINER_CONFIG_DIR, command_line
+from serving.model_server.flags import parse_flags
+from tests.deploy.rendering import ROOT, containers, pod_spec, render, render_values, restricted_violations
+
+TEMPLATE = "serving-deployment.yaml"
+SERVING_SETS = ["defaults", "tfjob", "gpus", "existing_claim", "monitoring", "serving_only"]
+
+
+def test_should_run_the_command_line_of_serving_config_when_defaults_are_used() -> None:
+    container = containers(render("defaults").one(TEMPLATE))[0]
+    assert container["command"] + container["args"] == command_line()
+
+
+@pytest.mark.parametrize("value_set", SERVING_SETS)
+def test_should_pass_valid_model_server_flags_when_value_set_is_rendered(value_set: str) -> None:
+    container = containers(render(value_set).one(TEMPLATE))[0]
+    assert container["command"] == ["tensorflow_model_server"]
+    options = parse_flags(container["args"])  # tensorflow_model_server's flags, as the local stand-in reads them
+    assert options.model_config_file == f"{CONTAINER_CONFIG_DIR}/models.config"
+    assert options.monitoring_config_file == f"{CONTAINER_CONFIG_DIR}/monitoring.config"
+    assert (options.port, options.rest_api_port) == (8500, 8501)
+
+
+def test_should_drop_the_batching_file_when_batching_is_off() -> None:
+    args = containers(render("serving_only").one(TEMPLATE))[0]["args"]
+    assert "--enable_batching=false" in args
+    assert not any(arg.startswith("--batching_parameters_file") for arg in args)
+
+
+@pytest.mark.parametrize("value_set", SERVING_SETS)
+def test_should_mount_models_read_only_and_config_from_the_configmap_when_rendered(value_set: str) -> None:
+    rendered = render(value_set)
+    deployment = rendered.one(TEMPLATE)
+    mounts = {m["name"]: m for m in containers(deployment)[0]["volumeMounts"]}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+    assert mounts["config"]["mountPath"] == CONTAINER_CONFIG_DIR and mounts["config"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
+    assert volumes["config"]["configMap"]["name"] == rendered.one("serving-configmap.yaml")["metadata"]["name"]
+    if rendered.values["storage"]["mode"] == "pvc":
+        claim = rendered.one("storage-pvc.yaml")["metadata"]["name"]
+    else:
+        claim = rendered.values["storage"]["existingClaim"]
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim
+
+
+def test_should_be_ready_only_when_a_version_is_available() -> None:
+    """GET /v1/models/NAME/metadata needs a servable handle (GetModelMetadataImpl -> GetServableHandle) and
+    answers 404 until a version is AVAILABLE; GET /v1/models/NAME answers 200 while it is LOADING."""
+    container = containers(render("defaults").one(TEMPLATE))[0]
+    probe = container["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/v1/models/digits/metadata", "port": "http"}
+    http = next(p for p in container["ports"] if p["name"] == "http")
+    assert http["containerPort"] == 8501
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+
+
+def test_should_probe_the_named_model_when_model_name_is_set() -> None:
+    rendered = render_values({"model": {"name": "flowers"}})
+    probe = containers(rendered.one(TEMPLATE))[0]["readinessProbe"]
+    assert probe["httpGet"]["path"] == "/v1/models/flowers/metadata"
+
+
+def test_should_leave_replicas_to_the_hpa_when_autoscaling_is_enabled() -> None:
+    assert "replicas" not in render("monitoring").one(TEMPLATE)["spec"]
+    assert render("defaults").one(TEMPLATE)["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("value_set", SERVING_SETS)
+def test_should_run_restricted_when_security_contexts_are_default(value_set: str) -> None:
+    assert restricted_violations(pod_spec(render(value_set).one(TEMPLATE))) == []
+
+
+def test_should_roll_pods_when_the_config_changes() -> None:
+    before = render("defaults").one(TEMPLATE)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    after = render_values({"model": {"versionsToServe": 2}}).one(TEMPLATE)
+    assert after["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != before
+
+
+def test_should_pin_serving_and_trainer_tensorflow_together_when_images_are_chosen() -> None:
+    """The trainer's TensorFlow must not be newer than the server's: same minor everywhere."""
+    tag = render("defaults").values["serving"]["image"]["tag"]
+    minor = re.match(r"^(\d+\.\d+)\.", str(tag))[1]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"tensorflow>={minor},<' in pyproject
+    assert f"ARG TF_VERSION={minor}." in (ROOT / "docker" / "trainer.Dockerfile").read_text()
+    assert f"ARG TF_SERVING_TAG={tag}" in (ROOT / "docker" / "serving.Dockerfile").read_text()
+
+
+def test_should_use_the_digest_when_serving_image_digest_is_set() -> None:
+    image = containers(render("monitoring").one(TEMPLATE))[0]["image"]
+    assert image == "docker.io/tensorflow/serving@sha256:" + "ab" * 32

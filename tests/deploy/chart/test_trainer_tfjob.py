@@ -1,0 +1,56 @@
+"""templates/trainer-tfjob.yaml: the Kubeflow TFJob (v1 training operator), checked field by field
+(the CRD is not in kubernetes-validate's schemas) and against the trainer's role resolver."""
+
+from __future__ import annotations
+
+import json
+
+from tests.deploy.rendering import NAMESPACE, containers, env_of, pod_spec, render, restricted_violations
+from trainer import config as trainer_config
+from trainer.cluster import INDEXED_JOB_VARIABLES, resolve
+
+TEMPLATE = "trainer-tfjob.yaml"
+
+
+def test_should_have_the_operator_required_fields_when_mode_is_tfjob() -> None:
+    tfjob = render("tfjob").one(TEMPLATE)
+    assert tfjob["apiVersion"] == "kubeflow.org/v1"
+    assert tfjob["kind"] == "TFJob"
+    assert tfjob["metadata"]["name"] and tfjob["metadata"]["namespace"] == NAMESPACE
+    replica_specs = tfjob["spec"]["tfReplicaSpecs"]
+    assert set(replica_specs) == {"Worker"}  # no separate Chief: worker 0 is the chief
+    worker = replica_specs["Worker"]
+    assert worker["replicas"] == 3
+    assert worker["restartPolicy"] in {"Always", "OnFailure", "Never", "ExitCode"}
+    (container,) = worker["template"]["spec"]["containers"]
+    assert container["name"] == "tensorflow"  # the operator finds the TF container by this name
+    assert {"name": "tfjob-port", "containerPort": 2222, "protocol": "TCP"} in container["ports"]
+    assert tfjob["spec"]["runPolicy"]["backoffLimit"] == 6
+    assert tfjob["spec"]["runPolicy"]["cleanPodPolicy"] in {"All", "Running", "None"}
+
+
+def test_should_resolve_roles_from_the_operator_tf_config_when_mode_is_tfjob() -> None:
+    tfjob = render("tfjob").one(TEMPLATE)
+    name = tfjob["metadata"]["name"]
+    env = env_of(containers(tfjob)[0])
+    assert not set(env) & set(INDEXED_JOB_VARIABLES), "TF_CONFIG from the operator is the only cluster source"
+    peers = [f"{name}-worker-{i}.{NAMESPACE}.svc:2222" for i in range(3)]
+    for index in range(3):
+        # What Kubeflow's training operator sets in each worker pod.
+        tf_config = {"cluster": {"worker": peers}, "task": {"type": "worker", "index": index}}
+        cluster = resolve({**env, "TF_CONFIG": json.dumps(tf_config)})
+        assert cluster.source == "tf_config"
+        assert cluster.peers == tuple(peers)
+        assert cluster.rank == index and cluster.is_chief == (index == 0)
+    trainer_config.load({}, env)
+
+
+def test_should_run_restricted_when_mode_is_tfjob() -> None:
+    spec = pod_spec(render("tfjob").one(TEMPLATE))
+    assert restricted_violations(spec) == []
+    assert "subdomain" not in spec
+
+
+def test_should_render_no_headless_service_when_mode_is_tfjob() -> None:
+    assert render("tfjob").by_template("trainer-headless-service.yaml") == []
+    assert render("defaults").by_template(TEMPLATE) == []

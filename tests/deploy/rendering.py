@@ -1,0 +1,168 @@
+"""Rendering the chart offline (helm-python-sdk: Helm's own engine, no cluster, no helm binary).
+
+`render(name)` renders one of the named value sets of `VALUE_SETS` once per test session and returns
+the parsed objects; every chart test reads from this cache, so the matrix costs one render per set.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "k8s" / "chart"
+RELEASE = "digits"
+NAMESPACE = "ml"
+
+#: The values matrix: each set is rendered, validated against the Kubernetes schemas and scanned by checkov.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "tfjob": {"trainer": {"mode": "tfjob", "workers": 3}},
+    "gpus": {
+        "trainer": {
+            "workers": 4,
+            "gpusPerWorker": 1,
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "trainer"}},
+                            },
+                        }
+                    ]
+                }
+            },
+            "search": {"backbone": "mobilenet_v2,efficientnet_b0", "data": "/data/images", "maxTrials": 20},
+            "dataVolume": {"existingClaim": "images"},
+            "activeDeadlineSeconds": 86400,
+            "ttlSecondsAfterFinished": 3600,
+        },
+        "storage": {"storageClassName": "nfs-client"},
+        "serving": {"image": {"tag": "2.21.0-gpu"}},
+    },
+    "existing_claim": {"storage": {"mode": "existingClaim", "existingClaim": "shared-models"}},
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "serving": {
+            "autoscaling": {"enabled": True, "targetMemory": 80},
+            "pdb": {"minAvailable": 1},
+            "image": {"digest": "sha256:" + "ab" * 32},
+        },
+        "networkPolicy": {
+            "allowExternalEgress": False,
+            "servingIngressFrom": [{"namespaceSelector": {"matchLabels": {"name": "frontend"}}}],
+            "metricsIngressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        },
+    },
+    "serving_only": {"trainer": {"enabled": False}, "serving": {"batching": False}},
+}
+VALUE_SET_IDS = list(VALUE_SETS)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered value set: objects by template file, and NOTES.txt."""
+
+    values: dict[str, Any]
+    objects: tuple[tuple[str, dict[str, Any]], ...]
+    notes: str
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return iter(self.objects)
+
+    def by_template(self, template: str) -> list[dict[str, Any]]:
+        """Objects rendered from ``templates/<template>``."""
+        return [obj for path, obj in self.objects if path == f"tfstack/templates/{template}"]
+
+    def one(self, template: str) -> dict[str, Any]:
+        found = self.by_template(template)
+        assert len(found) == 1, f"Expected one object from {template}. Received: {len(found)}"
+        return found[0]
+
+    def kinds(self) -> list[str]:
+        return sorted(obj["kind"] for _, obj in self.objects)
+
+
+@functools.cache
+def _chart() -> helm.Chart:
+    return helm.Chart.load(str(CHART_DIR))
+
+
+def render_values(values: dict[str, Any]) -> Rendered:
+    """Render the chart with `values` (not cached: for one-off cases)."""
+    chart = _chart()
+    manifests = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects: list[tuple[str, dict[str, Any]]] = []
+    notes = ""
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append((path, doc))
+    return Rendered(values=chart.merge_values(copy.deepcopy(values)), objects=tuple(objects), notes=notes)
+
+
+@functools.cache
+def render(name: str) -> Rendered:
+    """Render the value set `name` of `VALUE_SETS` (cached for the session)."""
+    return render_values(VALUE_SETS[name])
+
+
+def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The containers of a workload (Pod, Deployment, Job, TFJob)."""
+    return pod_spec(obj)["containers"]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]
+    if kind == "TFJob":
+        return obj["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    """Literal environment of a container (the chart sets no valueFrom variables of its own)."""
+    return {item["name"]: item["value"] for item in container.get("env", [])}
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What in a pod spec breaks the restrictive profile: non-root, no privilege escalation, all
+    capabilities dropped, read-only root filesystem, RuntimeDefault seccomp, no service account token."""
+    problems = []
+    pod = spec.get("securityContext", {})
+    if pod.get("runAsNonRoot") is not True:
+        problems.append("pod runAsNonRoot")
+    if pod.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("pod seccompProfile")
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append("automountServiceAccountToken")
+    for container in spec["containers"] + spec.get("initContainers", []):
+        context = container.get("securityContext", {})
+        name = container["name"]
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation")
+        if context.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: readOnlyRootFilesystem")
+        if context.get("capabilities", {}).get("drop") != ["ALL"] or context.get("capabilities", {}).get("add"):
+            problems.append(f"{name}: capabilities")
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if (context.get("runAsUser", pod.get("runAsUser")) or 0) < 10000:
+            problems.append(f"{name}: runAsUser below 10000")
+    return problems

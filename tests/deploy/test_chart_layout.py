@@ -1,0 +1,33 @@
+"""The chart's layout habits: one object per template file, file names prefixed by component, and a
+test module in tests/deploy/chart/ mirroring each template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.rendering import CHART_DIR, VALUE_SETS, render
+
+TEMPLATES = CHART_DIR / "templates"
+MANIFESTS = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.yaml"))
+COMPONENTS = ("trainer-", "serving-", "storage-", "tests/client-test-")
+
+
+@pytest.mark.parametrize("template", MANIFESTS)
+def test_should_render_at_most_one_object_when_any_value_set_is_used(template: str) -> None:
+    counts = {name: len(render(name).by_template(template)) for name in VALUE_SETS}
+    assert max(counts.values()) <= 1, counts
+    assert max(counts.values()) == 1, f"{template} renders nothing in any value set: untested"
+
+
+@pytest.mark.parametrize("template", MANIFESTS)
+def test_should_prefix_the_file_by_component_when_a_template_is_added(template: str) -> None:
+    assert template.startswith(COMPONENTS)
+
+
+@pytest.mark.parametrize("template", [*MANIFESTS, "NOTES.txt", "_helpers.tpl"])
+def test_should_have_a_mirroring_test_module_when_a_template_exists(template: str) -> None:
+    stem = Path(template).with_suffix("").as_posix().replace("/", "_").replace("-", "_").lstrip("_")
+    module = Path(__file__).parent / "chart" / f"test_{stem.lower()}.py"
+    assert module.is_file(), module.name
