@@ -165,8 +165,9 @@ def _small_cnn(image_size: int, seed: int) -> keras.Model:
     init = keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input((image_size, image_size, 3))
     x = inputs
-    for filters in (32, 64, 128):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init)(x)
+    for filters, convolutions in ((32, 2), (64, 2), (128, 1)):
+        for _ in range(convolutions):
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init)(x)
         x = keras.layers.MaxPooling2D()(x) if x.shape[1] >= 2 else x
     return keras.Model(inputs, x, name="backbone_small_cnn")
 
@@ -267,7 +268,7 @@ class TransferHyperModel(kt.HyperModel):
         with hp.conditional_scope("head", ["gap_dense_dropout", "flatten_dense_dropout"]):
             if head in ("gap_dense_dropout", "flatten_dense_dropout"):
                 dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
-        hp.Float("learning_rate", 1e-4, 3e-3, sampling="log", default=1e-3)
+        hp.Float("learning_rate", 3e-4, 2e-3, sampling="log", default=1e-3)
         if spec.pretrained:
             depth = hp.Choice("unfreeze_depth", list(spec.unfreeze_depths))
             fine_tuned = [d for d in spec.unfreeze_depths if d > 0]

@@ -54,6 +54,8 @@ class SearchResult:
     trials: int
     export: ExportedModel | None
     report_dir: Path | None
+    model: keras.Model | None = None
+    """The exported model (best epoch of the best trial), on the chief."""
 
 
 def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> ModelSpec:
@@ -340,7 +342,7 @@ def run_search(
     (report_dir / "summary.json").write_text(json.dumps({**metadata, "export": str(exported.path)}, indent=2,
                                                         default=str) + "\n")
     return SearchResult(dict(best.hyperparameters.values), float(best.score), accuracy, len(labels), len(trials),
-                        exported, report_dir)
+                        exported, report_dir, model)
 
 
 def _predict(
