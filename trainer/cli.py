@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from trainer import config as config_module
@@ -30,6 +31,10 @@ def _configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Keras warns about what the search does on purpose: datasets are shuffled by tf.data, and the best
+        # model is restored for inference without its optimizer state.
+        warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
+        warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer")
         for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -42,6 +47,7 @@ def search_command_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
         "finds its role from TF_CONFIG or the Kubernetes Indexed-Job variables.",
     )
     config_module.add_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="Debug logs and tracebacks.")
     return parser
 
 
@@ -68,6 +74,9 @@ def search_command(args: argparse.Namespace) -> int:
         print(f"best val_accuracy: {result.best_val_accuracy:.4f} over {result.trials} trials")
         if result.test_accuracy is not None:
             print(f"held-out accuracy: {result.test_accuracy:.4f} on {result.test_images} images the search never saw")
+            if result.held_out_recall:
+                print("held-out recall by class: "
+                      + ", ".join(f"{k}={v:.3f}" for k, v in result.held_out_recall.items()))
         print(f"exported version {result.export.version}: {result.export.path}")
         print(f"report: {result.report_dir}")
     return 0

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,11 @@ class SearchConfig:
         "Default: the embedded digits data set (scikit-learn's load_digits as 32x32 PNGs).",
         default=None,
     )
-    model_name: str = _opt("Model name: the export goes to <export-base>/<model-name>/<version>/.", default="digits")
+    model_name: str = _opt(
+        "Model name: the export goes to <export-base>/<model-name>/<version>/. Default: 'digits' for the embedded "
+        "data, else the data folder's name (so a new data set never resumes another one's search).",
+        default="",
+    )
     export_base: Path = _opt("Base directory of exported models (TF Serving's model base path parent).",
                              default=Path("models"))
     run_dir: Path = _opt("Directory for tuner state, checkpoints, reports and TensorBoard logs "
@@ -79,10 +84,13 @@ class SearchConfig:
     )
     tuner: str = _opt("KerasTuner oracle.", choices=TUNERS, default="bayesian")
     max_trials: int = _opt("Trials to run (for hyperband: an upper bound set by its brackets).", default=8)
-    epochs: int = _opt("Epochs per trial: the head phase plus the fine-tuning phase (hyperband's max epochs).",
-                       default=10)
+    epochs: int | None = _opt(
+        "Epochs per trial: the head phase plus the fine-tuning phase (hyperband's max epochs). Default: enough "
+        "epochs for about 600 optimizer steps, between 10 and 60 (small data sets need more epochs).",
+        default=None,
+    )
     head_epochs: int = _opt("Epochs of the first phase (frozen backbone, head only) of each trial.", default=4)
-    patience: int = _opt("Early-stopping patience in epochs on val_accuracy.", default=3)
+    patience: int = _opt("Early-stopping patience: epochs without a lower val_loss before a trial stops.", default=5)
     batch_size: int = _opt("Batch size per replica (the global batch is this times the number of replicas).",
                            default=32)
     scale_learning_rate: bool = _opt("Multiply learning rates by the number of replicas.", default=False)
@@ -92,9 +100,9 @@ class SearchConfig:
                                 "(without explicit test/); accuracy on it is reported at the end.", default=0.1)
     seed: int = _opt("Seed for the split, shuffling, initialisation and the oracle.", default=42)
     strict_data: bool = _opt("Fail on unreadable or non-image files instead of skipping them.", default=False)
-    flip: str = _opt("Random flip augmentation: none, horizontal, vertical, horizontal_and_vertical; 'auto' = none "
-                     "for the embedded digits, horizontal otherwise.",
-                     choices=("auto", "none", "horizontal", "vertical", "horizontal_and_vertical"), default="auto")
+    flip: str = _opt("Random flip augmentation. Off by default: a flip silently merges classes that are mirror "
+                     "images of each other (arrows, text, '/' vs '\\'); turn it on for natural photos.",
+                     choices=("none", "horizontal", "vertical", "horizontal_and_vertical"), default="none")
     rotation: float = _opt("Random rotation augmentation, as a fraction of a full turn (0 = off).", default=0.05)
     zoom: float = _opt("Random zoom augmentation, as a fraction (0 = off).", default=0.1)
     overwrite: bool = _opt("Start the search afresh instead of resuming the one in the run directory.",
@@ -108,7 +116,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         problems: list[str] = []
         for name in ("max_trials", "epochs", "head_epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"Expected {name} >= 1. Received: {name}={getattr(self, name)}")
         if self.patience < 0:
             problems.append(f"Expected patience >= 0. Received: patience={self.patience}")
@@ -127,7 +135,9 @@ class SearchConfig:
             problems.append(f"Expected rotation in [0, 0.5], zoom in [0, 1). Received: {self.rotation}, {self.zoom}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append(f"Expected metrics_port in [0, 65535]. Received: metrics_port={self.metrics_port}")
-        if not self.model_name or any(c in self.model_name for c in "/\\ ") or self.model_name.startswith("."):
+        if not self.model_name:
+            object.__setattr__(self, "model_name", _default_model_name(self.data))
+        if any(c in self.model_name for c in "/\\ ") or self.model_name.startswith("."):
             problems.append(
                 f"Expected a model name without slashes or spaces. Received: model_name={self.model_name!r}"
             )
@@ -148,12 +158,6 @@ class SearchConfig:
         return self.backbone
 
     @property
-    def flip_mode(self) -> str:
-        if self.flip == "auto":
-            return "none" if self.uses_embedded_data else "horizontal"
-        return self.flip
-
-    @property
     def model_run_dir(self) -> Path:
         return self.run_dir / self.model_name
 
@@ -164,6 +168,14 @@ class SearchConfig:
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _default_model_name(data: Path | None) -> str:
+    """'digits' for the embedded data; else the data folder's name as a TF Serving-friendly model name."""
+    if data is None:
+        return "digits"
+    name = re.sub(r"[^a-z0-9_-]+", "-", data.resolve().name.lower()).strip("-.")
+    return name or "model"
 
 
 # --- parsing -------------------------------------------------------------------------------------------------

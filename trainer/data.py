@@ -513,6 +513,7 @@ def make_dataset(
     seed: int,
     cache: bool = True,
     pad_to_full_batches: bool = False,
+    class_weights: Sequence[float] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 ``[B, H, W, 3]`` pixels 0..255, int32 ``[B]`` labels) from `files`.
 
@@ -524,6 +525,9 @@ def make_dataset(
     0 for the padding: ``(pixels, labels, weights)``. Every global batch is then full, so every worker
     gets an equal share and runs the same number of steps (a worker with fewer steps than its peers
     leaves them waiting in a collective forever), while weighted metrics stay exact.
+
+    ``class_weights`` (indexed by label) also yields ``(pixels, labels, weights)``, each real image
+    weighted by its class, so that rare classes count as much as common ones in the loss.
     """
     import tensorflow as tf
 
@@ -533,7 +537,8 @@ def make_dataset(
     if not files:
         raise DataError("Expected at least one image file to build a data set from. Received: files=()")
     files = list(files)
-    weights = [1.0] * len(files)
+    weighted = pad_to_full_batches or class_weights is not None
+    weights = [float(class_weights[f.label]) if class_weights is not None else 1.0 for f in files]
     if pad_to_full_batches and len(files) % batch_size:
         padding = batch_size - len(files) % batch_size
         files += [files[i % len(files)] for i in range(padding)]
@@ -555,7 +560,7 @@ def make_dataset(
     dataset = dataset.batch(batch_size)
 
     def to_float(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        return (tf.cast(x, tf.float32), y, w) if pad_to_full_batches else (tf.cast(x, tf.float32), y)
+        return (tf.cast(x, tf.float32), y, w) if weighted else (tf.cast(x, tf.float32), y)
 
     dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()

@@ -36,7 +36,16 @@ from trainer.export import ExportedModel, export_model
 from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
 
-__all__ = ["SearchResult", "make_tuner", "model_spec", "run_search", "weights_digest"]
+__all__ = [
+    "SearchResult",
+    "auto_epochs",
+    "balanced_class_weights",
+    "held_out_warnings",
+    "make_tuner",
+    "model_spec",
+    "run_search",
+    "weights_digest",
+]
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val_accuracy"
@@ -56,6 +65,7 @@ class SearchResult:
     report_dir: Path | None
     model: keras.Model | None = None
     """The exported model (best epoch of the best trial), on the chief."""
+    held_out_recall: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> ModelSpec:
@@ -63,8 +73,8 @@ def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> Mod
     backbones = config.backbones
     image_size = config.image_size or max(BACKBONE_SPECS[b].default_size for b in backbones)
     augmentation: list[tuple[str, Any]] = []
-    if config.flip_mode != "none":
-        augmentation.append(("flip", config.flip_mode))
+    if config.flip != "none":
+        augmentation.append(("flip", config.flip))
     if config.rotation > 0:
         augmentation.append(("rotation", config.rotation))
     if config.zoom > 0:
@@ -186,6 +196,7 @@ def make_tuner(
     *,
     directory: Path,
     strategy: tf.distribute.Strategy | None = None,
+    epochs: int = 10,
 ) -> kt.Tuner:
     """The configured KerasTuner tuner (resuming from `directory` unless ``config.overwrite``)."""
     base = _TUNERS[config.tuner]
@@ -199,7 +210,7 @@ def make_tuner(
         "distribution_strategy": strategy,
     }
     if config.tuner == "hyperband":
-        common.update(max_epochs=config.epochs, factor=3, hyperband_iterations=1)
+        common.update(max_epochs=config.epochs or epochs, factor=3, hyperband_iterations=1)
     else:
         common.update(max_trials=config.max_trials)
     tuner_class = type(f"Tfstack{base.__name__}", (_SearchHooks, base), {})
@@ -246,12 +257,26 @@ def run_search(
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
     spec = model_spec(config, len(splits.class_names), replicas)
+    epochs = config.epochs or auto_epochs(len(splits.train), global_batch)
+    if config.epochs is None:
+        steps = math.ceil(len(splits.train) / global_batch)
+        log.info("epochs per trial: %d (%d optimizer steps at %d per epoch; --epochs sets it)", epochs, epochs * steps,
+                 steps)
+    class_weights = balanced_class_weights(splits)
+    if class_weights is not None:
+        log.info("classes are imbalanced (%s): weighting the loss by class %s", counts,
+                 {name: round(w, 2) for name, w in zip(splits.class_names, class_weights, strict=True)})
+    if spec.weights == "none" and any(BACKBONE_SPECS[b].factory is not None for b in spec.backbones):
+        log.warning("training ImageNet architectures from random weights needs far more data and epochs than "
+                    "fine-tuning; with %d training images prefer pretrained weights or the small_cnn backbone",
+                    len(splits.train))
+    _check_resumable(config, splits, spec, cluster)
     prepare_backbones(spec)
     size = (spec.image_size, spec.image_size)
     # Several workers must each run the same number of steps: pad to full global batches (weight 0).
     padded = cluster.num_workers > 1
     train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
-                                 pad_to_full_batches=padded)
+                                 pad_to_full_batches=padded, class_weights=class_weights)
     val_ds = data.make_dataset(splits.val, size, global_batch, training=False, seed=config.seed,
                                pad_to_full_batches=padded)
 
@@ -260,7 +285,7 @@ def run_search(
     with distribute.worker_dirs(run_root, cluster) as dirs:
         if not cluster.is_chief and not config.overwrite:
             _seed_scratch_from_shared(run_root / "tuner", dirs.tuner_dir, config.model_name)
-        tuner = make_tuner(config, hypermodel, directory=dirs.tuner_dir, strategy=strategy)
+        tuner = make_tuner(config, hypermodel, directory=dirs.tuner_dir, strategy=strategy, epochs=epochs)
         tuner.tfstack_cluster = cluster
         tuner.tfstack_strategy = strategy
         tuner.tfstack_metrics = metrics
@@ -272,12 +297,13 @@ def run_search(
         if already:
             log.info("resuming the search in %s: %d trials already completed", dirs.tuner_dir, already)
         callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max", patience=config.patience),
+            # val_loss moves smoothly where val_accuracy jumps by whole images on small validation sets.
+            keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
             ProgressCallback(metrics, global_batch),
             keras.callbacks.TensorBoard(log_dir=str(dirs.logs_dir), write_graph=False, profile_batch=0),
         ]
         try:
-            tuner.search(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2)
+            tuner.search(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2)
         except kt.errors.FatalError as exc:
             if isinstance(exc.__cause__, TrainerError):
                 raise exc.__cause__ from None
@@ -299,19 +325,27 @@ def run_search(
     # The chief rebuilds the best model outside the strategy, restores its best epoch and evaluates it.
     keras.backend.clear_session()
     model = TransferHyperModel(dataclasses.replace(spec, learning_rate_scale=1.0)).build(best.hyperparameters)
-    model.load_weights(checkpoint)
+    try:
+        model.load_weights(checkpoint)
+    except (ValueError, OSError) as exc:
+        raise SearchError(f"Could not restore the best trial's weights from {checkpoint}: {exc}") from exc
     held_out = splits.test or splits.val
     labels, predictions = _predict(model, held_out, size, config.batch_size, spec.binary)
     accuracy = float(np.mean(labels == predictions)) if len(labels) else math.nan
     split_name = "test" if splits.test else "validation"
-    log.info("best trial %s: %s=%.4f; %s accuracy %.4f on %d held-out images", best.trial_id, OBJECTIVE,
-             best.score, split_name, accuracy, len(labels))
+    matrix = plots.confusion_matrix(labels, predictions, len(splits.class_names))
+    recall = {name: float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else math.nan
+              for i, name in enumerate(splits.class_names)}
+    balanced = float(np.nanmean(list(recall.values()))) if recall else math.nan
+    log.info("best trial %s: %s=%.4f; %s accuracy %.4f (balanced %.4f) on %d held-out images", best.trial_id,
+             OBJECTIVE, best.score, split_name, accuracy, balanced, len(labels))
+    for warning in held_out_warnings(labels, accuracy, recall, float(best.score)):
+        log.warning("%s", warning)
 
     report_dir = run_root / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     plots.write_trials_table(trials, report_dir)
     plots.write_curves(_load_histories(run_root / "histories"), report_dir / "curves.png")
-    matrix = plots.confusion_matrix(labels, predictions, len(splits.class_names))
     plots.write_confusion_matrix(matrix, splits.class_names, report_dir / "confusion_matrix.png",
                                  f"{config.model_name}: {split_name} accuracy {accuracy:.4f}")
 
@@ -322,6 +356,7 @@ def run_search(
         "search_started_at": started.isoformat(),
         "hyperparameters": dict(best.hyperparameters.values),
         "metrics": {OBJECTIVE: float(best.score), f"{split_name}_accuracy": accuracy,
+                    f"{split_name}_balanced_accuracy": balanced, f"{split_name}_recall_by_class": recall,
                     f"{split_name}_images": len(labels)},
         "data": {"root": str(root), "fingerprint": splits.fingerprint, "train_class_counts": counts,
                  "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
@@ -342,7 +377,71 @@ def run_search(
     (report_dir / "summary.json").write_text(json.dumps({**metadata, "export": str(exported.path)}, indent=2,
                                                         default=str) + "\n")
     return SearchResult(dict(best.hyperparameters.values), float(best.score), accuracy, len(labels), len(trials),
-                        exported, report_dir, model)
+                        exported, report_dir, model, recall)
+
+
+def held_out_warnings(labels: np.ndarray, accuracy: float, recall: Mapping[str, float], val: float) -> list[str]:
+    """What a reader of the final accuracy should not miss."""
+    warnings = []
+    if 0 < len(labels) < 50:
+        warnings.append(f"only {len(labels)} held-out images: one image moves the accuracy by "
+                        f"{100 / len(labels):.1f} points")
+    never = [name for name, value in recall.items() if value == 0.0]
+    if never:
+        warnings.append(f"classes never predicted correctly on the held-out images: {', '.join(never)}")
+    if recall and accuracy <= 1.0 / len(recall):
+        warnings.append(f"held-out accuracy {accuracy:.3f} is no better than chance (1/{len(recall)})")
+    if val - accuracy > 0.15:
+        warnings.append(f"val_accuracy {val:.3f} is far above the held-out accuracy {accuracy:.3f}: the validation "
+                        "split is small or unrepresentative")
+    return warnings
+
+
+def auto_epochs(train_images: int, global_batch: int, steps: int = 600) -> int:
+    """Epochs for about `steps` optimizer steps, within [10, 60]: small data sets need more epochs."""
+    steps_per_epoch = max(1, math.ceil(train_images / global_batch))
+    return int(min(60, max(10, math.ceil(steps / steps_per_epoch))))
+
+
+def balanced_class_weights(splits: data.DataSplits, threshold: float = 2.0) -> list[float] | None:
+    """Per-class loss weights n / (C * n_c) when the largest class has over `threshold` times the smallest."""
+    counts = [sum(f.label == i for f in splits.train) for i in range(len(splits.class_names))]
+    if min(counts) == 0 or max(counts) <= threshold * min(counts):
+        return None
+    total = sum(counts)
+    return [total / (len(counts) * count) for count in counts]
+
+
+_SEARCH_IDENTITY = "search.json"
+
+
+def _check_resumable(config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster) -> None:
+    """Refuse to resume a search that was run over other data or another search space."""
+    identity = {
+        "data_fingerprint": splits.fingerprint,
+        "class_names": list(splits.class_names),
+        "image_size": spec.image_size,
+        "backbones": list(spec.backbones),
+        "weights": spec.weights,
+        "heads": list(spec.heads),
+        "unfreeze_depths": list(spec.unfreeze_depths),
+        "tuner": config.tuner,
+    }
+    path = config.model_run_dir / _SEARCH_IDENTITY
+    if path.is_file() and not config.overwrite:
+        recorded = json.loads(path.read_text())
+        changed = sorted(key for key in identity if recorded.get(key) != identity[key])
+        if changed:
+            raise SearchError(
+                f"Expected {config.model_run_dir} to hold a search over the same data and search space, so that it "
+                f"can resume. Received differences in: {', '.join(changed)}. Pass --overwrite to start afresh, or "
+                f"another --model-name or --run-dir"
+            )
+    elif cluster.is_chief:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(identity, indent=1) + "\n")
+        temporary.replace(path)
 
 
 def _predict(

@@ -15,13 +15,14 @@ from trainer.errors import ConfigError
 def test_defaults_serve_the_embedded_digits() -> None:
     config = load({}, {})
     assert config.data is None and config.model_name == "digits" and config.export_base == Path("models")
-    assert config.backbones == ("small_cnn",) and config.flip_mode == "none"
+    assert config.backbones == ("small_cnn",) and config.flip == "none" and config.epochs is None
 
 
 def test_defaults_for_a_user_folder_use_transfer_learning() -> None:
     config = load({"data": "photos"}, {})
     assert config.backbones == ("mobilenet_v2",) and config.weights == "imagenet"
-    assert config.flip_mode == "horizontal"
+    assert config.flip == "none", "a flip would merge mirror-image classes"
+    assert config.model_name == "photos", "a user's data set never resumes the digits search"
 
 
 def test_precedence_is_file_then_env_then_cli(tmp_path: Path) -> None:

@@ -706,3 +706,12 @@ def test_padding_to_full_batches_keeps_every_real_image_once_with_weight_one(dig
     assert set(np.unique(weights)) <= {0.0, 1.0}
     unpadded = data.make_dataset(files, (32, 32), 8, training=False, seed=1)
     assert sum(x.shape[0] for x, _y in unpadded.as_numpy_iterator()) == count
+
+
+def test_class_weights_become_sample_weights(digits: Path) -> None:
+    files = [ImageFile(path, label) for label in (0, 1) for path in sorted(digits.glob(f"{label}/*.png"))[:5]]
+    dataset = data.make_dataset(files, (32, 32), 4, training=False, seed=1, class_weights=[1.0, 3.0])
+    batches = list(dataset.as_numpy_iterator())
+    labels = np.concatenate([y for _x, y, _w in batches])
+    weights = np.concatenate([w for _x, _y, w in batches])
+    np.testing.assert_array_equal(weights, np.where(labels == 1, 3.0, 1.0))

@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.trainer.images import write_folder
 from trainer.cluster import Cluster
 from trainer.config import load
+from trainer.data import DataSplits, ImageFile
+from trainer.errors import SearchError
 from trainer.progress import SearchMetrics
-from trainer.search import run_search
+from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, run_search
 
 SINGLE = Cluster(peers=(), rank=0, source="single")
 
@@ -106,3 +109,42 @@ def test_cli_reports_bad_input_in_one_line_and_writes_nothing(
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     result = _cli("search", "--no-such-flag", cwd=tmp_path)
     assert result.returncode == 2 and "--no-such-flag" in result.stderr
+
+
+def test_a_different_data_set_never_resumes_another_search(tmp_path: Path, folder: Path) -> None:
+    run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
+    other = write_folder(tmp_path / "other", classes=3, per_class=15, fmt="bmp")
+    with pytest.raises(SearchError, match="data_fingerprint") as info:
+        run_search(_config(tmp_path, other, max_trials="1", epochs="1"), SINGLE)
+    assert "--overwrite" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"], "nothing exported"
+
+
+@pytest.mark.parametrize(
+    ("images", "batch", "expected"),
+    [(1258, 32, 15), (33, 4, 60), (100000, 32, 10), (300, 32, 60)],
+    ids=["digits", "tiny-capped", "large-floor", "small"],
+)
+def test_auto_epochs_aim_at_a_fixed_number_of_steps(images: int, batch: int, expected: int) -> None:
+    assert auto_epochs(images, batch) == expected
+
+
+def _splits(counts: list[int]) -> DataSplits:
+    files = tuple(ImageFile(Path(f"{label}/{i}.png"), label) for label, n in enumerate(counts) for i in range(n))
+    return DataSplits(tuple(f"c{i}" for i in range(len(counts))), files, (), (), (), "f", Path("."))
+
+
+def test_class_weights_only_for_imbalanced_data() -> None:
+    assert balanced_class_weights(_splits([20, 15, 11])) is None
+    weights = balanced_class_weights(_splits([60, 10]))
+    assert weights is not None and weights[1] == pytest.approx(6 * weights[0])
+    assert sum(w * n for w, n in zip(weights, [60, 10], strict=True)) == pytest.approx(70)
+
+
+def testheld_out_warnings_flag_what_accuracy_hides() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    warnings = held_out_warnings(labels, 0.33, {"a": 1.0, "b": 0.0, "c": 0.0}, val=0.9)
+    text = "\n".join(warnings)
+    assert "only 6 held-out images" in text and "never predicted correctly" in text and "b, c" in text
+    assert "no better than chance" in text and "far above" in text
+    assert held_out_warnings(np.zeros(200), 0.98, {"a": 0.98, "b": 0.99}, val=0.97) == []
