@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         registry = CollectorRegistry()
         with Client(f"127.0.0.1:{grpc_port}", model="digits", registry=registry) as grpc_client, \
                 Client(f"http://127.0.0.1:{rest_port}", model="digits", registry=registry) as rest_client:
-            version = _wait_until_available(grpc_client, server, timeout=180)
+            with Client(f"127.0.0.1:{grpc_port}", model="digits", registry=CollectorRegistry()) as probe:
+                version = _wait_until_available(probe, server, timeout=180)  # its own registry: not in the figures
             print(f"serving digits version {version} on gRPC :{grpc_port} and REST :{rest_port}")
 
             _step(f"3/3 predict {len(held_out)} held-out images with the thin client over both transports")
