@@ -246,8 +246,6 @@ def run_search(
         "data %s: %d classes, %d train / %d val / %d test images, %d skipped",
         root, len(splits.class_names), len(splits.train), len(splits.val), len(splits.test), len(splits.skipped),
     )
-    for path, reason in splits.skipped:
-        log.warning("skipped %s: %s", path, reason)
 
     accelerator = distribute.choose_accelerator(
         tf.config.list_physical_devices(), mixed_precision=config.mixed_precision, xla=config.xla
