@@ -35,7 +35,12 @@ def setup() -> None:
         return
     print(f"[setup] creating {VENV.relative_to(ROOT)} (TensorFlow, Keras, KerasTuner: about 2.5 GB)", flush=True)
     if not PYTHON.exists():
-        venv.EnvBuilder(with_pip=True).create(VENV)
+        try:
+            venv.EnvBuilder(with_pip=True).create(VENV)
+        except subprocess.CalledProcessError:
+            # Debian-style Pythons ship venv without ensurepip: seed the venv's pip with this Python's pip.
+            venv.EnvBuilder(with_pip=False, clear=True).create(VENV)
+            _run([sys.executable, "-m", "pip", "--python", str(PYTHON), "install", "-q", "pip"])
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     _run([*pip, "--upgrade", "pip"])
     _run([*pip, "-e", f"{ROOT}[dev]"])
