@@ -11,7 +11,9 @@ protobuf's C parser for that one tensor, which decodes varints faster than numpy
 shorter than the shape is padded with its last value, as TensorFlow does.
 
 The same functions build and read whole ``PredictRequest`` / ``PredictResponse`` messages, which is
-what the gRPC transport sends and receives instead of going through protobuf objects.
+what the gRPC transport sends and receives instead of going through protobuf objects. The local model
+server answers with :func:`encode_predict_response`, whose tensors carry their values in the typed
+fields as TF Serving's do (:func:`encode_typed_tensor`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ __all__ = [
     "dtype_for_numpy",
     "encode_model_spec",
     "encode_predict_request",
+    "encode_predict_response",
     "encode_tensor",
+    "encode_typed_tensor",
     "to_ndarray",
     "to_tensor_proto",
 ]
@@ -206,6 +210,47 @@ def encode_tensor(value: object) -> tuple[list[Chunk], int]:
         return [head], len(head)
     head += b"\x22" + _varint(nbytes)
     return [head, array], len(head) + nbytes  # bytes.join reads the array's buffer: no copy here
+
+
+def encode_typed_tensor(value: object) -> bytes:
+    """Encodes an array-like as ``TensorProto`` wire bytes with the values in its typed ``*_val`` field,
+    as TF Serving writes response tensors (``Tensor::AsProtoField``), never ``tensor_content``.
+
+    Fixed-width fields are the array's bytes; varint fields go through protobuf's C serializer. The
+    bytes equal protobuf's deterministic serialisation of the same message.
+    """
+    array = value if type(value) is np.ndarray else _coerce(value)
+    row = dtype_for_numpy(array.dtype)
+    head = _tensor_head(row.enum, array.shape)
+    if array.size == 0:
+        return head
+    if row is _STRING:
+        return head + b"".join(_len_field(row.field, _as_bytes(item)) for item in array.reshape(-1).tolist())
+    if row.wire in ("<f4", "<f8"):  # packed fixed-width: complex values are (real, imaginary) pairs in memory too
+        return head + _len_field(row.field, np.ascontiguousarray(array, row.numpy).tobytes())
+    flat = array.reshape(-1)
+    if row.wire == "bits16":
+        flat = flat.view(np.uint16)
+    proto = tensor_pb2.TensorProto()
+    getattr(proto, _FIELD_NAMES[row.field]).extend(flat.tolist())
+    values: bytes = proto.SerializeToString()
+    return head + values
+
+
+def encode_predict_response(model_spec: bytes, outputs: Mapping[str, object]) -> bytes:
+    """Builds ``PredictResponse`` wire bytes (typed-field tensors, outputs sorted by alias, as protobuf's
+    deterministic serialisation orders map entries)."""
+    chunks = []
+    for key in sorted(outputs):
+        tensor = encode_typed_tensor(outputs[key])
+        chunks.append(_len_field(1, _entry_key(key) + _len_field(2, tensor)))
+    chunks.append(_spec_response_field(model_spec))
+    return b"".join(chunks)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_response_field(model_spec: bytes) -> bytes:
+    return _len_field(2, model_spec)
 
 
 @functools.lru_cache(maxsize=256)

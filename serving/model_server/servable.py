@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.eager import context
+from tensorflow.python.framework import ops
+from tensorflow.python.util import nest
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.model_server import tensors
@@ -45,6 +48,7 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's kMaxNumRecordsPerWarmupFile... is 1000 too.
 
+_DT_STRING = tf.string.as_datatype_enum
 _TF_TO_STATUS = {
     tf.errors.InvalidArgumentError: InvalidArgument,
     tf.errors.FailedPreconditionError: FailedPrecondition,
@@ -61,26 +65,74 @@ class SignatureInfo:
     inputs: Mapping[str, tuple[np.dtype[Any], tf.TensorShape]]
     outputs: tuple[str, ...]
     function: Any
+    dims: Mapping[str, tuple[int | None, ...] | None] = field(init=False)
+    """Per input, its dimensions (None: any size), or None for an unknown rank."""
+    flat_order: tuple[str, ...] = field(init=False)
+    """The function's positional input order, or () where only the keyword call applies."""
+    direct: _DirectCall | None = field(init=False)
+    """The direct eager call, where it applies."""
 
-    @property
-    def dims(self) -> dict[str, tuple[int | None, ...] | None]:
-        """Per input, its dimensions (None: any size), or None for an unknown rank."""
-        cached = self.__dict__.get("_dims")
-        if cached is None:
-            cached = {a: (None if s.rank is None else tuple(s.as_list())) for a, (_d, s) in self.inputs.items()}
-            object.__setattr__(self, "_dims", cached)
-        return cached
+    def __post_init__(self) -> None:  # derived once: the predict path reads them on every request
+        dims = {a: (None if s.rank is None else tuple(s.as_list())) for a, (_d, s) in self.inputs.items()}
+        object.__setattr__(self, "dims", dims)
+        object.__setattr__(self, "flat_order", _flat_order(self.function, set(self.inputs)))
+        object.__setattr__(self, "direct", _DirectCall.for_function(self.function) if self.flat_order else None)
 
-    def call(self, tensors_in: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Call the signature function. The flat call skips Python argument binding (about a third of the
-        cost of a tiny model's call); the keyword call is the fallback where the flat one does not apply."""
-        order = self.__dict__.get("_flat_order")
-        if order is None:
-            order = _flat_order(self.function, set(self.inputs))
-            object.__setattr__(self, "_flat_order", order)
-        if order:
-            return self.function._call_flat([tensors_in[a] for a in order], self.function.captured_inputs)
-        return self.function(**tensors_in)
+    def call(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+        """Call the signature function on numpy arrays: directly in the eager runtime where possible (see
+        :class:`_DirectCall`), else with the flat call, which skips Python argument binding, else with keywords."""
+        if not self.flat_order:
+            return self.function(**{alias: _constant(array) for alias, array in arrays.items()})
+        direct = self.direct
+        if direct is not None and context.executing_eagerly():
+            return direct([arrays[a] for a in self.flat_order])
+        return self.function._call_flat([_constant(arrays[a]) for a in self.flat_order], self.function.captured_inputs)
+
+
+def _constant(array: np.ndarray) -> Any:
+    return tf.constant(array, dtype=tf.string if array.dtype.kind in "SUO" else None)
+
+
+@dataclass(frozen=True)
+class _DirectCall:
+    """What ``ConcreteFunction._call_flat`` ends in when executing eagerly, without the Python around it.
+
+    ``_call_flat`` checks for gradient tapes, enters three context managers (error-message interpolation,
+    control dependencies, tape pausing) and packs the outputs, and ``tf.constant`` goes through two
+    wrappers before it builds the ``EagerTensor``; on a tiny model that is about half of the call's cost
+    (150 -> 77 us per call here; ``bench/server_bench.py`` measures the server). A server has no tapes and
+    needs outputs by alias, so it calls the eager runtime's function call itself. Built only
+    where TensorFlow's internals look as they do in 2.21 and the outputs are plain tensors; otherwise
+    :meth:`for_function` returns None and the flat call is used.
+    """
+
+    context: Any
+    name: bytes
+    captured: tuple[Any, ...]
+    positions: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def for_function(cls, function: Any) -> _DirectCall | None:
+        try:
+            inference = function._inference_function
+            flat_outputs = inference.function_type.flat_outputs
+            positions = nest.pack_sequence_as(function.structured_outputs, list(range(len(flat_outputs))))
+            direct = cls(inference._bound_context, inference.name, tuple(function.captured_inputs),
+                         tuple(sorted(positions.items())))
+            deferred = any(callable(c) for c in function._captured_inputs)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if deferred or not isinstance(direct.name, bytes) or not hasattr(direct.context, "call_function"):
+            return None
+        if any(spec.dtype in (tf.resource, tf.variant) for spec in flat_outputs):
+            return None
+        return direct
+
+    def __call__(self, arrays: list[np.ndarray]) -> dict[str, Any]:
+        device = self.context.device_name  # what tf.constant does, without its Python wrappers
+        args = [ops.EagerTensor(a, device, _DT_STRING if a.dtype.kind in "SUO" else None) for a in arrays]
+        flat = self.context.call_function(self.name, [*args, *self.captured], len(self.positions))
+        return {alias: flat[i] for alias, i in self.positions}
 
 
 def _flat_order(function: Any, aliases: set[str]) -> tuple[str, ...]:
@@ -204,12 +256,8 @@ class Servable:
         return feed
 
     def _call(self, info: SignatureInfo, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tensors_in = {
-            alias: tf.constant(array, dtype=tf.string if array.dtype.kind in "SUO" else None)
-            for alias, array in feed.items()
-        }
         try:
-            result = info.call(tensors_in)
+            result = info.call(feed)
         except tf.errors.OpError as exc:
             error = _TF_TO_STATUS.get(type(exc), Internal)
             raise error(f"{exc.message} (model {self.name!r} version {self.version}, signature {info.name!r})") from exc
@@ -222,8 +270,8 @@ class Servable:
     ) -> tuple[SignatureInfo, dict[str, np.ndarray]]:
         """Run a predict signature; checks aliases, dtypes and shapes first (InvalidArgument)."""
         info = self.signature(signature_name)
-        sent, expected = set(inputs), set(info.inputs)
-        if sent != expected:
+        if inputs.keys() != info.inputs.keys():
+            sent, expected = set(inputs), set(info.inputs)
             unknown = sorted(sent - expected)
             if unknown:
                 raise InvalidArgument(

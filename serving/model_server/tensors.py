@@ -1,7 +1,8 @@
-"""Tensor conversions: TensorProto <-> numpy for gRPC, JSON <-> numpy for REST, JSON -> tf.Example.
+"""Tensor conversions: TensorProto -> numpy for gRPC, JSON <-> numpy for REST, JSON -> tf.Example.
 
-Responses are written the way TF Serving writes them: gRPC ``TensorProto`` with typed repeated fields
-(``float_val``, ``int64_val``, ``string_val``, ...), never ``tensor_content``; requests are read from either.
+gRPC requests are read from ``tensor_content`` or the typed fields. gRPC responses are written the way TF
+Serving writes them, with typed repeated fields (``float_val``, ``int64_val``, ``string_val``, ...) and never
+``tensor_content``, by the client's wire codec (:func:`serving.client._tensors.encode_typed_tensor`).
 The JSON rules follow ``tensorflow_serving/util/json_tensor.cc``: row (``instances``) and columnar
 (``inputs``) formats, ``{"b64": ...}`` for binary strings, string outputs whose alias ends in ``_bytes``
 written back as ``{"b64": ...}``, ``NaN`` / ``Infinity`` for non-finite floats.
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2, feature_pb2
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.model_server.errors import InvalidArgument
 
@@ -29,7 +30,6 @@ __all__ = [
     "examples_from_json",
     "json_to_array",
     "make_ndarray",
-    "make_tensor_proto",
     "numpy_dtype",
     "outputs_to_json",
     "predict_inputs_from_json",
@@ -39,10 +39,6 @@ __all__ = [
 
 #: Largest tensor (in elements) a request may declare; protects against ``shape [1e12]`` with no values.
 MAX_ELEMENTS = 1 << 28
-
-_INT_FIELDS = {
-    types_pb2.DT_INT8, types_pb2.DT_INT16, types_pb2.DT_INT32, types_pb2.DT_UINT8, types_pb2.DT_UINT16,
-}
 
 
 @functools.lru_cache(maxsize=64)
@@ -66,12 +62,6 @@ def type_string(dtype: np.dtype[Any]) -> str:
     return types_pb2.DataType.Name(tf.dtypes.as_dtype(dtype).as_datatype_enum)[3:].lower()
 
 
-def _dtype_enum(array: np.ndarray) -> int:
-    if array.dtype == object or array.dtype.kind in "SU":
-        return types_pb2.DT_STRING
-    return int(tf.dtypes.as_dtype(array.dtype).as_datatype_enum)
-
-
 def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """Decode a request ``TensorProto`` (``tensor_content`` or typed fields); bad ones raise InvalidArgument."""
     if proto.tensor_shape.unknown_rank:
@@ -82,8 +72,11 @@ def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     if math.prod(dims) > MAX_ELEMENTS:
         raise InvalidArgument(f"Expected at most {MAX_ELEMENTS} elements in a tensor. Received: shape={dims}")
     dtype = numpy_dtype(proto.dtype)
-    if proto.dtype == types_pb2.DT_FLOAT and not proto.tensor_content and len(proto.float_val) == math.prod(dims):
-        return np.array(proto.float_val, dtype=np.float32).reshape(dims)  # the common fast path
+    content = proto.tensor_content
+    if content and dtype.kind != "O" and len(content) == math.prod(dims) * dtype.itemsize:
+        return np.frombuffer(content, dtype.newbyteorder("<")).reshape(dims)  # what the thin client sends
+    if proto.dtype == types_pb2.DT_FLOAT and not content and len(proto.float_val) == math.prod(dims):
+        return np.array(proto.float_val, dtype=np.float32).reshape(dims)
     try:
         array = tf.make_ndarray(proto)
     except (ValueError, TypeError, IndexError) as exc:
@@ -94,44 +87,6 @@ def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     if array.dtype != dtype and dtype.kind != "O":
         array = array.astype(dtype)
     return array
-
-
-def make_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """Encode a response array with TF Serving's typed repeated fields (no ``tensor_content``)."""
-    array = np.asarray(array)
-    enum = _dtype_enum(array)
-    proto = tensor_pb2.TensorProto(
-        dtype=enum,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in array.shape]
-        ),
-    )
-    flat = array.ravel()
-    if enum == types_pb2.DT_STRING:
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
-    elif enum == types_pb2.DT_FLOAT:
-        proto.float_val.extend(flat.tolist())
-    elif enum == types_pb2.DT_DOUBLE:
-        proto.double_val.extend(flat.tolist())
-    elif enum == types_pb2.DT_INT64:
-        proto.int64_val.extend(flat.tolist())
-    elif enum in _INT_FIELDS:
-        proto.int_val.extend(flat.tolist())
-    elif enum == types_pb2.DT_BOOL:
-        proto.bool_val.extend(flat.tolist())
-    elif enum in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
-        proto.half_val.extend(flat.view(np.uint16).tolist())
-    elif enum == types_pb2.DT_UINT32:
-        proto.uint32_val.extend(flat.tolist())
-    elif enum == types_pb2.DT_UINT64:
-        proto.uint64_val.extend(flat.tolist())
-    elif enum == types_pb2.DT_COMPLEX64:
-        proto.scomplex_val.extend(flat.view(np.float32).tolist())
-    elif enum == types_pb2.DT_COMPLEX128:
-        proto.dcomplex_val.extend(flat.view(np.float64).tolist())
-    else:  # pragma: no cover - every dtype a signature can output is listed above
-        raise InvalidArgument(f"Expected an output dtype TF Serving can encode. Received: dtype={array.dtype}")
-    return proto
 
 
 # ---------------------------------------------------------------------------------------------- JSON -> numpy

@@ -23,7 +23,9 @@ from serving.client._tensors import (
     dtype_for_enum,
     encode_model_spec,
     encode_predict_request,
+    encode_predict_response,
     encode_tensor,
+    encode_typed_tensor,
 )
 from tests.serving.client.servers import as_proto_field
 
@@ -100,6 +102,40 @@ def test_decode_tensor_content_and_every_typed_field(name: str, array: np.ndarra
     if name != "bfloat16":  # whatever TensorFlow itself writes for this dtype
         theirs = decode_tensor(tf.make_tensor_proto(array).SerializeToString())
         assert _same(theirs, expected) if expected.dtype != object else theirs.tolist() == expected.tolist()
+
+
+def _typed_reference(array: np.ndarray) -> tensor_pb2.TensorProto:
+    proto = as_proto_field(array)
+    proto.tensor_shape.SetInParent()  # TF Serving writes the shape field even for a scalar
+    return proto
+
+
+@pytest.mark.parametrize(("name", "array"), CASES, ids=IDS)
+def test_typed_encoding_is_tf_servings_typed_fields_byte_for_byte(name: str, array: np.ndarray) -> None:
+    """What the local model server answers with: values in float_val, int_val, half_val, ..."""
+    data = encode_typed_tensor(array)
+    expected = _expected(array)
+    assert data == _typed_reference(expected).SerializeToString(deterministic=True)
+    assert not tensor_pb2.TensorProto.FromString(data).tensor_content
+    decoded = decode_tensor(data)
+    assert _same(decoded, expected) if expected.dtype != object else decoded.tolist() == expected.tolist()
+
+
+def test_predict_response_bytes_equal_the_official_message() -> None:
+    outputs: dict[str, Any] = {
+        "probabilities": np.random.default_rng(1).random((3, 10), dtype=np.float32),
+        "class_id": np.array([7, -1, 2**40], np.int64),
+        "class_name": np.array([b"seven", b"", "n\u00e9"], dtype=object),
+    }
+    official = predict_pb2.PredictResponse()
+    official.model_spec.name = "digits"
+    official.model_spec.version.value = 4
+    official.model_spec.signature_name = "serving_default"
+    for key, value in outputs.items():
+        official.outputs[key].CopyFrom(_typed_reference(_expected(value)))
+    data = encode_predict_response(encode_model_spec("digits", 4, None, "serving_default"), outputs)
+    assert predict_pb2.PredictResponse.FromString(data) == official
+    assert data == official.SerializeToString(deterministic=True)
 
 
 def test_decode_from_tensor_content_is_a_view_not_a_copy() -> None:
