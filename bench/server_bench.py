@@ -1,6 +1,6 @@
 """Benchmark of serving.model_server on loopback, next to a bare gRPC echo server (the Python floor).
 
-Usage: ``python bench/server_bench.py [--seconds 5] [--rounds 3] [--concurrency 4] [--model DIR]``
+Usage: ``python bench/server_bench.py [--seconds 4] [--rounds 5] [--concurrency 4] [--model DIR] [--baseline DIR]``
 
 Starts two server processes and drives them from this process with ``--concurrency`` threads, in
 ``--rounds`` interleaved rounds (echo, gRPC predict, REST predict, echo, ...) so that load from other
@@ -13,11 +13,16 @@ programs on the machine hits every row alike; the median round is reported:
 The gRPC clients send the same pre-serialized ``PredictRequest`` bytes and do not parse responses, so
 client cost is identical for echo and predict and the difference is the server's. Prints requests/s and
 p50/p99 latency per row, and gRPC predict as a percentage of the echo floor.
+
+``--baseline DIR`` adds a row, interleaved with the others: gRPC predict on the model server of another
+checkout (``git worktree add /tmp/base <revision>``), to measure a change side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -71,7 +76,7 @@ def _request_bytes() -> bytes:
     return request.SerializeToString()
 
 
-def _drive(call: Callable[[], None], seconds: float, concurrency: int) -> tuple[float, float, float, int]:
+def _drive(call: Callable[[], object], seconds: float, concurrency: int) -> tuple[float, float, float, int]:
     """Run ``call`` from ``concurrency`` threads for ``seconds``; returns (req/s, p50 ms, p99 ms, errors)."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -124,13 +129,14 @@ def _model_ready(rest_port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--grpc_max_threads", type=int, default=8)
     parser.add_argument("--model", type=Path, default=REPO / "tests" / "fixtures" / "half_plus_two")
     parser.add_argument("--server-flag", dest="server_flag", action="append", default=[],
                         help="extra flag for the model server, e.g. --server-flag=--tensorflow_inter_op_parallelism=1")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose model server gets a row too")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)  # internal: run the echo server
     args = parser.parse_args(argv)
     if args.echo_server:
@@ -141,15 +147,25 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = _request_bytes()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
-    echo_port, grpc_port, rest_port = _free_port(), _free_port(), _free_port()
+    echo_port = _free_port()
     echo = subprocess.Popen([sys.executable, __file__, f"--echo-server={echo_port}",
                              f"--grpc_max_threads={args.grpc_max_threads}"], stdout=subprocess.PIPE, text=True, env=env)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "serving.model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-         "--model_name=half_plus_two", f"--model_base_path={args.model}",
-         f"--grpc_max_threads={args.grpc_max_threads}", "--file_system_poll_wait_seconds=0", *args.server_flag],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
+
+    def model_server(checkout: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+        grpc_port, rest_port = _free_port(), _free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             "--model_name=half_plus_two", f"--model_base_path={args.model}",
+             f"--grpc_max_threads={args.grpc_max_threads}", "--file_system_poll_wait_seconds=0", *args.server_flag],
+            cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )
+        return process, grpc_port, rest_port
+
+    server, grpc_port, rest_port = model_server(REPO)
+    processes = [echo, server]
+    if args.baseline:
+        baseline, baseline_port, baseline_rest = model_server(args.baseline.resolve())
+        processes.append(baseline)
     body = json.dumps({"instances": [1.0, 2.0, 5.0]}).encode()
     local = threading.local()
 
@@ -165,37 +181,49 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, list[tuple[float, float, float, int]]] = {"grpc echo (floor)": [], "grpc predict": [],
                                                                  "rest predict": []}
+    if args.baseline:
+        results["grpc predict (baseline)"] = []
     try:
         assert echo.stdout is not None
         echo.stdout.readline()
         _wait_for(lambda: _model_ready(rest_port))
-        with grpc.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel, \
-                grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            echo_call = echo_channel.unary_unary(PREDICT_METHOD)  # bytes in, bytes out: no client-side parsing
-            predict_call = channel.unary_unary(PREDICT_METHOD)
+        if args.baseline:
+            _wait_for(lambda: _model_ready(baseline_rest))
+        with contextlib.ExitStack() as stack:
+            def unary(port: int) -> Callable[..., bytes]:  # bytes in, bytes out: no client-side parsing
+                channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+                return channel.unary_unary(PREDICT_METHOD)
+
+            calls: dict[str, Callable[[], object]] = {}
+            for name, port in (("grpc echo (floor)", echo_port), ("grpc predict", grpc_port)):
+                calls[name] = functools.partial(unary(port), payload, timeout=30)
+            calls["rest predict"] = rest_call
+            if args.baseline:
+                calls["grpc predict (baseline)"] = functools.partial(unary(baseline_port), payload, timeout=30)
             for _ in range(args.rounds):  # interleaved, so load from elsewhere hits every row alike
-                results["grpc echo (floor)"].append(
-                    _drive(lambda: echo_call(payload, timeout=30), args.seconds, args.concurrency))
-                results["grpc predict"].append(
-                    _drive(lambda: predict_call(payload, timeout=30), args.seconds, args.concurrency))
-                results["rest predict"].append(_drive(rest_call, args.seconds, args.concurrency))
+                for name, call in calls.items():
+                    results[name].append(_drive(call, args.seconds, args.concurrency))
     finally:
-        for process in (echo, server):
+        for process in processes:
             process.terminate()
             process.wait(timeout=60)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"grpcio {grpc.__version__}; {args.concurrency} client threads; {args.rounds} interleaved rounds of "
           f"{args.seconds:.0f} s per row, median round shown")
-    print(f"{'':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    print(f"{'':<24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     medians = {}
     for name, runs in results.items():
         rps, p50, p99, errors = (statistics.median(r[i] for r in runs) for i in range(4))
         medians[name] = rps
-        print(f"{name:<20}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}{errors:>8.0f}")
+        print(f"{name:<24}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}{errors:>8.0f}")
     ratios = [p[0] / e[0] for p, e in zip(results["grpc predict"], results["grpc echo (floor)"], strict=True)]
     print(f"grpc predict = {100 * medians['grpc predict'] / medians['grpc echo (floor)']:.0f}% of the echo floor's "
           f"requests/s (per round: {', '.join(f'{100 * r:.0f}%' for r in ratios)})")
+    if args.baseline:
+        versus = [p[0] / b[0] for p, b in zip(results["grpc predict"], results["grpc predict (baseline)"], strict=True)]
+        print(f"grpc predict = {statistics.median(versus):.2f}x the baseline's requests/s "
+              f"(per round: {', '.join(f'{r:.2f}x' for r in versus)})")
     return 0
 
 
