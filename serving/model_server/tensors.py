@@ -64,24 +64,27 @@ def type_string(dtype: np.dtype[Any]) -> str:
 
 def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """Decode a request ``TensorProto`` (``tensor_content`` or typed fields); bad ones raise InvalidArgument."""
-    if proto.tensor_shape.unknown_rank:
+    shape = proto.tensor_shape
+    if shape.unknown_rank:
         raise InvalidArgument("Expected a tensor with a known shape. Received: tensor_shape.unknown_rank=true")
-    dims = [d.size for d in proto.tensor_shape.dim]
+    dims = [d.size for d in shape.dim]
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"Expected non-negative dimensions. Received: shape={dims}")
-    if math.prod(dims) > MAX_ELEMENTS:
+    count = math.prod(dims)
+    if count > MAX_ELEMENTS:
         raise InvalidArgument(f"Expected at most {MAX_ELEMENTS} elements in a tensor. Received: shape={dims}")
-    dtype = numpy_dtype(proto.dtype)
+    enum = proto.dtype
+    dtype = numpy_dtype(enum)
     content = proto.tensor_content
-    if content and dtype.kind != "O" and len(content) == math.prod(dims) * dtype.itemsize:
+    if content and dtype.kind != "O" and len(content) == count * dtype.itemsize:
         return np.frombuffer(content, dtype.newbyteorder("<")).reshape(dims)  # what the thin client sends
-    if proto.dtype == types_pb2.DT_FLOAT and not content and len(proto.float_val) == math.prod(dims):
+    if enum == types_pb2.DT_FLOAT and not content and len(proto.float_val) == count:
         return np.array(proto.float_val, dtype=np.float32).reshape(dims)
     try:
         array = tf.make_ndarray(proto)
     except (ValueError, TypeError, IndexError) as exc:
         raise InvalidArgument(
-            f"Expected tensor values that fill shape {dims} of dtype {tf.dtypes.as_dtype(proto.dtype).name}. "
+            f"Expected tensor values that fill shape {dims} of dtype {tf.dtypes.as_dtype(enum).name}. "
             f"Received: {exc}"
         ) from exc
     if array.dtype != dtype and dtype.kind != "O":
