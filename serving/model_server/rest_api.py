@@ -54,7 +54,12 @@ _STATUS = re.compile(
 
 
 def _json(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON; strings decoded with ``surrogateescape`` go back out as their raw bytes."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape in the request
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _error_body(message: str) -> bytes:
