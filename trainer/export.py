@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from serving.wire import WARMUP_FILE, predict_log
 from trainer.data import decode_image
 from trainer.errors import ExportError
 
@@ -55,7 +57,6 @@ INPUT_IMAGES = "images"
 INPUT_PIXELS = "pixels"
 OUTPUTS = ("probabilities", "class_id", "class_name")
 METADATA_FILE = "tfstack_metadata.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
 _VERSION = re.compile(r"^\d+$")
 
 
@@ -96,19 +97,15 @@ def _outputs(model: keras.Model, pixels: tf.Tensor, class_names: tf.Tensor) -> d
 
 
 def _warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
-    """Serialized PredictionLog records for TF Serving's warm-up (one request per image, then a batch)."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    """Serialized PredictionLog records for TF Serving's warm-up (one request per image, then a batch).
 
+    Built with the project's own wire-compatible protos (`serving.wire`), so the trainer needs only its
+    extra, not tensorflow-serving-api."""
     batches = [[image] for image in images[:2]] + ([list(images[:8])] if len(images) > 1 else [])
-    records = []
-    for batch in batches:
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
-        )
-        request.inputs[INPUT_IMAGES].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)]))
-        log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        records.append(log_record.SerializeToString())
-    return records
+    return [
+        predict_log(model_name, {INPUT_IMAGES: np.array(batch, dtype=object)}, "serving_default")
+        for batch in batches
+    ]
 
 
 def export_model(

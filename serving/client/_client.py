@@ -20,9 +20,9 @@ import numpy as np
 from serving.client._errors import RETRYABLE, CallContext, InvalidInput, ModelNotFound, ServingError
 from serving.client._metrics import CallStats, ClientMetrics, metrics_for
 from serving.client._model import ModelMetadata, ModelStatus, Signature, TensorSpec
-from serving.client._tensors import _BY_NUMPY as _NUMPY_ROWS
-from serving.client._tensors import dtype_for_numpy
 from serving.client._transports.base import AsyncTransport, Method, Reply, Request, Transport
+from serving.wire.codec import NUMPY_DTYPES as _NUMPY_ROWS
+from serving.wire.codec import dtype_for_numpy
 
 if TYPE_CHECKING:  # imported where used: keeps ``import serving.client`` light
     import ssl

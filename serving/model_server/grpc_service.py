@@ -6,7 +6,7 @@ version and signature actually used). Errors abort the call with their canonical
 unexpected is INTERNAL and logged, never a crashed server. ``MultiInference`` is UNIMPLEMENTED.
 
 Predict, the hot path, answers with ``PredictResponse`` wire bytes written by the client's codec
-(:func:`serving.client._tensors.encode_predict_response`) and is registered without a response
+(:func:`serving.wire.codec.encode_predict_response`) and is registered without a response
 serializer: building the protobuf message and serializing it cost about a tenth of the server's
 predict throughput on a tiny model (``bench/server_bench.py``).
 """
@@ -32,7 +32,6 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
-from serving.client._tensors import encode_model_spec, encode_predict_response
 from serving.model_server import tensors
 from serving.model_server.errors import (
     Cancelled,
@@ -44,6 +43,7 @@ from serving.model_server.errors import (
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.servable import Servable, serialize_input
+from serving.wire.codec import encode_model_spec, encode_predict_response
 
 __all__ = ["ModelService", "PredictionService", "add_services"]
 

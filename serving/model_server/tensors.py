@@ -2,7 +2,7 @@
 
 gRPC requests are read from ``tensor_content`` or the typed fields. gRPC responses are written the way TF
 Serving writes them, with typed repeated fields (``float_val``, ``int64_val``, ``string_val``, ...) and never
-``tensor_content``, by the client's wire codec (:func:`serving.client._tensors.encode_typed_tensor`).
+``tensor_content``, by the client's wire codec (:func:`serving.wire.codec.encode_typed_tensor`).
 The JSON rules follow ``tensorflow_serving/util/json_tensor.cc``: row (``instances``) and columnar
 (``inputs``) formats, ``{"b64": ...}`` for binary strings, string outputs whose alias ends in ``_bytes``
 written back as ``{"b64": ...}``, ``NaN`` / ``Infinity`` for non-finite floats.

@@ -1,7 +1,7 @@
 """The gRPC transport: TF Serving's PredictionService and ModelService over one reused channel.
 
 Every method is a raw-bytes multicallable created once per transport (the "stub"). Predict requests
-are written and responses read straight from wire bytes by :mod:`serving.client._tensors` (no
+are written and responses read straight from wire bytes by :mod:`serving.wire.codec` (no
 protobuf objects for tensors); the other methods go through this package's generated messages.
 """
 
@@ -16,7 +16,9 @@ import numpy as np
 
 from serving.client._errors import InvalidInput, ServingError, from_grpc_error, make_error
 from serving.client._model import metadata_from_proto, status_from_proto
-from serving.client._proto import (
+from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
+from serving.wire.codec import decode_predict_response, encode_model_spec, encode_predict_request
+from serving.wire.proto import (
     classification_pb2,
     example_pb2,
     feature_pb2,
@@ -25,8 +27,6 @@ from serving.client._proto import (
     model_pb2,
     regression_pb2,
 )
-from serving.client._tensors import decode_predict_response, encode_model_spec, encode_predict_request
-from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
 
 __all__ = ["AsyncGrpcTransport", "GrpcTransport", "channel_credentials", "channel_options"]
 
@@ -102,7 +102,7 @@ def to_example(features: Mapping[str, Any]) -> example_pb2.Example:
 
 
 def _input(examples: Sequence[Mapping[str, Any]], context: Mapping[str, Any] | None) -> Any:
-    from serving.client._proto import input_pb2
+    from serving.wire.proto import input_pb2
 
     message = input_pb2.Input()
     if context is None:

@@ -25,8 +25,8 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 
 from serving.client._errors import InvalidInput, from_http_error, from_os_error, make_error
 from serving.client._model import TensorSpec, metadata_from_proto, status_from_proto
-from serving.client._proto import get_model_metadata_pb2, get_model_status_pb2
 from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
+from serving.wire.proto import get_model_metadata_pb2, get_model_status_pb2
 
 __all__ = ["AsyncRestTransport", "RestTransport", "from_json_value", "to_json_value"]
 

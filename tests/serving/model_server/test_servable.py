@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from serving.client._tensors import encode_tensor
 from serving.model_server import tensors
 from serving.model_server.errors import InvalidArgument
 from serving.model_server.servable import Servable
+from serving.wire.codec import encode_tensor
 from tests.serving.model_server.conftest import HALF_PLUS_TWO, png
 
 HALF_PLUS_TWO_INPUTS = {
