@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.model_server.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from serving.wire import DTYPES, dtype_for_numpy
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
@@ -73,25 +73,21 @@ def check_decoded_size(protos: Mapping[str, tensor_pb2.TensorProto], limit: int)
     return total
 
 
-@functools.lru_cache(maxsize=64)
 def numpy_dtype(enum: int) -> np.dtype[Any]:
-    """The numpy dtype of a ``tensorflow.DataType`` enum value (``object`` for DT_STRING)."""
-    try:
-        dtype = tf.dtypes.as_dtype(enum)
-    except TypeError as exc:
-        raise InvalidArgument(f"Expected a known tensorflow.DataType. Received: dtype={enum}") from exc
-    if dtype == tf.string:
-        return np.dtype(object)
-    if dtype.is_quantized or dtype in (tf.resource, tf.variant):
-        raise InvalidArgument(f"Expected a numeric, bool or string dtype. Received: dtype={dtype.name}")
-    return np.dtype(dtype.as_numpy_dtype)
+    """The numpy dtype of a ``tensorflow.DataType`` value, from the wire package's one dtype table."""
+    row = DTYPES.get(enum)
+    if row is None:
+        name = types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else str(enum)
+        raise InvalidArgument(f"Expected a numeric, bool or string dtype. Received: dtype={name}")
+    return row.numpy
 
 
 def type_string(dtype: np.dtype[Any]) -> str:
     """TensorFlow's ``DataTypeString`` of a numpy dtype: ``float``, ``double``, ``int64``, ``string``, ..."""
-    if dtype.kind in "OSU":
-        return "string"
-    return types_pb2.DataType.Name(tf.dtypes.as_dtype(dtype).as_datatype_enum)[3:].lower()
+    try:
+        return dtype_for_numpy(dtype).name[3:].lower()
+    except ValueError:
+        return str(dtype)
 
 
 def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
