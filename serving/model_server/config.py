@@ -70,7 +70,7 @@ def _read_text_proto(path: str | Path, proto: _M) -> _M:
         text_format.Parse(text, proto)
     except text_format.ParseError as exc:
         raise ConfigError(
-            f"Expected a {proto.DESCRIPTOR.full_name} text proto. Received: path={str(path)!r}: {exc}", str(path)
+            f"Error parsing text-format {proto.DESCRIPTOR.full_name}: {exc} (path={str(path)!r})", str(path)
         ) from exc
     return proto
 

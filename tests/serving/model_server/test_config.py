@@ -81,7 +81,7 @@ def test_the_local_server_accepts_the_container_command_line() -> None:
          "model_version_policy { specific { } } } }",
          "at least one version"),
         ("", "model_config_list"),
-        ("model_config_list { nonsense: 1 }", "ModelServerConfig text proto"),
+        ("model_config_list { nonsense: 1 }", "Error parsing text-format tensorflow.serving.ModelServerConfig"),
         # server_core.cc GetPlatform: an empty model_platform is refused.
         ("model_config_list { config { name: 'a' base_path: '/a' } }",
          "Illegal setting neither ModelServerConfig::model_type \\(deprecated\\) nor "
