@@ -64,6 +64,29 @@ def _json(payload: Any) -> bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
+#: Python's JSON error messages -> rapidjson's (GetParseError_En), which TF Serving's errors carry.
+_RAPIDJSON_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Expecting property name", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Extra data", "The document root must not be followed by other values."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+    ("Invalid \\u", "Incorrect hex digit after \\u escape in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+)
+
+
+def _rapidjson_error(exc: json.JSONDecodeError) -> str:
+    for python, rapidjson in _RAPIDJSON_ERRORS:
+        if exc.msg.startswith(python):
+            return rapidjson
+    if exc.msg.startswith("Expecting ',' delimiter"):
+        return "Missing a comma or ']' after an array element." if exc.doc[:exc.pos].rstrip().endswith(
+            ("]", "[")) else "Missing a comma or '}' after an object member."
+    return exc.msg
+
+
 def _error_body(message: str) -> bytes:
     return _json({"error": message})
 
@@ -164,8 +187,10 @@ class RestApi:
             raise InvalidArgument("JSON Parse error: The document is empty")
         try:
             doc = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise InvalidArgument(f"JSON Parse error: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"JSON Parse error: {_rapidjson_error(exc)} at offset: {exc.pos}") from None
+        except (ValueError, RecursionError) as exc:  # invalid UTF-8, nesting beyond Python's recursion limit
+            raise InvalidArgument(f"JSON Parse error: Invalid encoding in string. ({exc})") from None
         if not isinstance(doc, dict):
             raise InvalidArgument(f"JSON Value: {str(doc)[:256]} Is not object")
         signature = doc.get("signature_name", "")
