@@ -22,6 +22,9 @@ __all__ = ["main"]
 
 log = logging.getLogger("trainer")
 
+EXIT_NOT_PUBLISHED = 3
+"""The search finished but the publish gate kept its model off the shared volume (docs/trainer.md)."""
+
 
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -69,6 +72,11 @@ def search_command(args: argparse.Namespace) -> int:
         result = run_search(config, cluster, metrics=metrics)
     finally:
         metrics.close()
+    decision = result.decision
+    if decision is not None and not decision.publish:
+        print(f"not published: {decision.reason}")
+        print(f"report: {result.report_dir}")
+        return EXIT_NOT_PUBLISHED
     if result.export is not None:
         print(f"best hyperparameters: {result.best_hyperparameters}")
         print(f"best val_accuracy: {result.best_val_accuracy:.4f} over {result.trials} trials")

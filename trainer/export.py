@@ -46,9 +46,12 @@ __all__ = [
     "OUTPUTS",
     "WARMUP_FILE",
     "ExportedModel",
+    "discard_staged",
     "existing_versions",
     "export_model",
     "next_version",
+    "publish_staged",
+    "stage_export",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,7 @@ def _warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
     ]
 
 
-def export_model(
+def stage_export(
     model: keras.Model,
     *,
     export_base: Path,
@@ -117,11 +120,14 @@ def export_model(
     image_size: int,
     metadata: dict[str, Any],
     warmup_images: Sequence[bytes] = (),
-) -> ExportedModel:
-    """Export `model` as the next version of `model_name`; returns the version and its path.
+) -> Path:
+    """Write `model` into a hidden staging directory next to the versions of `model_name`; returns it.
+
+    TF Serving loads only all-digit directory names, so the staged export is invisible to it until
+    `publish_staged` renames it. The publish gate (`trainer.publish`) checks it in between.
 
     Raises:
-        ExportError: the model could not be written; nothing is left under the model directory.
+        ExportError: the model could not be written; nothing is left behind.
     """
     if len(class_names) < 2:
         raise ExportError(f"Expected at least 2 class names. Received: {list(class_names)}")
@@ -144,9 +150,43 @@ def export_model(
                 for serialized in _warmup_records(model_name, warmup_images):
                     writer.write(serialized)
         _fsync_tree(staging)
-        return _publish(staging, model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def publish_staged(staging: Path) -> ExportedModel:
+    """Make a staged export the next version of its model (an atomic rename); returns where it landed."""
+    return _publish(staging, staging.parent)
+
+
+def discard_staged(staging: Path) -> None:
+    """Remove a staged export that will not be published."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_model(
+    model: keras.Model,
+    *,
+    export_base: Path,
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    metadata: dict[str, Any],
+    warmup_images: Sequence[bytes] = (),
+) -> ExportedModel:
+    """Export `model` as the next version of `model_name` without a gate; returns the version and its path.
+
+    Raises:
+        ExportError: the model could not be written; nothing is left under the model directory.
+    """
+    staging = stage_export(model, export_base=export_base, model_name=model_name, class_names=class_names,
+                           image_size=image_size, metadata=metadata, warmup_images=warmup_images)
+    try:
+        return publish_staged(staging)
+    except BaseException:
+        discard_staged(staging)
         raise
 
 

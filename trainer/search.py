@@ -32,9 +32,10 @@ from trainer import data, distribute, plots
 from trainer.cluster import Cluster
 from trainer.config import SearchConfig
 from trainer.errors import SearchError, TrainerError
-from trainer.export import ExportedModel, export_model
+from trainer.export import ExportedModel, stage_export
 from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
+from trainer.publish import Decision, gate_and_publish
 
 __all__ = [
     "SearchResult",
@@ -66,6 +67,8 @@ class SearchResult:
     model: keras.Model | None = None
     """The exported model (best epoch of the best trial), on the chief."""
     held_out_recall: dict[str, float] = dataclasses.field(default_factory=dict)
+    decision: Decision | None = None
+    """The publish gate's decision (on the chief)."""
 
 
 def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> ModelSpec:
@@ -366,16 +369,31 @@ def run_search(
         "versions": _library_versions(),
     }
     warmup = [f.path.read_bytes() for f in held_out[:8]]
-    exported = export_model(
+    staging = stage_export(
         model, export_base=config.export_base, model_name=config.model_name, class_names=splits.class_names,
         image_size=spec.image_size, metadata=metadata, warmup_images=warmup,
     )
+    decision, exported = gate_and_publish(
+        staging, held_out=[(f.path, f.label) for f in held_out], class_names=splits.class_names,
+        fingerprint=splits.fingerprint, policy=config.publish, tolerance=config.publish_tolerance,
+    )
+    _record_decision(decision, metrics, report_dir)
     (report_dir / "held_out.json").write_text(json.dumps(
         [{"path": str(f.path.resolve()), "label": f.label} for f in held_out], indent=1) + "\n")
-    (report_dir / "summary.json").write_text(json.dumps({**metadata, "export": str(exported.path)}, indent=2,
-                                                        default=str) + "\n")
+    (report_dir / "summary.json").write_text(json.dumps(
+        {**metadata, "export": str(exported.path) if exported else None, "publish": decision.to_dict()},
+        indent=2, default=str) + "\n")
     return SearchResult(dict(best.hyperparameters.values), float(best.score), accuracy, len(labels), len(trials),
-                        exported, report_dir, model, recall)
+                        exported, report_dir, model, recall, decision)
+
+
+def _record_decision(decision: Decision, metrics: SearchMetrics, report_dir: Path) -> None:
+    """The publish gate's decision as metrics and as ``report/publish.json``."""
+    metrics.published.set(1 if decision.publish else 0)
+    for name, score in (("candidate", decision.candidate), ("current", decision.current)):
+        if score is not None:
+            metrics.held_out.labels(name).set(score.balanced_accuracy)
+    (report_dir / "publish.json").write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
 
 
 def held_out_warnings(labels: np.ndarray, accuracy: float, recall: Mapping[str, float], val: float) -> list[str]:
