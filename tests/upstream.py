@@ -13,12 +13,14 @@ reproductions and upstream's documented expectations.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_UPSTREAM = ROOT.parent / "shared" / "upstream"
+#: ``UPSTREAM_ARTEFACTS`` points elsewhere, for a developer who keeps the files outside ``shared/``.
+SHARED_UPSTREAM = Path(os.environ.get("UPSTREAM_ARTEFACTS") or ROOT.parent / "shared" / "upstream")
 
 
 def find(*parts: str) -> Path | None:

@@ -21,14 +21,34 @@ CHART_DIR = ROOT / "k8s" / "chart"
 RELEASE = "digits"
 NAMESPACE = "ml"
 
-#: The values matrix: each set is rendered, validated against the Kubernetes schemas and scanned by checkov.
+#: The values matrix: each set is rendered, validated against the Kubernetes schemas (and the JobSet and TFJob
+#: CRDs), linted and scanned by checkov. The trainer modes: defaults and gpus render a JobSet (more than one
+#: worker), jobset names it explicitly with the scheduling hooks, indexed_job/existing_claim/monitoring/
+#: single_worker an Indexed Job, tfjob a TFJob.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "tfjob": {"trainer": {"mode": "tfjob", "workers": 3}},
+    "jobset": {
+        "trainer": {
+            "mode": "jobset",
+            "workers": 3,
+            "runId": "r2",
+            "maxRestarts": 3,
+            "activeDeadlineSeconds": 43200,
+            "queueName": "gpu-queue",
+            "priorityClassName": "training",
+            "schedulerName": "volcano",
+            "podLabels": {"team": "vision"},
+        },
+        "networkPolicy": {"allowExternalEgress": False},
+    },
+    "indexed_job": {"trainer": {"mode": "indexedJob", "workers": 3, "queueName": "cpu-queue"}},
+    "single_worker": {"trainer": {"workers": 1}},
+    "tfjob": {"trainer": {"mode": "tfjob", "workers": 3, "queueName": "tf-queue"}},
     "gpus": {
         "trainer": {
             "workers": 4,
             "gpusPerWorker": 1,
+            "runtimeClassName": "nvidia",
             "nodeSelector": {"nvidia.com/gpu.present": "true"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "affinity": {
@@ -50,10 +70,27 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "ttlSecondsAfterFinished": 3600,
         },
         "storage": {"storageClassName": "nfs-client"},
-        "serving": {"image": {"tag": "2.21.0-gpu"}},
+        "serving": {
+            "image": {"tag": "2.21.0-gpu"},
+            "gpus": 1,
+            "runtimeClassName": "nvidia",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "serving"}},
+                }
+            ],
+        },
     },
-    "existing_claim": {"storage": {"mode": "existingClaim", "existingClaim": "shared-models"}},
+    "existing_claim": {
+        "trainer": {"mode": "indexedJob"},
+        "storage": {"mode": "existingClaim", "existingClaim": "shared-models"},
+    },
     "monitoring": {
+        "trainer": {"mode": "indexedJob"},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "serving": {
             "autoscaling": {"enabled": True, "targetMemory": 80},
@@ -96,13 +133,13 @@ class Rendered:
 
 
 @functools.cache
-def _chart() -> helm.Chart:
-    return helm.Chart.load(str(CHART_DIR))
+def _chart(chart_dir: Path = CHART_DIR) -> helm.Chart:
+    return helm.Chart.load(str(chart_dir))
 
 
-def render_values(values: dict[str, Any]) -> Rendered:
-    """Render the chart with `values` (not cached: for one-off cases)."""
-    chart = _chart()
+def render_values(values: dict[str, Any], chart_dir: Path = CHART_DIR) -> Rendered:
+    """Render the chart (in `chart_dir`) with `values` (not cached: for one-off cases)."""
+    chart = _chart(chart_dir)
     manifests = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True)
     objects: list[tuple[str, dict[str, Any]]] = []
     notes = ""
@@ -122,18 +159,55 @@ def render(name: str) -> Rendered:
     return render_values(VALUE_SETS[name])
 
 
+TRAINER_KINDS = ("JobSet", "Job", "TFJob")
+
+
 def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """The containers of a workload (Pod, Deployment, Job, TFJob)."""
+    """The containers of a workload (Pod, Deployment, Job, JobSet, TFJob)."""
     return pod_spec(obj)["containers"]
 
 
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template (metadata + spec) of a Deployment, Job, JobSet (its one replicatedJob) or TFJob."""
     kind = obj["kind"]
-    if kind == "Pod":
-        return obj["spec"]
     if kind == "TFJob":
-        return obj["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
-    return obj["spec"]["template"]["spec"]
+        return obj["spec"]["tfReplicaSpecs"]["Worker"]["template"]
+    if kind == "JobSet":
+        (replicated_job,) = obj["spec"]["replicatedJobs"]
+        return replicated_job["template"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    return pod_template(obj)["spec"]
+
+
+def jobset_child_jobs(jobset: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Jobs JobSet creates: "<jobset>-<replicatedJob>-<index>" with the replicatedJob's template as spec
+    (kubernetes-sigs/jobset, pkg/controllers/jobset_controller.go, constructJob)."""
+    return [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": f"{jobset['metadata']['name']}-{replicated_job['name']}-{index}",
+                "namespace": jobset["metadata"]["namespace"],
+                "labels": dict(jobset["metadata"].get("labels", {})),
+                "annotations": dict(jobset["metadata"].get("annotations", {})),
+            },
+            "spec": replicated_job["template"]["spec"],
+        }
+        for replicated_job in jobset["spec"]["replicatedJobs"]
+        for index in range(replicated_job.get("replicas", 1))
+    ]
+
+
+def trainer_workload(rendered: Rendered) -> dict[str, Any]:
+    """The one trainer workload of a rendering (a JobSet, an Indexed Job or a TFJob)."""
+    (workload,) = [obj for _, obj in rendered if obj["kind"] in TRAINER_KINDS]
+    return workload
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:

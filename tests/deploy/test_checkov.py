@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.rendering import ROOT, VALUE_SETS, render
+from tests.deploy.rendering import ROOT, VALUE_SETS, jobset_child_jobs, render
 from tests.deploy.tools import run_checkov
 
 
@@ -38,7 +38,10 @@ def manifests_report(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str,
     for name in VALUE_SETS:
         directory = root / name
         directory.mkdir()
-        (directory / f"{name}.yaml").write_text(yaml.safe_dump_all([obj for _, obj in render(name)], sort_keys=False))
+        objects = [obj for _, obj in render(name)]
+        # checkov knows no JobSet: scan the Job JobSet creates from it, so its pods are checked too.
+        objects += [job for obj in objects if obj["kind"] == "JobSet" for job in jobset_child_jobs(obj)]
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
         directories.append(directory)
     with ThreadPoolExecutor(max_workers=2) as pool:
         reports = pool.map(lambda directory: run_checkov(directory, "kubernetes"), directories)

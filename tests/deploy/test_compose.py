@@ -14,7 +14,7 @@ import yaml
 
 from serving.config import CONFIG_DIR
 from serving.model_server.config import read_monitoring_config
-from tests.deploy.rendering import ROOT, containers, env_of, render
+from tests.deploy.rendering import ROOT, containers, env_of, render, trainer_workload
 from trainer import config as trainer_config
 from trainer.cluster import resolve
 
@@ -41,6 +41,23 @@ def test_should_be_accepted_by_docker_compose_when_config_is_run(compose_path: P
         assert env["TFSTACK_EXPORT_BASE"] == "/models"
         assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": index}
     assert model["services"]["serving"]["volumes"][0]["read_only"] is True
+
+
+def test_should_reserve_a_gpu_per_trainer_unless_the_cpu_override_is_used(compose_path: Path) -> None:
+    def model(*files: str) -> dict[str, Any]:
+        flags = [arg for name in files for arg in ("-f", str(DOCKER / name))]
+        result = subprocess.run([str(compose_path), *flags, "config", "--format", "json"],
+                                capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    gpu, cpu = model("compose.yaml"), model("compose.yaml", "compose.cpu.yaml")
+    for name in TRAINERS:
+        (device,) = gpu["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
+        assert "deploy" not in cpu["services"][name]
+        assert cpu["services"][name]["environment"] == gpu["services"][name]["environment"]
+    assert "deploy" not in gpu["services"]["serving"]
 
 
 def test_should_be_rejected_by_docker_compose_when_a_key_is_misspelt(compose_path: Path, tmp_path: Path) -> None:
@@ -78,7 +95,7 @@ def test_should_resolve_each_worker_from_tf_config_when_compose_wires_two_worker
 def test_should_use_the_chart_env_names_when_compose_configures_the_trainer(service: str) -> None:
     env = _env(service)
     trainer_config.load({}, env)  # unknown TFSTACK_* names would fail here
-    chart_names = set(env_of(containers(render("defaults").one("trainer-job.yaml"))[0]))
+    chart_names = set(env_of(containers(trainer_workload(render("defaults")))[0]))
     ours = {name for name in env if name.startswith("TFSTACK_")}
     assert ours <= chart_names, sorted(ours - chart_names)
     assert ours == {n for n in chart_names if not n.startswith("TFSTACK_CLUSTER_")}

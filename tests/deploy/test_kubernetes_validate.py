@@ -1,7 +1,8 @@
 """Every rendered object against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
-fields fail), for the oldest supported (1.29) and the newest known Kubernetes. CRD objects (TFJob,
-ServiceMonitor) are not in those schemas: their pod templates are validated as Pods, and their required
-fields are checked in tests/deploy/chart/."""
+fields fail), for the oldest supported (1.29) and the newest known Kubernetes. CRD objects (JobSet,
+TFJob, ServiceMonitor) are not in those schemas: the JobSet's child Job is validated as the Job JobSet
+creates from it, the TFJob's pod template as a Pod, and JobSet and TFJob against their own CRDs
+(test_crd_schemas.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.deploy.rendering import VALUE_SET_IDS, pod_spec, render
+from tests.deploy.rendering import VALUE_SET_IDS, jobset_child_jobs, pod_spec, render
 
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
-CRD_KINDS = {"TFJob", "ServiceMonitor"}
+CRD_KINDS = {"JobSet", "TFJob", "ServiceMonitor"}
 
 
 def _validate(obj: dict[str, Any], version: str) -> None:
@@ -46,9 +47,21 @@ def test_should_validate_tfjob_pod_template_as_a_pod_when_mode_is_tfjob(version:
     _validate(pod, version)
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: f"k8s-{v}")
+@pytest.mark.parametrize("value_set", ["defaults", "jobset", "gpus"])
+def test_should_validate_the_child_job_jobset_creates_when_mode_is_jobset(value_set: str, version: str) -> None:
+    """JobSet creates "<jobset>-<replicatedJob>-<index>" with the replicatedJob's template as its spec
+    (jobset_controller.go, constructJob): that Job must pass Kubernetes' own validation."""
+    (jobset,) = [obj for _, obj in render(value_set) if obj["kind"] == "JobSet"]
+    jobs = jobset_child_jobs(jobset)
+    assert len(jobs) == 1
+    for job in jobs:
+        _validate(job, version)
+
+
 def test_should_reject_unknown_fields_when_validating_strictly() -> None:
     """The validator itself is strict: a misspelt field in a rendered Job fails (guards the tests above)."""
-    job = next(obj for _, obj in render("defaults") if obj["kind"] == "Job")
+    job = next(obj for _, obj in render("indexed_job") if obj["kind"] == "Job")
     broken = {**job, "spec": {**job["spec"], "backofLimitPerIndex": 3}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)

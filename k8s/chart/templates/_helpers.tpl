@@ -36,20 +36,109 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Standard labels. Call with (dict "context" $ "component" "serving"). */}}
 {{- define "tfstack.labels" -}}
-{{ include "tfstack.selectorLabels" . }}
+{{ include "tfstack.stableLabels" . }}
 helm.sh/chart: {{ include "tfstack.chart" .context }}
 app.kubernetes.io/version: {{ .context.Chart.AppVersion | quote }}
+{{- end -}}
+
+{{/*
+Labels that do not change with the chart version: for pod templates whose change would be refused or
+would restart pods for nothing. A Job's spec.template is immutable (kubernetes/kubernetes
+pkg/apis/batch/validation/validation.go, ValidateJobSpecUpdate), and so are a JobSet's replicatedJobs: a helm.sh/chart or
+app.kubernetes.io/version label in them makes every `helm upgrade` to a new chart version fail.
+Call with (dict "context" $ "component" "trainer" "podLabels" .Values.trainer.podLabels).
+*/}}
+{{- define "tfstack.stableLabels" -}}
+{{ include "tfstack.selectorLabels" . }}
 app.kubernetes.io/managed-by: {{ .context.Release.Service }}
 app.kubernetes.io/part-of: tfstack
 {{- with .context.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- with .podLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{/* Object names. */}}
-{{- define "tfstack.trainer.fullname" -}}
-{{- printf "%s-trainer" (include "tfstack.fullname" .) -}}
+{{/*
+The trainer's exit-code contract (docs/distributed.md; `python -m trainer search` is the container's
+entrypoint, no shell in between, so these are the container's exit codes). The ONE place the chart
+names them; the failure policies of the JobSet, the Indexed Job and the docs refer to these names.
+  done 0          model published, or nothing to do
+  crash 1         anything unexpected: retryable
+  badInput 2      usage, configuration or data error: do not retry
+  notPublished 3  the search finished but the publish gate refused the model: do not retry, look
+  peerLost 4      a peer was lost or the group could not form: restart the whole group
+Use: {{ $codes := include "tfstack.trainer.exitCodes" . | fromYaml }}
+*/}}
+{{- define "tfstack.trainer.exitCodes" -}}
+done: 0
+crash: 1
+badInput: 2
+notPublished: 3
+peerLost: 4
 {{- end -}}
+
+{{/*
+The trainer's workload kind: trainer.mode, or when it is "" a JobSet for more than one worker and a
+plain Indexed Job for one (a single pod has no group to restart).
+*/}}
+{{- define "tfstack.trainer.mode" -}}
+{{- if .Values.trainer.mode -}}
+{{- .Values.trainer.mode -}}
+{{- else if gt (int .Values.trainer.workers) 1 -}}
+jobset
+{{- else -}}
+indexedJob
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod-level scheduling shared by every workload: Kueue/gang schedulers, priorities, the GPU runtime class
+(k3s and RKE2 register NVIDIA's runtime as RuntimeClass "nvidia"), spreading. Call with the component's
+values (.Values.trainer or .Values.serving).
+*/}}
+{{- define "tfstack.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .schedulerName }}
+schedulerName: {{ . }}
+{{- end }}
+{{- with .runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Object names. The trainer's workload is "<fullname>-trainer[-<runId>]": a new trainer.runId is a new
+Job/JobSet (a new search), as a Job's pod template cannot be changed in place. At most 44 characters:
+JobSet's webhook requires "<jobset>-worker-0-<index>-abcde" to be a DNS label (63) for up to 1000
+workers (jobset_webhook.go, "pod names generated for this JobSet will exceed 63 characters").
+*/}}
+{{- define "tfstack.trainer.fullname" -}}
+{{- $suffix := "-trainer" -}}
+{{- with .Values.trainer.runId }}{{ $suffix = printf "-trainer-%s" (toString .) }}{{ end -}}
+{{- printf "%s%s" (include "tfstack.fullname" . | trunc (int (sub 44 (len $suffix))) | trimSuffix "-") $suffix -}}
+{{- end -}}
+{{/* The JobSet's one replicatedJob: its child Job is "<jobset>-worker-0" (placement.GenJobName). */}}
+{{- define "tfstack.trainer.replicatedJob" -}}worker{{- end -}}
 {{- define "tfstack.trainer.serviceName" -}}
 {{- printf "%s-trainer-workers" (include "tfstack.fullname" .) -}}
 {{- end -}}
@@ -94,7 +183,15 @@ checkov.io/skip4: CKV_K8S_9=The helm test pod runs one client call and exits; th
 {{/*
 The trainer's environment: the ONLY place that names TFSTACK_* variables. The trainer fails on a
 TFSTACK_* name it does not know (trainer/config.py), and a test feeds this list to trainer.config.load.
-Call with (dict "context" $ "indexedJob" true|false).
+Call with (dict "context" $ "mode" "jobset"|"indexedJob"|"tfjob").
+The cluster variables describe pod i as <job>-<i>.<service>.<namespace>.svc.<clusterDomain>
+(trainer.cluster.resolve). An Indexed Job's pod i has the hostname "<job>-<i>" (Kubernetes docs, Jobs,
+"Completion mode": "the Pod hostname is set to $(job-name)-$(index)") under spec.subdomain:
+- indexedJob: job = this chart's Job, service = the chart's headless Service (= the pods' subdomain);
+- jobset: JobSet names its child Job "<jobset>-<replicatedJob>-<jobIndex>" (placement.GenJobName),
+  sets the pods' subdomain to spec.network.subdomain (default: the JobSet's name) and creates a headless
+  Service of that name when network.enableDNSHostnames is true (jobset_controller.go, GetSubdomain);
+- tfjob: Kubeflow's operator sets TF_CONFIG, which the resolver reads first: no cluster variables.
 */}}
 {{- define "tfstack.trainer.env" -}}
 {{- $ := .context -}}
@@ -123,13 +220,20 @@ Call with (dict "context" $ "indexedJob" true|false).
   value: {{ $search.batchSize | quote }}
 - name: TFSTACK_METRICS_PORT
   value: {{ $.Values.trainer.containerPorts.metrics | quote }}
-{{- if .indexedJob }}
+{{- if ne .mode "tfjob" }}
 - name: TFSTACK_CLUSTER_WORKERS
   value: {{ $.Values.trainer.workers | quote }}
+{{- if eq .mode "jobset" }}
+- name: TFSTACK_CLUSTER_JOB_NAME
+  value: {{ printf "%s-%s-0" (include "tfstack.trainer.fullname" $) (include "tfstack.trainer.replicatedJob" $) | quote }}
+- name: TFSTACK_CLUSTER_SERVICE
+  value: {{ include "tfstack.trainer.fullname" $ | quote }}
+{{- else }}
 - name: TFSTACK_CLUSTER_JOB_NAME
   value: {{ include "tfstack.trainer.fullname" $ | quote }}
 - name: TFSTACK_CLUSTER_SERVICE
   value: {{ include "tfstack.trainer.serviceName" $ | quote }}
+{{- end }}
 - name: TFSTACK_CLUSTER_PORT
   value: {{ $.Values.trainer.containerPorts.cluster | quote }}
 - name: TFSTACK_CLUSTER_DOMAIN
@@ -140,16 +244,37 @@ Call with (dict "context" $ "indexedJob" true|false).
 {{- end }}
 {{- end -}}
 
-{{/* The trainer pod spec shared by the Indexed Job and the TFJob. (dict "context" $ "indexedJob" bool) */}}
+{{/*
+The trainer pod template (metadata and spec) shared by the JobSet, the Indexed Job and the TFJob.
+Call with (dict "context" $ "mode" "jobset"|"indexedJob"|"tfjob"). Only version-independent labels
+(tfstack.stableLabels) and no checksum annotation: the template is immutable once the Job exists.
+*/}}
+{{- define "tfstack.trainer.podTemplate" -}}
+{{- $ := .context -}}
+{{- $t := $.Values.trainer -}}
+metadata:
+  labels:
+    {{- include "tfstack.stableLabels" (dict "context" $ "component" "trainer" "podLabels" $t.podLabels) | nindent 4 }}
+  {{- with $t.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- include "tfstack.trainer.podSpec" . | nindent 2 }}
+{{- end -}}
+
 {{- define "tfstack.trainer.podSpec" -}}
 {{- $ := .context -}}
 {{- $t := $.Values.trainer -}}
 automountServiceAccountToken: false
-{{- if .indexedJob }}
-restartPolicy: Never
-subdomain: {{ include "tfstack.trainer.serviceName" $ }}
-{{- else }}
+{{- if eq .mode "tfjob" }}
 restartPolicy: OnFailure
+{{- else }}
+{{- /* podFailurePolicy requires restartPolicy Never (Kubernetes API reference, JobSpec.podFailurePolicy). */}}
+restartPolicy: Never
+{{- end }}
+{{- if eq .mode "indexedJob" }}
+subdomain: {{ include "tfstack.trainer.serviceName" $ }}
 {{- end }}
 {{- with $.Values.imagePullSecrets }}
 imagePullSecrets:
@@ -157,18 +282,7 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml $t.podSecurityContext | nindent 2 }}
-{{- with $t.nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with $t.tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with $t.affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- include "tfstack.scheduling" $t }}
 {{- /*
 Keras looks for (and downloads) ImageNet weights under KERAS_HOME (/opt/keras in the image) only while
 that directory is writable, else under /tmp/.keras. With a read-only root filesystem the weights baked
@@ -198,9 +312,9 @@ containers:
     imagePullPolicy: {{ $t.image.pullPolicy }}
     args: ["search"]
     env:
-      {{- include "tfstack.trainer.env" (dict "context" $ "indexedJob" .indexedJob) | nindent 6 }}
+      {{- include "tfstack.trainer.env" (dict "context" $ "mode" .mode) | nindent 6 }}
     ports:
-      - name: {{ ternary "cluster" "tfjob-port" .indexedJob }}
+      - name: {{ ternary "tfjob-port" "cluster" (eq .mode "tfjob") }}
         containerPort: {{ $t.containerPorts.cluster }}
         protocol: TCP
       - name: metrics

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from tests.deploy.rendering import VALUE_SET_IDS, pod_spec, render, render_values
+import pytest
+import yaml
+
+from tests.deploy.rendering import CHART_DIR, VALUE_SET_IDS, pod_spec, pod_template, render, render_values
+from tests.deploy.trainer_contract import EXIT_CODES
 
 STANDARD = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
             "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart"}
@@ -42,14 +46,36 @@ def test_should_add_common_labels_when_common_labels_is_set() -> None:
 
 
 def test_should_keep_job_pod_hostnames_dns_labels_when_the_release_name_is_long() -> None:
-    rendered = render_values({"fullnameOverride": "a" * 40, "trainer": {"workers": 999}})
+    rendered = render_values({"fullnameOverride": "a" * 40, "trainer": {"mode": "indexedJob", "workers": 1000,
+                                                                        "runId": "abcdefgh"}})
     job = rendered.one("trainer-job.yaml")
-    assert len(f"{job['metadata']['name']}-998") <= 63
+    assert job["metadata"]["name"].endswith("-trainer-abcdefgh")
+    assert len(f"{job['metadata']['name']}-999") <= 63
     assert len(pod_spec(job)["subdomain"]) <= 63
+
+
+@pytest.mark.parametrize("value_set", VALUE_SET_IDS)
+def test_should_keep_version_labels_out_of_pod_templates_when_rendered(value_set: str) -> None:
+    """A Job's (and a JobSet's) pod template is immutable: a label that changes with the chart version
+    would make `helm upgrade` fail; on the Deployment it would restart TF Serving for nothing."""
+    for path, obj in render(value_set):
+        if obj["kind"] in {"Job", "JobSet", "TFJob", "Deployment"}:
+            labels = pod_template(obj)["metadata"]["labels"]
+            assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(labels), path
+            assert set(labels) >= SELECTOR
+
+
+def test_should_name_the_exit_code_contract_once_when_helpers_are_read() -> None:
+    helpers = (CHART_DIR / "templates" / "_helpers.tpl").read_text()
+    body = re.search(r'define "tfstack.trainer.exitCodes" -}}\n(.*?)\n\{\{- end', helpers, re.S)[1]
+    assert yaml.safe_load(body) == EXIT_CODES
+    templates = [p for p in (CHART_DIR / "templates").glob("*.yaml")]
+    # no template spells an exit-code list itself
+    assert [p.name for p in templates if re.search(r"values: \[\d", p.read_text())] == []
 
 
 def test_should_pull_with_secrets_when_image_pull_secrets_is_set() -> None:
     rendered = render_values({"imagePullSecrets": [{"name": "regcred"}]})
     for _, obj in rendered:
-        if obj["kind"] in {"Job", "Deployment", "Pod"}:
+        if obj["kind"] in {"JobSet", "Deployment", "Pod"}:
             assert pod_spec(obj)["imagePullSecrets"] == [{"name": "regcred"}]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
+
 from serving.client.__main__ import build_parser
 from tests.deploy.rendering import render
 
@@ -18,7 +20,19 @@ def test_should_print_a_predict_command_the_client_accepts_when_installed() -> N
     assert "helm test digits" in notes
 
 
-def test_should_name_the_tfjob_when_mode_is_tfjob() -> None:
-    notes = render("tfjob").notes
-    assert "Kubeflow TFJob" in notes and "-worker-0" in notes
-    assert "Indexed Job" in render("defaults").notes
+@pytest.mark.parametrize(
+    ("value_set", "kind", "chief_selector"),
+    [("defaults", "JobSet", "-l jobset.sigs.k8s.io/jobset-name=digits-tfstack-trainer,"),
+     ("indexed_job", "Indexed Job", "-l job-name=digits-tfstack-trainer,"),
+     ("tfjob", "Kubeflow TFJob", "digits-tfstack-trainer-worker-0")],
+    ids=["jobset", "indexed-job", "tfjob"],
+)
+def test_should_name_the_workload_and_its_chief_when_mode_is_set(value_set: str, kind: str, chief_selector: str
+                                                                  ) -> None:
+    notes = render(value_set).notes
+    assert kind in notes and chief_selector in notes
+
+
+def test_should_show_how_to_start_a_new_search_when_installed() -> None:
+    (line,) = [line for line in render("jobset").notes.splitlines() if "A new search" in line]
+    assert "--set trainer.runId=" in line

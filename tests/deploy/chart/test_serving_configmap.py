@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helm_python as helm
 import pytest
 
 from serving.config import CONFIG_DIR
 from serving.model_server.config import read_batching_parameters, read_model_server_config, read_monitoring_config
-from tests.deploy.rendering import CHART_DIR, render, render_values
+from tests.deploy.rendering import CHART_DIR, containers, env_of, render, render_values, trainer_workload
 
 TEMPLATE = "serving-configmap.yaml"
 
@@ -49,6 +50,24 @@ def test_should_serve_the_named_model_from_the_mount_when_model_values_are_set(t
 def test_should_put_the_model_under_the_export_base_when_trainer_and_serving_share_the_volume() -> None:
     rendered = render("defaults")
     data = rendered.one(TEMPLATE)["data"]["models.config"]
-    env = {e["name"]: e["value"] for e in rendered.one("trainer-job.yaml")["spec"]["template"]["spec"]
-           ["containers"][0]["env"]}
+    env = env_of(containers(trainer_workload(rendered))[0])
     assert f'base_path: "{env["TFSTACK_EXPORT_BASE"]}/{env["TFSTACK_MODEL_NAME"]}"' in data
+
+
+def test_should_serve_exactly_the_listed_versions_with_labels_when_rolling_back(tmp_path: Path) -> None:
+    """A rollback: model.servedVersions pins versions (model_version_policy specific) and
+    model.versionLabels names them; parsed with TF Serving's own ModelServerConfig proto."""
+    values = {"model": {"servedVersions": [3, 4], "versionLabels": {"stable": 3, "canary": 4}}}
+    data = render_values(values).one(TEMPLATE)["data"]
+    (config,) = read_model_server_config(_write(tmp_path, data)["models.config"]).model_config_list.config
+    assert list(config.model_version_policy.specific.versions) == [3, 4]
+    assert dict(config.version_labels) == {"stable": 3, "canary": 4}
+
+
+@pytest.mark.parametrize("values", [{"servedVersions": [3], "versionLabels": {"stable": 5}},
+                                    {"versionLabels": {"stable": 5}}], ids=["not-served", "latest-policy"])
+def test_should_refuse_a_label_on_a_version_not_served_when_rendering(values: dict) -> None:
+    """TF Serving refuses a label on a version that is not AVAILABLE (unless
+    --allow_version_labels_for_unavailable_models) and would reject the whole config file."""
+    with pytest.raises(helm.HelmRenderError, match=r"model\.versionLabels\.stable: version 5"):
+        render_values({"model": values})

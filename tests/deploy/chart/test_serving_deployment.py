@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +62,67 @@ def test_should_be_ready_only_when_a_version_is_available() -> None:
     assert probe["httpGet"] == {"path": "/v1/models/digits/metadata", "port": "http"}
     http = next(p for p in container["ports"] if p["name"] == "http")
     assert http["containerPort"] == 8501
-    assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+
+
+@pytest.mark.parametrize("value_set", SERVING_SETS)
+def test_should_never_kill_the_server_while_it_waits_for_its_first_model_when_rendered(value_set: str) -> None:
+    """tensorflow_model_server opens no port until a version is AVAILABLE. Kubernetes runs no liveness
+    probe before the startup probe has succeeded (docs, "Configure Liveness, Readiness and Startup
+    Probes"), and no probe at all while an init container runs: the server starts only once a version
+    exists, and then the startup probe gives loading an explicit budget."""
+    deployment = render(value_set).one(TEMPLATE)
+    container = containers(deployment)[0]
+    assert "livenessProbe" not in container or "startupProbe" in container
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= 300, "loading and warming up a large SavedModel takes minutes"
+    (init,) = pod_spec(deployment)["initContainers"]
+    assert init["name"] == "wait-for-model"
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in init["volumeMounts"]
+
+
+def _wait_command(values: dict | None = None) -> list[str]:
+    (init,) = pod_spec(render_values(values or {}).one(TEMPLATE))["initContainers"]
+    return init["command"]
+
+
+def test_should_wait_for_an_all_digit_version_directory_when_the_init_container_runs(tmp_path: Path) -> None:
+    """The init container's own command, run by sh here: it keeps waiting while the model directory is
+    missing, empty or holds only non-version entries (a trainer's staging directory), and ends as soon
+    as a version appears (TF Serving loads all-digit directory names only)."""
+    command = _wait_command({"serving": {"waitForModel": {"intervalSeconds": 1}}})
+    assert command[-2] == "/models/digits"
+    base = tmp_path / "models" / "digits"
+    process = subprocess.Popen([*command[:-2], str(base), command[-1]], stdout=subprocess.PIPE, text=True)
+    try:
+        for step in (lambda: None, lambda: base.mkdir(parents=True),
+                     lambda: (base / ".staging-7").mkdir(), lambda: (base / "7.tmp").mkdir()):
+            step()
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=1.5)  # more than one interval: it looked again and kept waiting
+        (base / ".staging-7").rename(base / "00000007")
+        assert process.wait(timeout=10) == 0
+        assert "found version 00000007" in process.stdout.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_should_start_the_server_at_once_when_waiting_for_the_model_is_disabled() -> None:
+    spec = pod_spec(render_values({"serving": {"waitForModel": {"enabled": False}}}).one(TEMPLATE))
+    assert "initContainers" not in spec
+
+
+def test_should_request_gpus_when_serving_gpus_is_set() -> None:
+    deployment = render("gpus").one(TEMPLATE)
+    container = containers(deployment)[0]
+    assert container["image"].endswith(":2.21.0-gpu")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    spec = pod_spec(deployment)
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert "nvidia.com/gpu" not in containers(render("defaults").one(TEMPLATE))[0]["resources"].get("limits", {})
 
 
 def test_should_probe_the_named_model_when_model_name_is_set() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.deploy.rendering import render
+from tests.deploy.rendering import render, render_values
 
 TEMPLATE = "storage-pvc.yaml"
 
@@ -27,3 +27,12 @@ def test_should_create_no_claim_when_an_existing_claim_is_set() -> None:
         for v in obj["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"
     }
     assert claims == {"shared-models"}
+
+
+def test_should_keep_the_models_when_the_release_is_uninstalled() -> None:
+    """Helm skips resources annotated helm.sh/resource-policy: keep on uninstall (Helm docs, "Chart
+    Development Tips and Tricks", "Tell Helm Not To Uninstall a Resource")."""
+    assert render("defaults").one(TEMPLATE)["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    rendered = render_values({"storage": {"keepOnUninstall": False, "annotations": {"backup": "daily"}}})
+    assert rendered.one(TEMPLATE)["metadata"]["annotations"] == {"backup": "daily"}
+    assert "annotations" not in render_values({"storage": {"keepOnUninstall": False}}).one(TEMPLATE)["metadata"]

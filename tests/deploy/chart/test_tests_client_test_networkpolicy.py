@@ -1,7 +1,9 @@
-"""templates/tests/client-test-networkpolicy.yaml: the helm test pod's own NetworkPolicy (a test hook)."""
+"""templates/tests/client-test-networkpolicy.yaml: the helm test pod's own NetworkPolicy (a test hook),
+as behaviour: it reaches TF Serving's gRPC port and DNS, nothing else, and nothing reaches it."""
 
 from __future__ import annotations
 
+from tests.deploy.network_world import DNS, FRONTEND, INTERNET, world
 from tests.deploy.rendering import render, render_values
 
 TEMPLATE = "tests/client-test-networkpolicy.yaml"
@@ -9,15 +11,13 @@ TEMPLATE = "tests/client-test-networkpolicy.yaml"
 
 def test_should_let_the_test_pod_reach_only_grpc_and_dns_when_network_policy_is_enabled() -> None:
     rendered = render("defaults")
-    policy = rendered.one(TEMPLATE)
-    assert policy["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    pod_labels = rendered.one("tests/client-test-pod.yaml")["metadata"]["labels"]
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    to_serving = policy["spec"]["egress"][0]
-    assert to_serving["ports"] == [{"port": 8500, "protocol": "TCP"}]
-    serving_labels = rendered.one("serving-deployment.yaml")["spec"]["template"]["metadata"]["labels"]
-    assert to_serving["to"][0]["podSelector"]["matchLabels"].items() <= serving_labels.items()
-    assert "ingress" not in policy["spec"]
+    assert rendered.one(TEMPLATE)["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    w = world(rendered)
+    assert w.cluster.allows(w.test_client, w.serving, 8500)
+    assert not w.cluster.allows(w.test_client, w.serving, 8501)
+    assert w.cluster.allows(w.test_client, DNS, 53, "UDP")
+    assert not w.cluster.allows(w.test_client, INTERNET, 443)
+    assert not w.cluster.allows(FRONTEND, w.test_client, 8080)
 
 
 def test_should_render_no_test_policy_when_network_policy_is_disabled() -> None:

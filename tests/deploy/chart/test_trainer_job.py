@@ -1,23 +1,33 @@
-"""templates/trainer-job.yaml: the Indexed Job, checked against the trainer's own role resolver."""
+"""templates/trainer-job.yaml: the Indexed Job (indexedJob mode, and the default for one worker), checked
+against the trainer's own role resolver and, for failures, against what Kubernetes does with its pod
+failure policy (tests/deploy/failure_policy.py) under the trainer's exit-code contract."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.deploy.failure_policy import DISRUPTED, IndexedJobRun, exit
 from tests.deploy.rendering import (
     NAMESPACE,
+    VALUE_SETS,
     containers,
     env_of,
     pod_spec,
     render,
     render_values,
     restricted_violations,
+    trainer_workload,
 )
+from tests.deploy.trainer_contract import EXIT_CODES
 from trainer import config as trainer_config
 from trainer.cluster import resolve
 
 TEMPLATE = "trainer-job.yaml"
-INDEXED_SETS = ["defaults", "gpus", "existing_claim", "monitoring"]
+INDEXED_SETS = [name for name in VALUE_SETS if render(name).by_template(TEMPLATE)]
+
+
+def test_should_cover_the_indexed_job_in_several_value_sets() -> None:
+    assert {"indexed_job", "single_worker", "existing_claim", "monitoring"} <= set(INDEXED_SETS)
 
 
 @pytest.mark.parametrize("value_set", INDEXED_SETS)
@@ -73,53 +83,86 @@ def test_should_pass_the_trainer_config_when_the_pod_environment_is_loaded(value
     assert config.max_trials == rendered.values["trainer"]["search"]["maxTrials"]
 
 
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [({}, "JobSet"), ({"trainer": {"workers": 1}}, "Job"), ({"trainer": {"mode": "indexedJob"}}, "Job"),
+     ({"trainer": {"mode": "jobset", "workers": 1}}, "JobSet"), ({"trainer": {"mode": "tfjob"}}, "TFJob")],
+    ids=["default-2-workers", "default-1-worker", "indexed-job", "jobset-1-worker", "tfjob"],
+)
+def test_should_pick_the_workload_kind_when_mode_and_workers_are_set(values, kind: str) -> None:
+    assert trainer_workload(render_values(values))["kind"] == kind
+
+
 def test_should_run_n_indexed_completions_when_workers_is_set() -> None:
-    job = render("gpus").one(TEMPLATE)
+    job = render("indexed_job").one(TEMPLATE)
     assert job["spec"]["completionMode"] == "Indexed"
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
     assert containers(job)[0]["args"] == ["search"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "cpu-queue"
 
 
-def test_should_retry_per_index_and_ignore_disruptions_when_pods_fail() -> None:
-    spec = render("defaults").one(TEMPLATE)["spec"]
-    assert spec["backoffLimitPerIndex"] == 3
-    assert spec["maxFailedIndexes"] == 0
-    rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[1]["action"] == "FailIndex" and rules[1]["onExitCodes"]["values"] == [2]
+# -- failures, under the trainer's exit-code contract -----------------------------------------------------
+
+@pytest.mark.parametrize("code", ["badInput", "notPublished"])
+def test_should_fail_the_job_at_once_when_a_worker_exits_do_not_retry(code: str) -> None:
+    run = IndexedJobRun(render("indexed_job").one(TEMPLATE)["spec"])
+    run.pod_failed(1, exit(EXIT_CODES[code]))
+    assert run.failed == "PodFailurePolicy"
+
+
+def test_should_count_one_retry_per_incident_when_a_worker_dies_and_its_peers_exit_peer_lost() -> None:
+    """One pod crashes; the survivors see the lost peer and exit with the peer-lost code: every index is
+    recreated (a group restart) and only the crashed index uses a retry."""
+    spec = render("indexed_job").one(TEMPLATE)["spec"]
+    run = IndexedJobRun(spec)
+    limit = spec["backoffLimitPerIndex"]
+    for _incident in range(limit):
+        assert run.pod_failed(2, exit(EXIT_CODES["crash"])) == "Count"
+        assert [run.pod_failed(i, exit(EXIT_CODES["peerLost"])) for i in (0, 1)] == ["Ignore", "Ignore"]
+        assert run.failed is None
+    assert run.counted == {2: limit}
+    run.pod_failed(2, exit(EXIT_CODES["crash"]))
+    assert run.failed == "MaxFailedIndexesExceeded"  # synchronous training needs every rank
+
+
+def test_should_never_fail_the_job_when_workers_only_exit_peer_lost_or_are_disrupted() -> None:
+    spec = render("indexed_job").one(TEMPLATE)["spec"]
+    run = IndexedJobRun(spec)
+    for _ in range(20):
+        run.pod_failed(0, exit(EXIT_CODES["peerLost"]))
+        run.pod_failed(1, DISRUPTED)
+    assert run.failed is None and run.counted == {}
+
+
+@pytest.mark.parametrize("value_set", INDEXED_SETS)
+def test_should_bound_the_run_when_peer_lost_exits_are_not_counted(value_set: str) -> None:
+    """Ignored peer-lost exits could repeat for ever (a chief retry whose peers already completed, a pod
+    that never schedules): the Job always has a deadline in this mode."""
+    rendered = render(value_set)
+    spec = rendered.one(TEMPLATE)["spec"]
+    trainer = rendered.values["trainer"]
+    expected = trainer.get("activeDeadlineSeconds") or trainer["indexedJobDeadlineSeconds"]
+    assert spec["activeDeadlineSeconds"] == expected > 0
     assert spec["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
 
 
-def test_should_request_gpus_and_place_pods_when_gpus_per_worker_is_set() -> None:
-    job = render("gpus").one(TEMPLATE)
-    spec = pod_spec(job)
-    resources = containers(job)[0]["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == 1
-    assert resources["limits"]["memory"] == "8Gi"
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert "podAntiAffinity" in spec["affinity"]
-    assert job["spec"]["activeDeadlineSeconds"] == 86400
-    assert job["spec"]["ttlSecondsAfterFinished"] == 3600
+def test_should_use_the_deadline_and_ttl_values_when_they_are_set() -> None:
+    spec = render_values({"trainer": {"mode": "indexedJob", "activeDeadlineSeconds": 600,
+                                      "ttlSecondsAfterFinished": 60}}).one(TEMPLATE)["spec"]
+    assert (spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (600, 60)
+    assert "ttlSecondsAfterFinished" not in render_values(
+        {"trainer": {"mode": "indexedJob", "ttlSecondsAfterFinished": None}}).one(TEMPLATE)["spec"]
 
+
+# -- pods ---------------------------------------------------------------------------------------------------
 
 def test_should_request_no_gpu_when_gpus_per_worker_is_zero() -> None:
-    resources = containers(render("defaults").one(TEMPLATE))[0]["resources"]
+    resources = containers(render("indexed_job").one(TEMPLATE))[0]["resources"]
     assert not any("gpu" in name for name in resources.get("limits", {}))
 
 
-def test_should_mount_the_data_claim_read_only_when_data_volume_is_set() -> None:
-    job = render("gpus").one(TEMPLATE)
-    container = containers(job)[0]
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "data")
-    assert mount == {"name": "data", "mountPath": "/data", "readOnly": True}
-    volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == "data")
-    assert volume["persistentVolumeClaim"] == {"claimName": "images", "readOnly": True}
-    assert env_of(container)["TFSTACK_DATA"] == "/data/images"
-
-
 def test_should_train_on_embedded_digits_when_data_is_not_set() -> None:
-    assert "TFSTACK_DATA" not in env_of(containers(render("defaults").one(TEMPLATE))[0])
+    assert "TFSTACK_DATA" not in env_of(containers(render("indexed_job").one(TEMPLATE))[0])
 
 
 @pytest.mark.parametrize("value_set", INDEXED_SETS)
@@ -136,20 +179,21 @@ def test_should_mount_the_export_claim_and_writable_scratch_when_root_fs_is_read
     assert claim["claimName"] == "shared-models"
 
 
-def test_should_render_no_job_when_trainer_is_disabled_or_tfjob_mode_is_set() -> None:
+def test_should_render_no_job_when_trainer_is_disabled_or_another_mode_is_set() -> None:
     assert render("serving_only").by_template(TEMPLATE) == []
     assert render("tfjob").by_template(TEMPLATE) == []
+    assert render("defaults").by_template(TEMPLATE) == []
 
 
 def test_should_pin_the_image_by_digest_when_trainer_image_digest_is_set() -> None:
     digest = "sha256:" + "0" * 64
-    job = render_values({"trainer": {"image": {"registry": "ghcr.io", "repository": "acme/trainer",
-                                                "digest": digest}}}).one(TEMPLATE)
+    image = {"registry": "ghcr.io", "repository": "acme/trainer", "digest": digest}
+    job = render_values({"trainer": {"mode": "indexedJob", "image": image}}).one(TEMPLATE)
     assert containers(job)[0]["image"] == f"ghcr.io/acme/trainer@{digest}"
 
 
 def test_should_give_keras_a_writable_home_with_the_baked_weights_when_root_fs_is_read_only() -> None:
-    spec = pod_spec(render("defaults").one(TEMPLATE))
+    spec = pod_spec(render("indexed_job").one(TEMPLATE))
     (init,) = spec["initContainers"]
     assert init["image"] == spec["containers"][0]["image"]
     assert init["command"] == ["sh", "-c", "cp -R /opt/keras/. /keras-cache/"]

@@ -54,3 +54,10 @@ def test_should_run_restricted_when_mode_is_tfjob() -> None:
 def test_should_render_no_headless_service_when_mode_is_tfjob() -> None:
     assert render("tfjob").by_template("trainer-headless-service.yaml") == []
     assert render("defaults").by_template(TEMPLATE) == []
+
+
+def test_should_queue_with_kueue_and_keep_version_labels_off_pods_when_mode_is_tfjob() -> None:
+    tfjob = render("tfjob").one(TEMPLATE)
+    assert tfjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "tf-queue"
+    labels = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
+    assert "helm.sh/chart" not in labels and labels["app.kubernetes.io/component"] == "trainer"
