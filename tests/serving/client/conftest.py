@@ -91,7 +91,8 @@ def toy_server(tmp_path_factory: pytest.TempPathFactory, toy_versions: dict[int,
         f'model_config_list {{ config {{ name: "toy" base_path: "{base}" model_platform: "tensorflow" '
         f"model_version_policy {{ all {{}} }} {labels} }} }}\n"
     )
-    server = start_model_server(f"--model_config_file={config}")
+    # Labels name versions that load only after start-up: upstream refuses that without this flag.
+    server = start_model_server(f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models")
     yield server
     server.stop(grace=5.0)
 
