@@ -234,6 +234,11 @@ class ModelManager:
             return
 
     def _poll_model(self, name: str, model: _Model) -> None:
+        if not Path(model.config.base_path).is_dir():
+            # FileSystemStoragePathSource: a missing (or transiently unavailable) base path is an error, and no
+            # aspired-versions update is emitted, so what is loaded keeps serving.
+            log.error("Could not find base path %s for servable %s", model.config.base_path, name)
+            return
         on_disk = list_versions(model.config.base_path)
         if not on_disk:
             log.warning("model %s: no versions found under base path %s", name, model.config.base_path)

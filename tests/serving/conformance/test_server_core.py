@@ -379,3 +379,14 @@ def test_load_errors_carry_tensorflows_codes(content: bytes | None, code: str, t
     record = manager.status("m")[0]
     assert record.state == State.END
     assert error_codes_pb2.Code.Name(record.error_code) == code
+
+
+def test_a_vanished_base_path_changes_nothing(start_server: Any, tmp_path: Path) -> None:
+    """file_system_storage_path_source.cc PollFileSystemForServable: a base path that does not exist is an
+    error and no aspired-versions list is emitted ("we don't emit an empty aspired-versions list for a
+    non-existent (or transiently unavailable) base-path"): the loaded version keeps serving."""
+    base = upstream_model(tmp_path, HALF_PLUS_TWO_123)
+    server = start_server("--model_name=m", f"--model_base_path={base}")
+    base.rename(tmp_path / "elsewhere")
+    server.manager.poll()
+    assert available_versions(server.rest_port, "m") == {123}

@@ -18,11 +18,11 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from tests.fixtures.make_upstream_models import MODELS
+from tests.upstream import require
 
 from .conftest import UPSTREAM_MODELS
 
-REPO = Path(__file__).resolve().parents[3]
-UPSTREAM_TESTDATA = REPO.parent / "shared" / "upstream" / "tensorflow_serving" / "servables" / "tensorflow" / "testdata"
+UPSTREAM_TESTDATA = ("tensorflow_serving", "servables", "tensorflow", "testdata")
 
 #: (model, signature) -> (method_name, {input: (dtype, dims or None for unknown rank or "absent")}, outputs...)
 #: as upstream's saved_model.pb files declare them (read from tensorflow/serving's testdata).
@@ -143,15 +143,12 @@ def test_our_models_compute_upstreams_values(model: str) -> None:
     assert computed_values(UPSTREAM_MODELS / model / MODELS[model][0]) == EXPECTED_VALUES[model]
 
 
-@pytest.mark.skipif(not UPSTREAM_TESTDATA.is_dir(), reason=f"upstream testdata not present at {UPSTREAM_TESTDATA}")
 @pytest.mark.parametrize(("model", "version"), _versions(), ids=lambda v: v)
 def test_against_upstreams_own_files(model: str, version: str) -> None:
     """Field by field against TF Serving's committed saved_model.pb, and values where TensorFlow 2 loads it
     (upstream's saved_model_half_plus_three, written by TensorFlow 1.0, has a placeholder whose empty shape
     meant 'unknown' then and 'scalar' now: TensorFlow 2's loader refuses it, TF Serving's C++ session does not)."""
-    theirs = UPSTREAM_TESTDATA / model / version
-    if not (theirs / "saved_model.pb").exists():
-        pytest.skip(f"{theirs} not present")
+    theirs = require(*UPSTREAM_TESTDATA, model, version, "saved_model.pb").parent
     ours = UPSTREAM_MODELS / model / version
     assert signature_table(ours) == signature_table(theirs)
     if model != "saved_model_half_plus_three":
