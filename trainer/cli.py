@@ -3,7 +3,10 @@
     python -m trainer search [--data DIR] [--model-name NAME] [--export-base DIR] ...
     python -m trainer launch --workers 2 -- search --model-name digits --export-base ./models
 
-Exit status: 0 ok, 1 failure (one line on stderr; the traceback with --verbose), 2 usage error.
+Exit status follows the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): 0 done,
+1 crash (retry), 2 bad input or configuration (do not retry), 3 finished but not published, 4 a peer
+was lost or the group could not form (restart the whole group), 130 interrupted. Errors print one line
+on stderr; the traceback with --verbose.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 from trainer import config as config_module
-from trainer.errors import ConfigError, TrainerError
+from trainer.errors import EXIT_PEER_LOST, ConfigError, TrainerError, exit_code, is_peer_error
 
 __all__ = ["main"]
 
@@ -138,7 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
+    except Exception as exc:
+        if not is_peer_error(exc):
+            raise  # a crash: the traceback and exit status 1
+        if args.verbose:
+            log.exception("lost contact with a peer")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: lost contact with a peer: {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_PEER_LOST
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

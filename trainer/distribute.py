@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from trainer.errors import ConfigError, DivergenceError
+from trainer.rendezvous import form_group
 
 if TYPE_CHECKING:
     from trainer.cluster import Cluster
@@ -147,14 +148,18 @@ def apply(accelerator: Accelerator, devices: Sequence[Any] | None = None) -> Non
 # --------------------------------------------------------------------------------------------- strategy
 
 
-def make_strategy(cluster: Cluster, *, accelerator: Accelerator) -> tf.distribute.Strategy:
+def make_strategy(
+    cluster: Cluster, *, accelerator: Accelerator, formation_timeout: float = 900.0
+) -> tf.distribute.Strategy:
     """The strategy for this process: MWMS over the cluster's workers, else a local one.
 
-    More than one worker: ``MultiWorkerMirroredStrategy`` with a ``SimpleClusterResolver`` built from
-    ``cluster.tf_config()`` (TF_CONFIG in the environment is not needed) and NCCL or RING
-    collectives, and `install_keras_mwms_shim` is applied. It blocks until every worker has
-    started and connected. One worker: ``MirroredStrategy`` over several local GPUs, a
-    ``OneDeviceStrategy`` on one GPU, else TensorFlow's default strategy.
+    More than one worker: first `trainer.rendezvous.form_group` waits up to `formation_timeout`
+    seconds for every worker to connect (TensorFlow alone would wait forever) and raises
+    `ClusterFormationError` naming the missing peers; then ``MultiWorkerMirroredStrategy`` with a
+    ``SimpleClusterResolver`` built from ``cluster.tf_config()`` (TF_CONFIG in the environment is not
+    needed) and NCCL or RING collectives, and `install_keras_mwms_shim` is applied. One worker:
+    ``MirroredStrategy`` over several local GPUs, a ``OneDeviceStrategy`` on one GPU, else TensorFlow's
+    default strategy.
     """
     if cluster.num_workers > 1:
         tf_config = cluster.tf_config()
@@ -171,6 +176,7 @@ def make_strategy(cluster: Cluster, *, accelerator: Accelerator) -> tf.distribut
             else tf.distribute.experimental.CommunicationImplementation.RING
         )
         install_keras_mwms_shim()
+        form_group(cluster, formation_timeout)
         strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver,
             communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation),

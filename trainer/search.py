@@ -31,10 +31,11 @@ import tensorflow as tf
 from trainer import data, distribute, plots
 from trainer.cluster import Cluster
 from trainer.config import SearchConfig
-from trainer.errors import SearchError, TrainerError
+from trainer.errors import PeerLostError, SearchError, TrainerError
 from trainer.export import ExportedModel, export_model
 from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
+from trainer.watchdog import StallWatchdog
 
 __all__ = [
     "SearchResult",
@@ -104,8 +105,10 @@ class _SearchHooks:
     tfstack_metrics: SearchMetrics
     tfstack_backup_root: Path
     tfstack_history_root: Path | None
+    tfstack_watchdog: StallWatchdog
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        self.tfstack_watchdog.beat(f"trial {trial.trial_id}")
         super().on_trial_begin(trial)  # type: ignore[misc]
         values = json.dumps(trial.hyperparameters.values, sort_keys=True, default=str)
         if self.tfstack_cluster.num_workers > 1:
@@ -123,10 +126,12 @@ class _SearchHooks:
             # KerasTuner would record the trial as failed and move on, and the restarted job would never
             # retry it. Stop instead: the trial stays RUNNING in the tuner state, and a restarted job
             # (the launcher's --max-restarts, or Kubernetes) retries it from its last epoch backup.
-            raise _TrialInterrupted(
+            lost = PeerLostError(
                 f"Lost contact with another worker during trial {trial.trial_id}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. Restart the job to resume this trial."
-            ) from exc
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Restart the whole group to resume this trial."
+            )
+            lost.__cause__ = exc
+            raise _TrialInterrupted(str(lost)) from lost
         except TrainerError as exc:  # our own errors (bad weights file, ...) are not trial failures
             raise _TrialInterrupted(str(exc)) from exc
         trained = getattr(self.hypermodel, "last_model", None)  # type: ignore[attr-defined]
@@ -251,7 +256,8 @@ def run_search(
         tf.config.list_physical_devices(), mixed_precision=config.mixed_precision, xla=config.xla
     )
     distribute.apply(accelerator)
-    strategy = distribute.make_strategy(cluster, accelerator=accelerator)
+    strategy = distribute.make_strategy(cluster, accelerator=accelerator,
+                                        formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
     spec = model_spec(config, len(splits.class_names), replicas)
@@ -289,6 +295,9 @@ def run_search(
         tuner.tfstack_metrics = metrics
         tuner.tfstack_backup_root = dirs.backup_dir
         tuner.tfstack_history_root = (run_root / "histories") if cluster.is_chief else None
+        # With peers, a worker that makes no progress for --collective-timeout exits 4 (trainer.watchdog).
+        watchdog = StallWatchdog(config.collective_timeout if cluster.num_workers > 1 else 0)
+        tuner.tfstack_watchdog = watchdog
         if config.overwrite and cluster.is_chief:
             shutil.rmtree(run_root / "histories", ignore_errors=True)
         already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
@@ -299,13 +308,17 @@ def run_search(
             keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
             ProgressCallback(metrics, global_batch),
             keras.callbacks.TensorBoard(log_dir=str(dirs.logs_dir), write_graph=False, profile_batch=0),
+            watchdog.callback(),
         ]
         try:
-            tuner.search(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2)
+            with watchdog.armed("the search"):
+                tuner.search(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2)
         except kt.errors.FatalError as exc:
             if isinstance(exc.__cause__, TrainerError):
-                raise exc.__cause__ from None
+                raise exc.__cause__ from exc.__cause__.__cause__
             raise SearchError(f"The search stopped: {exc}") from exc
+        finally:
+            watchdog.close()
         best_trials = tuner.oracle.get_best_trials(1)
         if not best_trials or best_trials[0].score is None:
             raise SearchError(

@@ -12,6 +12,8 @@ Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
 - ``fault``: like ``fit`` for 4 epochs, but worker 1 dies at the start of epoch 2 on its first run;
   run under the launcher with restarts, the workers resume from the chief's epoch backup.
 - ``disagree``: `assert_workers_agree` on a payload that differs per worker; records the error.
+- ``stuck``: ``fit`` under a 5 s `StallWatchdog`; worker 1 blocks forever after its first batch
+  (alive but stuck), so both workers' watchdogs end them with exit code 4.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import keras
@@ -30,6 +33,7 @@ import tensorflow as tf
 from trainer import cluster as cluster_module
 from trainer import distribute
 from trainer.errors import DivergenceError
+from trainer.watchdog import StallWatchdog
 
 GLOBAL_BATCH = 16
 FEATURES = 6
@@ -141,6 +145,22 @@ def _tuner(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, ou
     ))
 
 
+class _Block(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if batch == 1:
+            logging.getLogger(__name__).error("blocking forever after batch %d", batch)
+            threading.Event().wait()
+
+
+def _stuck(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    watchdog = StallWatchdog(5.0)
+    with strategy.scope():
+        model = _build()
+    callbacks = [watchdog.callback(), *([_Block()] if cluster.rank == 1 else [])]
+    with watchdog.armed("fit"):
+        model.fit(_data(1, 128), epochs=2, verbose=0, callbacks=callbacks)
+
+
 def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
     distribute.assert_workers_agree(strategy, "same on every worker", "a shared value")
     try:
@@ -162,7 +182,7 @@ def main(argv: list[str]) -> int:
     accelerator = distribute.choose_accelerator(tf.config.list_physical_devices(), mixed_precision="auto")
     distribute.apply(accelerator)
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
-    modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree}
+    modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree, "stuck": _stuck}
     modes[mode](strategy, cluster, out)
     return 0
 

@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_trial_rejoins_and_the_search_completes(
         time.sleep(0.05)  # polling interval for the backup file
     assert killed is not None, "never saw a backup to kill worker 1 after:\n" + job.output[-3000:]
     assert job.wait() == 0, job.output[-5000:]
-    assert re.search(r"worker 1 exited with status \S+.*restarting it", job.output), job.output[-3000:]
+    assert re.search(r"worker \d exited with status \S+.*restarting the whole group", job.output), job.output[-3000:]
 
     trials = _trials(job.lines)
     ids = [t[0] for t in trials[0]]

@@ -99,7 +99,7 @@ def test_cli_reports_bad_input_in_one_line_and_writes_nothing(
 ) -> None:
     base_args = ["search", "--data", str(folder), "--export-base", "models", "--run-dir", "runs"]
     result = _cli(*base_args, *args, cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # the exit-code contract: bad input, do not retry
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], result.stderr
     assert "Traceback" not in result.stderr
