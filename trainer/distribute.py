@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MIXED_PRECISION_CHOICES",
     "Accelerator",
+    "TrialBackup",
     "WorkerDirs",
     "apply",
     "assert_workers_agree",
@@ -126,10 +127,13 @@ def choose_accelerator(
 
 
 def apply(accelerator: Accelerator, devices: Sequence[Any] | None = None) -> None:
-    """Set GPU memory growth, the global Keras dtype policy and XLA auto-clustering.
+    """Set GPU memory growth and XLA auto-clustering.
 
-    Call it before the strategy is created and before any tensor is made: TensorFlow refuses to
-    change memory growth once the GPUs are initialized (logged, not raised).
+    The dtype policy is not set globally here: ``keras.backend.clear_session()`` would reset it.
+    It travels in ``ModelSpec.dtype_policy`` and is applied where each model is built
+    (`trainer.hypermodel.build_model`). Call it before the strategy is created and before any tensor
+    is made: TensorFlow refuses to change memory growth once the GPUs are initialized (logged, not
+    raised).
     """
     if accelerator.memory_growth:
         gpus = [d for d in (devices if devices is not None else tf.config.list_physical_devices("GPU"))
@@ -139,7 +143,6 @@ def apply(accelerator: Accelerator, devices: Sequence[Any] | None = None) -> Non
                 tf.config.experimental.set_memory_growth(gpu, True)
             except (RuntimeError, ValueError) as exc:
                 log.warning("could not turn on memory growth for %s: %s", getattr(gpu, "name", gpu), exc)
-    keras.config.set_dtype_policy(accelerator.policy)
     if accelerator.jit_compile:
         tf.config.optimizer.set_jit(True)
     log.info("accelerator: %s", accelerator.describe())
@@ -291,25 +294,42 @@ def payload_hash(payload: bytes | str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") >> 1
 
 
-def assert_workers_agree(strategy: tf.distribute.Strategy, payload: bytes | str, what: str) -> None:
+def assert_workers_agree(
+    strategy: tf.distribute.Strategy, payload: bytes | str | Mapping[str, Any], what: str
+) -> None:
     """Raise `DivergenceError` unless every worker passes the same `payload`.
 
-    A collective: every worker must call it at the same point. Each all-gathers the 63-bit
-    `payload_hash`; all workers see the same list and so all raise, or none does.
+    A collective: every worker must call it at the same point. `payload` is one value, or named
+    values (``{"data_fingerprint": ..., "steps_per_epoch": ..., "restored_epoch": ...}``) compared
+    in one all-gather of their 63-bit `payload_hash` es; all workers see the same table and so all
+    raise, or none does. The error names the values that differ and this worker's value of each.
     """
-    local = tf.constant([payload_hash(payload)], dtype=tf.int64)
+    fields = {what: payload} if isinstance(payload, (bytes, str)) else dict(sorted(payload.items()))
+    texts = {name: v if isinstance(v, (bytes, str)) else json.dumps(v, sort_keys=True, default=str)
+             for name, v in fields.items()}
+    local = tf.constant([[payload_hash(t) for t in texts.values()]], dtype=tf.int64)
 
     def gather() -> tf.Tensor:
         return tf.distribute.get_replica_context().all_gather(local, axis=0)
 
-    gathered = strategy.experimental_local_results(strategy.run(gather))[0]
-    hashes = [int(h) for h in gathered.numpy()]
-    if len(set(hashes)) > 1:
-        raise DivergenceError(
-            f"Expected every worker to agree on {what}. Received: hashes by replica="
-            f"{[f'{h:016x}' for h in hashes]} (this worker's: {payload_hash(payload):016x})"
+    table = strategy.experimental_local_results(strategy.run(gather))[0].numpy()  # [replicas, fields]
+    differ = [(i, name) for i, name in enumerate(texts) if len({int(h) for h in table[:, i]}) > 1]
+    if differ:
+        details = "; ".join(
+            f"{name}: hashes by replica={[f'{int(h):016x}' for h in table[:, i]]}, this worker's "
+            f"{_shorten(texts[name])!s} ({payload_hash(texts[name]):016x})"
+            for i, name in differ
         )
-    log.debug("%d replicas agree on %s (%016x)", len(hashes), what, hashes[0])
+        raise DivergenceError(
+            f"Expected every worker to agree on {what}. Received differences in "
+            f"{', '.join(name for _, name in differ)}: {details}"
+        )
+    log.debug("%d replicas agree on %s", table.shape[0], what)
+
+
+def _shorten(text: bytes | str, limit: int = 200) -> str:
+    shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 # --------------------------------------------------------------------------------------------- fault tolerance
@@ -325,8 +345,8 @@ class _SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
     (temp file + rename), so a worker killed mid-save leaves the previous backup intact.
     """
 
-    def __init__(self, backup_dir: str, *, writer: bool) -> None:
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True)
+    def __init__(self, backup_dir: str, *, writer: bool, delete_checkpoint: bool = True) -> None:
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self.writer = writer
 
     def _save_model(self) -> None:
@@ -346,14 +366,77 @@ class _SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_train_end(logs)
 
 
-def backup_and_restore(backup_dir: Path | str, *, writer: bool = True) -> keras.callbacks.BackupAndRestore:
+def backup_and_restore(
+    backup_dir: Path | str, *, writer: bool = True, delete_checkpoint: bool = True
+) -> keras.callbacks.BackupAndRestore:
     """A ``BackupAndRestore`` callback (epoch backups, deleted when fit ends) safe under MWMS.
 
     Pass the *shared* backup dir on every worker and ``writer=cluster.is_chief``: every worker
-    restores from it at the start of fit, only the writer saves (atomically) and deletes it.
-    The directory must be private to one ``fit`` call (one trial and phase).
+    restores from it at the start of fit, only the writer saves (atomically) and deletes it
+    (unless ``delete_checkpoint=False``). The directory must be private to one ``fit`` call (one
+    trial and phase).
     """
-    return _SharedBackupAndRestore(str(backup_dir), writer=writer)
+    return _SharedBackupAndRestore(str(backup_dir), writer=writer, delete_checkpoint=delete_checkpoint)
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Records each epoch's logs by global epoch index in one JSON file (writer only, atomically)."""
+
+    def __init__(self, path: Path, *, writer: bool) -> None:
+        super().__init__()
+        self.path = path
+        self.writer = writer
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self.writer:
+            return
+        recorded = _read_json(self.path) or {}
+        recorded[str(epoch)] = {k: float(v) for k, v in (logs or {}).items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        incoming = self.path.with_suffix(".incoming")
+        incoming.write_text(json.dumps(recorded))
+        os.replace(incoming, self.path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialBackup:
+    """The epoch backups of one trial under ``root`` (shared: every worker reads, the writer writes).
+
+    One `backup_and_restore` dir per training phase, kept until the trial ends (the search deletes
+    ``root`` then), so a restart in phase 2 restores phase 1's final weights, runs no phase-1 epoch,
+    and resumes phase 2 at its last completed epoch; plus an epoch log, so that the restarted trial
+    still reports (and KerasTuner scores) the epochs trained before the restart.
+    """
+
+    root: Path
+    writer: bool
+
+    def callbacks(self, phase: str) -> list[keras.callbacks.Callback]:
+        """The callbacks one phase's ``fit`` needs: restore/save its backup, log its epochs."""
+        # The epoch log first: it is never behind the weights backup (a re-run epoch overwrites its entry).
+        return [_EpochLog(self.root / "epochs.json", writer=self.writer),
+                backup_and_restore(self.root / phase, writer=self.writer, delete_checkpoint=False)]
+
+    def epoch_logs(self) -> dict[int, dict[str, float]]:
+        """Logs of the epochs completed so far, by global epoch index (empty for a fresh trial)."""
+        recorded = _read_json(self.root / "epochs.json") or {}
+        return {int(epoch): logs for epoch, logs in recorded.items()}
+
+    def restored_epochs(self) -> dict[str, int]:
+        """The epoch each phase's backup would resume at (``{"phase2": 5}``); empty for a fresh trial."""
+        restored = {}
+        for meta in sorted(self.root.glob("*/training_metadata.json")):
+            record = _read_json(meta)
+            if isinstance(record, dict) and "epoch" in record:
+                restored[meta.parent.name] = int(record["epoch"])
+        return restored
 
 
 # --------------------------------------------------------------------------------------------- directories

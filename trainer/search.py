@@ -33,7 +33,7 @@ from trainer.cluster import Cluster
 from trainer.config import SearchConfig
 from trainer.errors import PeerLostError, SearchError, TrainerError
 from trainer.export import ExportedModel, export_model
-from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, prepare_backbones
+from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, find_backbone, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.watchdog import StallWatchdog
 
@@ -69,7 +69,7 @@ class SearchResult:
     held_out_recall: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> ModelSpec:
+def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32") -> ModelSpec:
     """The fixed part of the search space for `config` and a data set of `num_classes`."""
     backbones = config.backbones
     image_size = config.image_size or max(BACKBONE_SPECS[b].default_size for b in backbones)
@@ -93,6 +93,7 @@ def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> Mod
         learning_rate_scale=float(replicas) if config.scale_learning_rate else 1.0,
         seed=config.seed,
         jit_compile=True if config.xla else "auto",
+        dtype_policy=policy,
     )
 
 
@@ -107,19 +108,29 @@ class _SearchHooks:
     tfstack_history_root: Path | None
     tfstack_watchdog: StallWatchdog
 
+    tfstack_agreement: dict[str, Any]
+    """What every worker must share before each trial besides its hyperparameters (data, steps)."""
+
+    def _tfstack_trial_backup(self, trial: kt.engine.trial.Trial) -> distribute.TrialBackup:
+        return distribute.TrialBackup(self.tfstack_backup_root / f"trial_{trial.trial_id}",
+                                      writer=self.tfstack_cluster.is_chief)
+
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         self.tfstack_watchdog.beat(f"trial {trial.trial_id}")
         super().on_trial_begin(trial)  # type: ignore[misc]
-        values = json.dumps(trial.hyperparameters.values, sort_keys=True, default=str)
         if self.tfstack_cluster.num_workers > 1:
-            distribute.assert_workers_agree(self.tfstack_strategy, values, f"trial {trial.trial_id} hyperparameters")
+            # One all-gather: a file unreadable on one node changes its fingerprint and steps per epoch,
+            # and a worker that cannot see the chief's backups would restore another epoch.
+            distribute.assert_workers_agree(self.tfstack_strategy, {
+                **self.tfstack_agreement,
+                "hyperparameters": dict(trial.hyperparameters.values),
+                "restored_epochs": self._tfstack_trial_backup(trial).restored_epochs(),
+            }, f"trial {trial.trial_id}")
         self.tfstack_metrics.trial.set(len(self.oracle.trials))  # type: ignore[attr-defined]
         self.tfstack_metrics.epoch.set(0)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
-        trial_backup = self.tfstack_backup_root / f"trial_{trial.trial_id}"
-        kwargs["backup"] = lambda phase: distribute.backup_and_restore(trial_backup / phase,
-                                                                        writer=self.tfstack_cluster.is_chief)
+        kwargs["backup"] = self._tfstack_trial_backup(trial)
         try:
             results = super().run_trial(trial, *args, **kwargs)  # type: ignore[misc]
         except _PEER_ERRORS as exc:
@@ -222,11 +233,18 @@ def make_tuner(
     return tuner_class(**common)
 
 
-def _seed_scratch_from_shared(shared: Path, scratch: Path, project: str) -> None:
-    """Copy the chief's tuner state into a worker's scratch dir, so a restarted worker resumes in step."""
+def _seed_scratch_from_shared(shared: Path, scratch: Path, project: str, *, checkpoints: bool = False) -> None:
+    """Copy the chief's tuner state into a worker's scratch dir, so a restarted worker resumes in step.
+
+    ``checkpoints=True`` (Hyperband) copies the trials' best-epoch weights too: a Hyperband trial
+    continues an earlier one by loading its checkpoint in ``Hyperband._build_hypermodel``
+    (keras_tuner/src/tuners/hyperband.py), on every worker, from that worker's own tuner directory.
+    Without them a restarted worker fails the continued trial while the chief trains it.
+    """
     source = shared / project
     if source.is_dir() and not (scratch / project).exists():
-        shutil.copytree(source, scratch / project, ignore=shutil.ignore_patterns("*.h5", "checkpoint*", "*.tmp"))
+        skipped = ("*.tmp",) if checkpoints else ("*.h5", "checkpoint*", "*.tmp")
+        shutil.copytree(source, scratch / project, ignore=shutil.ignore_patterns(*skipped))
 
 
 def run_search(
@@ -260,7 +278,7 @@ def run_search(
                                         formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
-    spec = model_spec(config, len(splits.class_names), replicas)
+    spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy)
     epochs = config.epochs or auto_epochs(len(splits.train), global_batch)
     if config.epochs is None:
         steps = math.ceil(len(splits.train) / global_batch)
@@ -274,7 +292,7 @@ def run_search(
         log.warning("training ImageNet architectures from random weights needs far more data and epochs than "
                     "fine-tuning; with %d training images prefer pretrained weights or the small_cnn backbone",
                     len(splits.train))
-    _check_resumable(config, splits, spec, cluster)
+    _check_resumable(config, splits, spec, cluster, epochs)
     prepare_backbones(spec)
     size = (spec.image_size, spec.image_size)
     # Several workers must each run the same number of steps: pad to full global batches (weight 0).
@@ -288,7 +306,8 @@ def run_search(
     run_root = config.model_run_dir
     with distribute.worker_dirs(run_root, cluster) as dirs:
         if not cluster.is_chief and not config.overwrite:
-            _seed_scratch_from_shared(run_root / "tuner", dirs.tuner_dir, config.model_name)
+            _seed_scratch_from_shared(run_root / "tuner", dirs.tuner_dir, config.model_name,
+                                      checkpoints=config.tuner == "hyperband")
         tuner = make_tuner(config, hypermodel, directory=dirs.tuner_dir, strategy=strategy, epochs=epochs)
         tuner.tfstack_cluster = cluster
         tuner.tfstack_strategy = strategy
@@ -298,8 +317,15 @@ def run_search(
         # With peers, a worker that makes no progress for --collective-timeout exits 4 (trainer.watchdog).
         watchdog = StallWatchdog(config.collective_timeout if cluster.num_workers > 1 else 0)
         tuner.tfstack_watchdog = watchdog
+        tuner.tfstack_agreement = {
+            "data_fingerprint": splits.fingerprint,
+            "train_steps_per_epoch": math.ceil(len(splits.train) / global_batch),
+            "val_steps": math.ceil(len(splits.val) / global_batch),
+        }
         if config.overwrite and cluster.is_chief:
-            shutil.rmtree(run_root / "histories", ignore_errors=True)
+            for stale in ("histories", "backup"):
+                shutil.rmtree(run_root / stale, ignore_errors=True)
+            (run_root / _PUBLISHED).unlink(missing_ok=True)
         already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
         if already:
             log.info("resuming the search in %s: %d trials already completed", dirs.tuner_dir, already)
@@ -374,15 +400,23 @@ def run_search(
                  "skipped": [str(p) for p, _ in splits.skipped]},
         "training": {"workers": cluster.num_workers, "replicas": replicas, "global_batch_size": global_batch,
                      "accelerator": dataclasses.asdict(accelerator) if dataclasses.is_dataclass(accelerator) else
-                     str(accelerator), "trials": len(trials), "tuner": config.tuner},
+                     str(accelerator), "trials": len(trials), "tuner": config.tuner,
+                     "dtype_policy": model.dtype_policy.name,
+                     "compute_dtype": find_backbone(model).dtype_policy.compute_dtype},
         "config": config.to_dict(),
         "versions": _library_versions(),
     }
-    warmup = [f.path.read_bytes() for f in held_out[:8]]
-    exported = export_model(
-        model, export_base=config.export_base, model_name=config.model_name, class_names=splits.class_names,
-        image_size=spec.image_size, metadata=metadata, warmup_images=warmup,
-    )
+    exported = _published_before(run_root, best.trial_id, len(trials))
+    if exported is not None:
+        log.info("the search was already finished and published as version %d (%s): not exporting it again",
+                 exported.version, exported.path)
+    else:
+        warmup = [f.path.read_bytes() for f in held_out[:8]]
+        exported = export_model(
+            model, export_base=config.export_base, model_name=config.model_name, class_names=splits.class_names,
+            image_size=spec.image_size, metadata=metadata, warmup_images=warmup,
+        )
+        _record_published(run_root, exported, best.trial_id, len(trials))
     (report_dir / "held_out.json").write_text(json.dumps(
         [{"path": str(f.path.resolve()), "label": f.label} for f in held_out], indent=1) + "\n")
     (report_dir / "summary.json").write_text(json.dumps({**metadata, "export": str(exported.path)}, indent=2,
@@ -426,9 +460,14 @@ def balanced_class_weights(splits: data.DataSplits, threshold: float = 2.0) -> l
 _SEARCH_IDENTITY = "search.json"
 
 
-def _check_resumable(config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster) -> None:
-    """Refuse to resume a search that was run over other data or another search space."""
+def _check_resumable(
+    config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster, epochs: int
+) -> None:
+    """Refuse to resume a search that was run over other data, another search space or schedule."""
     identity = {
+        "epochs": epochs,
+        "head_epochs": config.head_epochs,
+        "batch_size": config.batch_size,
         "data_fingerprint": splits.fingerprint,
         "class_names": list(splits.class_names),
         "image_size": spec.image_size,
@@ -453,6 +492,28 @@ def _check_resumable(config: SearchConfig, splits: data.DataSplits, spec: ModelS
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(identity, indent=1) + "\n")
         temporary.replace(path)
+
+
+_PUBLISHED = "published.json"
+
+
+def _published_before(run_root: Path, best_trial: str, trials: int) -> ExportedModel | None:
+    """The version a previous run of this very search exported (same best trial and trial count), if any."""
+    try:
+        record = json.loads((run_root / _PUBLISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    path = Path(record.get("path", ""))
+    if record.get("best_trial") != best_trial or record.get("trials") != trials or not path.is_dir():
+        return None
+    return ExportedModel(int(record["version"]), path)
+
+
+def _record_published(run_root: Path, exported: ExportedModel, best_trial: str, trials: int) -> None:
+    temporary = run_root / f"{_PUBLISHED}.tmp"
+    temporary.write_text(json.dumps({"version": exported.version, "path": str(exported.path),
+                                     "best_trial": best_trial, "trials": trials}) + "\n")
+    temporary.replace(run_root / _PUBLISHED)
 
 
 def _predict(

@@ -66,13 +66,11 @@ def test_choose_accelerator_rejects_unknown_policy() -> None:
         distribute.choose_accelerator(_devices("GPU"), mixed_precision="float16", xla=False)
 
 
-def test_apply_sets_dtype_policy() -> None:
+def test_apply_leaves_the_dtype_policy_to_the_model_builder() -> None:
+    # clear_session() would reset a global policy: it travels in ModelSpec.dtype_policy instead.
     before = keras.config.dtype_policy().name
-    try:
-        distribute.apply(distribute.Accelerator("cpu", 0, "mixed_bfloat16", "RING", False, False))
-        assert keras.config.dtype_policy().name == "mixed_bfloat16"
-    finally:
-        keras.config.set_dtype_policy(before)
+    distribute.apply(distribute.Accelerator("cpu", 0, "mixed_bfloat16", "RING", False, False))
+    assert keras.config.dtype_policy().name == before
 
 
 @pytest.mark.parametrize("version", ["2.15.0", "3.16.0", "4.0.0", "nightly"], ids=str)
@@ -260,6 +258,16 @@ def test_two_worker_keras_tuner_search_agrees(tmp_path: Path) -> None:
     assert results[0]["scratch"] is None and Path(results[0]["tuner_dir"]) == tmp_path / "shared" / "tuner"
     assert (tmp_path / "shared" / "tuner" / "child" / "oracle.json").is_file()
     assert results[1]["scratch"] is not None and not Path(results[1]["scratch"]).exists()
+
+
+@pytest.mark.slow
+def test_val_accuracy_on_an_uneven_padded_split_counts_only_real_images(tmp_path: Path) -> None:
+    # 12 validation images, global batch 8: worker 0's last share is 4 real images, worker 1's is 4
+    # weight-0 copies. val_accuracy must equal the accuracy over the 12 real images.
+    _run_two_workers("padded", tmp_path)
+    results = [json.loads((tmp_path / f"padded_{rank}.json").read_text()) for rank in range(2)]
+    assert results[0] == results[1]
+    assert results[0]["val_accuracy"][-1] == pytest.approx(results[0]["real_accuracy"], abs=1e-6), results[0]
 
 
 @pytest.mark.slow

@@ -148,3 +148,30 @@ def testheld_out_warnings_flag_what_accuracy_hides() -> None:
     assert "only 6 held-out images" in text and "never predicted correctly" in text and "b, c" in text
     assert "no better than chance" in text and "far above" in text
     assert held_out_warnings(np.zeros(200), 0.98, {"a": 0.98, "b": 0.99}, val=0.97) == []
+
+
+def test_rerunning_a_finished_search_does_not_export_a_duplicate(tmp_path: Path, folder: Path) -> None:
+    first = run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
+    metrics = SearchMetrics()
+    again = run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE, metrics=metrics)
+    assert metrics.trials_done._value.get() == 0
+    assert again.export == first.export
+    assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("change", [{"epochs": "2"}, {"batch_size": "4"}, {"head_epochs": "2"}],
+                         ids=["epochs", "batch_size", "head_epochs"])
+def test_resume_refuses_another_schedule(tmp_path: Path, folder: Path, change: dict[str, str]) -> None:
+    run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
+    name = next(iter(change))
+    settings = {"max_trials": "1", "epochs": "1", **change}
+    with pytest.raises(SearchError, match=name):
+        run_search(_config(tmp_path, folder, **settings), SINGLE)
+
+
+def test_overwrite_clears_epoch_backups(tmp_path: Path, folder: Path) -> None:
+    stale = tmp_path / "runs" / "toy" / "backup" / "trial_9" / "phase1"
+    stale.mkdir(parents=True)
+    (stale / "training_metadata.json").write_text('{"epoch": 1}')
+    run_search(_config(tmp_path, folder, max_trials="1", epochs="1", overwrite="true"), SINGLE)
+    assert not (tmp_path / "runs" / "toy" / "backup" / "trial_9").exists()
