@@ -175,3 +175,19 @@ def test_overwrite_clears_epoch_backups(tmp_path: Path, folder: Path) -> None:
     (stale / "training_metadata.json").write_text('{"epoch": 1}')
     run_search(_config(tmp_path, folder, max_trials="1", epochs="1", overwrite="true"), SINGLE)
     assert not (tmp_path / "runs" / "toy" / "backup" / "trial_9").exists()
+
+
+def test_each_stage_runs_alone(tmp_path: Path, folder: Path) -> None:
+    from trainer.search import evaluate_best, plan_search, scan_data, search_trials
+
+    config = _config(tmp_path, folder, max_trials="1", epochs="1", mixed_precision="mixed_bfloat16")
+    root, splits = scan_data(config)
+    assert root == folder and len(splits.class_names) == 3
+    plan = plan_search(config, SINGLE, root, splits)
+    assert (plan.epochs, plan.global_batch, plan.spec.dtype_policy) == (1, 8, "mixed_bfloat16")
+    outcome = search_trials(config, SINGLE, plan, SearchMetrics())
+    assert len(outcome.trials) == 1 and outcome.checkpoint.is_file()
+    evaluation = evaluate_best(config, plan, outcome)
+    assert evaluation.split_name == "test" and len(evaluation.labels) == 9
+    assert evaluation.model.compute_dtype == "bfloat16"  # the policy survives KerasTuner's clear_session()
+    assert not (tmp_path / "models").exists(), "nothing published before the publish stage"
