@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import cluster as cluster_module
-from trainer import distribute
+from trainer import distribute, keras_shim
 from trainer.errors import DivergenceError
 from trainer.watchdog import StallWatchdog
 
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     mode, out = argv[0], Path(argv[1])
     if mode == "noshim":
-        distribute._SHIM_VERSIONS = ((0, 0), (0, 0))  # as if the installed Keras were not known to be broken
+        keras_shim._SHIM_VERSIONS = ((0, 0), (0, 0))  # as if the installed Keras were not known to be broken
     cluster = cluster_module.resolve(os.environ)
     os.environ.pop("TF_CONFIG", None)
     accelerator = distribute.choose_accelerator(tf.config.list_physical_devices(), mixed_precision="auto")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import distribute
+from trainer import distribute, keras_shim
 from trainer.cluster import Cluster, local_tf_configs
 from trainer.errors import ConfigError
 
@@ -87,13 +87,13 @@ def test_shim_is_a_noop_on_unaffected_versions(version: str) -> None:
 @pytest.mark.parametrize(("version", "applies"), [("3.0.0", True), ("3.15.1", True), ("3.15.2.dev2026", True),
                                                   ("3.16.0", False), ("2.21.0", False)], ids=str)
 def test_shim_version_range(version: str, applies: bool) -> None:
-    assert distribute._shim_applies(version) is applies
+    assert keras_shim._shim_applies(version) is applies
 
 
 def test_installed_keras_is_covered_by_the_shim() -> None:
     # When this fails, Keras was upgraded: rerun the slow two-process tests with the range widened (or
     # without the shim, if keras-team/keras#20585 is fixed) before changing _SHIM_VERSIONS.
-    assert distribute._shim_applies(keras.__version__), keras.__version__
+    assert keras_shim._shim_applies(keras.__version__), keras.__version__
 
 
 def test_payload_hash_is_stable_and_63_bits() -> None:
