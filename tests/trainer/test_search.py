@@ -191,3 +191,20 @@ def test_each_stage_runs_alone(tmp_path: Path, folder: Path) -> None:
     assert evaluation.split_name == "test" and len(evaluation.labels) == 9
     assert evaluation.model.compute_dtype == "bfloat16"  # the policy survives KerasTuner's clear_session()
     assert not (tmp_path / "models").exists(), "nothing published before the publish stage"
+
+
+@pytest.mark.parametrize("hyperband", [True, False], ids=["hyperband", "other-tuners"])
+def test_a_restarted_worker_seeds_its_tuner_state_from_the_chief(tmp_path: Path, hyperband: bool) -> None:
+    # Hyperband continues a trial by loading an earlier trial's checkpoint from the worker's own tuner
+    # dir (keras_tuner/src/tuners/hyperband.py, _build_hypermodel): a restarted worker needs them too.
+    from trainer.search import _seed_scratch_from_shared
+
+    trial = tmp_path / "shared" / "toy" / "trial_0001"
+    trial.mkdir(parents=True)
+    (trial / "trial.json").write_text("{}")
+    (trial / "checkpoint.weights.h5").write_bytes(b"weights")
+    (tmp_path / "shared" / "toy" / "oracle.json").write_text("{}")
+    _seed_scratch_from_shared(tmp_path / "shared", tmp_path / "scratch", "toy", checkpoints=hyperband)
+    copied = tmp_path / "scratch" / "toy"
+    assert (copied / "oracle.json").is_file() and (copied / "trial_0001" / "trial.json").is_file()
+    assert (copied / "trial_0001" / "checkpoint.weights.h5").exists() is hyperband
