@@ -347,6 +347,10 @@ class TransferHyperModel(kt.HyperModel):
         if initial_epoch < head_epochs:
             record(model.fit(*args, epochs=head_epochs, initial_epoch=initial_epoch,
                              callbacks=with_backup("phase1"), **kwargs))
+            # KerasTuner adds TensorBoard's hparams KerasCallback next to a TensorBoard callback
+            # (keras_tuner/src/engine/tuner.py, _configure_tensorboard_dir); it is valid for one fit only
+            # (tensorboard/plugins/hparams/_keras.py raises "cannot be reused across training sessions").
+            callbacks = [c for c in callbacks if type(c).__module__ != "tensorboard.plugins.hparams._keras"]
         if depth and epochs > head_epochs:
             set_unfreeze_depth(find_backbone(model), depth)
             with model.distribute_strategy.scope():

@@ -208,3 +208,18 @@ def test_a_restarted_worker_seeds_its_tuner_state_from_the_chief(tmp_path: Path,
     copied = tmp_path / "scratch" / "toy"
     assert (copied / "oracle.json").is_file() and (copied / "trial_0001" / "trial.json").is_file()
     assert (copied / "trial_0001" / "checkpoint.weights.h5").exists() is hyperband
+
+
+def test_a_pretrained_search_runs_its_fine_tuning_phase(tmp_path: Path, folder: Path) -> None:
+    # Regression: KerasTuner's hparams callback (next to TensorBoard) is single-use, and phase 2 is a
+    # second fit: every trial with unfreeze_depth > 0 failed with "cannot be reused across training sessions".
+    import keras
+
+    weights = tmp_path / "mobilenet_v2_32.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    config = _config(tmp_path, folder, backbone="mobilenet_v2", image_size="32", weights=str(weights),
+                     unfreeze_depths="4", heads="gap_dense", max_trials="1", epochs="2", head_epochs="1")
+    result = run_search(config, SINGLE)
+    assert result.best_hyperparameters["unfreeze_depth"] == 4 and result.export is not None
+    history = json.loads(next((tmp_path / "runs" / "toy" / "histories").glob("trial_*/history.json")).read_text())
+    assert len(history["val_accuracy"]) == 2, "phase 1 and phase 2 each trained one epoch"
