@@ -81,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         "--max-trials", str(args.max_trials), "--epochs", str(args.epochs),
     ]
     print(" ".join(search[1:]), flush=True)
-    if subprocess.call(search, env=env) != 0:
+    status = subprocess.call(search, env=env)
+    report = args.run_dir / "digits" / "report"
+    if status == 3:  # the trainer's "finished, not published": the served version stays (docs/trainer.md)
+        decision = json.loads((report / "publish.json").read_text())
+        print(f"the publish gate kept version {decision['current_version']}: {decision['reason']}")
+    elif status != 0:
         print("the search failed", file=sys.stderr)
         return 1
-    report = args.run_dir / "digits" / "report"
     summary = json.loads((report / "summary.json").read_text())
     held_out = json.loads((report / "held_out.json").read_text())
     print(f"search done in {time.monotonic() - started:.0f}s; exported {summary['export']}")

@@ -55,7 +55,7 @@ def bench_encoding(sizes: list[int], repeats: int) -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from serving.client._tensors import encode_model_spec, encode_predict_request
+    from serving.wire.codec import encode_model_spec, encode_predict_request
 
     print("\n== 1. encode a float32 (N, 224, 224, 3) batch into a PredictRequest (best of runs; x = / copy) ==")
     print(f"{'N':>3} {'MB':>6} | {'numpy copy':>10} | {'client':>10} {'x':>5} | "
@@ -83,7 +83,7 @@ def bench_decoding(sizes: list[int], repeats: int) -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from serving.client._tensors import decode_predict_response
+    from serving.wire.codec import decode_predict_response
 
     print("\n== 2. decode a PredictResponse with typed float_val, as TF Serving answers (best of runs) ==")
     print(f"{'shape':>18} {'MB':>6} | {'numpy copy':>10} | {'client':>10} {'x':>5} | "
@@ -136,7 +136,7 @@ _SERVER = textwrap.dedent(
     from concurrent import futures
     import grpc
     import numpy as np
-    from serving.client._proto import get_model_metadata_pb2, predict_pb2, types_pb2
+    from serving.wire.proto import get_model_metadata_pb2, predict_pb2, types_pb2
 
     meta = get_model_metadata_pb2.GetModelMetadataResponse()
     meta.model_spec.name = "bench"
@@ -181,8 +181,8 @@ def bench_latency(calls: int) -> None:
     from prometheus_client import CollectorRegistry
 
     from serving.client import Client
-    from serving.client._proto import predict_pb2, prediction_service_pb2_grpc
-    from serving.client._tensors import to_tensor_proto
+    from serving.wire.codec import to_tensor_proto
+    from serving.wire.proto import predict_pb2, prediction_service_pb2_grpc
 
     print(f"\n== 4. per-call latency on loopback, small request (1, 3) float32, {calls} calls each ==")
     print("raw stub: generated PredictionServiceStub, prebuilt PredictRequest, response left as a message;")

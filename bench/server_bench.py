@@ -7,7 +7,8 @@ Starts two server processes and drives them from this process with ``--concurren
 programs on the machine hits every row alike; the median round is reported:
 
 - ``echo``: a bare ``grpc.server`` that returns each request's bytes (no parsing, no model);
-- ``grpc predict``: ``python -m serving.model_server`` serving the tiny half_plus_two fixture over gRPC;
+- ``grpc predict``: ``python -m serving.model_server`` serving the tiny half_plus_two model (our rebuild of
+  TF Serving's saved_model_half_plus_two_cpu) over gRPC;
 - ``rest predict``: the same server over REST (HTTP/1.1 keep-alive, one connection per thread).
 
 The gRPC clients send the same pre-serialized ``PredictRequest`` bytes and do not parse responses, so
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--grpc_max_threads", type=int, default=8)
-    parser.add_argument("--model", type=Path, default=REPO / "tests" / "fixtures" / "half_plus_two")
+    parser.add_argument("--model", type=Path,
+                        default=REPO / "tests" / "fixtures" / "upstream_models" / "saved_model_half_plus_two_cpu")
     parser.add_argument("--server-flag", dest="server_flag", action="append", default=[],
                         help="extra flag for the model server, e.g. --server-flag=--tensorflow_inter_op_parallelism=1")
     parser.add_argument("--baseline", type=Path, help="another checkout whose model server gets a row too")

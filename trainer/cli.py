@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 from trainer import config as config_module
-from trainer.errors import EXIT_PEER_LOST, ConfigError, TrainerError, exit_code, is_peer_error
+from trainer.errors import EXIT_NOT_PUBLISHED, EXIT_PEER_LOST, ConfigError, TrainerError, exit_code, is_peer_error
 
 __all__ = ["main"]
 
@@ -72,6 +72,11 @@ def search_command(args: argparse.Namespace) -> int:
         result = run_search(config, cluster, metrics=metrics)
     finally:
         metrics.close()
+    decision = result.decision
+    if decision is not None and not decision.publish:
+        print(f"not published: {decision.reason}")
+        print(f"report: {result.report_dir}")
+        return EXIT_NOT_PUBLISHED  # the publish gate kept the model off the shared volume (docs/trainer.md)
     if result.export is not None:
         print(f"best hyperparameters: {result.best_hyperparameters}")
         print(f"best val_accuracy: {result.best_val_accuracy:.4f} over {result.trials} trials")

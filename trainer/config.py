@@ -109,6 +109,14 @@ class SearchConfig:
                            default=False)
     metrics_port: int | None = _opt("Port on which the chief serves Prometheus metrics while it searches.",
                                     default=None)
+    publish: str = _opt(
+        "Publish gate: 'better' publishes the best model only if it loads and serves in a fresh process, beats "
+        "chance on the held-out images and is not worse than the version being served (by more than "
+        "--publish-tolerance); 'always' skips the comparisons (never the loading check).",
+        choices=("better", "always"), default="better",
+    )
+    publish_tolerance: float = _opt("How much lower a new model's held-out balanced accuracy may be than the "
+                                    "served version's and still be published.", default=0.02)
     mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
     xla: bool = _opt("Compile training steps with XLA.", default=False)
@@ -146,6 +154,8 @@ class SearchConfig:
                             f"Received: cluster_formation_timeout={self.cluster_formation_timeout}")
         if not self.collective_timeout >= 0:
             problems.append(f"Expected collective_timeout >= 0. Received: collective_timeout={self.collective_timeout}")
+        if not 0.0 <= self.publish_tolerance < 1.0:
+            problems.append(f"Expected publish_tolerance in [0, 1). Received: {self.publish_tolerance}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append(f"Expected metrics_port in [0, 65535]. Received: metrics_port={self.metrics_port}")
         if not self.model_name:

@@ -10,6 +10,8 @@
     │       └── ClusterFormationError          exit 4: the group did not form in time (names the missing peers)
     ├── ExportError (RuntimeError)             exit 1: a SavedModel could not be written
     └── NotPublishedError (RuntimeError)       exit 3: the search finished but the model was not published
+                                               (the publish gate, trainer.publish, returns a refusing
+                                               Decision and the CLI exits 3; code that must stop raises this)
 
 Each subclass also inherits the natural builtin, so callers can catch either. Messages read
 "Expected X. Received: name=value". `exit_code` maps an exception to the trainer's exit-code

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from serving.wire import WARMUP_FILE, predict_log
 from trainer.data import decode_image
 from trainer.errors import ExportError
 
@@ -44,9 +46,12 @@ __all__ = [
     "OUTPUTS",
     "WARMUP_FILE",
     "ExportedModel",
+    "discard_staged",
     "existing_versions",
     "export_model",
     "next_version",
+    "publish_staged",
+    "stage_export",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,6 @@ INPUT_IMAGES = "images"
 INPUT_PIXELS = "pixels"
 OUTPUTS = ("probabilities", "class_id", "class_name")
 METADATA_FILE = "tfstack_metadata.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
 _VERSION = re.compile(r"^\d+$")
 
 
@@ -96,22 +100,18 @@ def _outputs(model: keras.Model, pixels: tf.Tensor, class_names: tf.Tensor) -> d
 
 
 def _warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
-    """Serialized PredictionLog records for TF Serving's warm-up (one request per image, then a batch)."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    """Serialized PredictionLog records for TF Serving's warm-up (one request per image, then a batch).
 
+    Built with the project's own wire-compatible protos (`serving.wire`), so the trainer needs only its
+    extra, not tensorflow-serving-api."""
     batches = [[image] for image in images[:2]] + ([list(images[:8])] if len(images) > 1 else [])
-    records = []
-    for batch in batches:
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
-        )
-        request.inputs[INPUT_IMAGES].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)]))
-        log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        records.append(log_record.SerializeToString())
-    return records
+    return [
+        predict_log(model_name, {INPUT_IMAGES: np.array(batch, dtype=object)}, "serving_default")
+        for batch in batches
+    ]
 
 
-def export_model(
+def stage_export(
     model: keras.Model,
     *,
     export_base: Path,
@@ -120,11 +120,14 @@ def export_model(
     image_size: int,
     metadata: dict[str, Any],
     warmup_images: Sequence[bytes] = (),
-) -> ExportedModel:
-    """Export `model` as the next version of `model_name`; returns the version and its path.
+) -> Path:
+    """Write `model` into a hidden staging directory next to the versions of `model_name`; returns it.
+
+    TF Serving loads only all-digit directory names, so the staged export is invisible to it until
+    `publish_staged` renames it. The publish gate (`trainer.publish`) checks it in between.
 
     Raises:
-        ExportError: the model could not be written; nothing is left under the model directory.
+        ExportError: the model could not be written; nothing is left behind.
     """
     if len(class_names) < 2:
         raise ExportError(f"Expected at least 2 class names. Received: {list(class_names)}")
@@ -147,9 +150,43 @@ def export_model(
                 for serialized in _warmup_records(model_name, warmup_images):
                     writer.write(serialized)
         _fsync_tree(staging)
-        return _publish(staging, model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def publish_staged(staging: Path) -> ExportedModel:
+    """Make a staged export the next version of its model (an atomic rename); returns where it landed."""
+    return _publish(staging, staging.parent)
+
+
+def discard_staged(staging: Path) -> None:
+    """Remove a staged export that will not be published."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_model(
+    model: keras.Model,
+    *,
+    export_base: Path,
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    metadata: dict[str, Any],
+    warmup_images: Sequence[bytes] = (),
+) -> ExportedModel:
+    """Export `model` as the next version of `model_name` without a gate; returns the version and its path.
+
+    Raises:
+        ExportError: the model could not be written; nothing is left under the model directory.
+    """
+    staging = stage_export(model, export_base=export_base, model_name=model_name, class_names=class_names,
+                           image_size=image_size, metadata=metadata, warmup_images=warmup_images)
+    try:
+        return publish_staged(staging)
+    except BaseException:
+        discard_staged(staging)
         raise
 
 

@@ -1,7 +1,8 @@
 """Search progress you can watch: Prometheus metrics served by the chief, and one log line per trial.
 
 Metrics (namespace ``tfstack``, subsystem ``trainer``): trials planned and done, the current trial
-and epoch, the best objective so far, training images per second, and the worker count. Only the
+and epoch, the best objective so far, training images per second, the worker count, and the publish
+gate's decision with the held-out figures it compared (``model="candidate"`` and ``"current"``). Only the
 chief serves them (``--metrics-port``); every metric lives in an injectable `CollectorRegistry`.
 """
 
@@ -35,6 +36,12 @@ class SearchMetrics:
         )
         self.images = Counter("training_images", "Training images processed (global batch count).", **common)
         self.workers = Gauge("workers", "Workers in the synchronous training job.", **common)
+        self.published = Gauge(
+            "published", "1 when the publish gate published the search's model, 0 when it refused it.", **common
+        )
+        self.held_out = Gauge(
+            "held_out_balanced_accuracy", "Held-out balanced accuracy seen by the publish gate.", ["model"], **common
+        )
         self._server: Any = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:

@@ -35,9 +35,10 @@ from trainer import data, distribute, plots
 from trainer.cluster import Cluster
 from trainer.config import SearchConfig
 from trainer.errors import PeerLostError, SearchError, TrainerError
-from trainer.export import ExportedModel, export_model
+from trainer.export import ExportedModel, stage_export
 from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, find_backbone, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
+from trainer.publish import Decision, gate_and_publish
 from trainer.watchdog import StallWatchdog
 
 __all__ = [
@@ -78,6 +79,8 @@ class SearchResult:
     model: keras.Model | None = None
     """The exported model (best epoch of the best trial), on the chief."""
     held_out_recall: dict[str, float] = dataclasses.field(default_factory=dict)
+    decision: Decision | None = None
+    """The publish gate's decision (on the chief)."""
 
 
 def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32") -> ModelSpec:
@@ -319,7 +322,7 @@ def run_search(
         return SearchResult(dict(outcome.best.hyperparameters.values), float(outcome.best.score), None,
                             len(splits.test), len(outcome.trials), None, None)
     evaluation = evaluate_best(config, plan, outcome)
-    return publish(config, cluster, plan, outcome, evaluation, started=started)
+    return publish(config, cluster, plan, outcome, evaluation, started=started, metrics=metrics)
 
 
 def scan_data(config: SearchConfig) -> tuple[Path, data.DataSplits]:
@@ -465,8 +468,12 @@ def evaluate_best(config: SearchConfig, plan: SearchPlan, outcome: SearchOutcome
 
 
 def publish(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome: SearchOutcome,
-            evaluation: Evaluation, *, started: dt.datetime) -> SearchResult:
-    """Stage 5 (chief): the report, then the export (once: a finished search re-run exports nothing new)."""
+            evaluation: Evaluation, *, started: dt.datetime, metrics: SearchMetrics) -> SearchResult:
+    """Stage 5 (chief): the report, then the export through the publish gate (`trainer.publish`).
+
+    A finished search that is run again publishes nothing new: `_published_before` finds the version
+    this very search (same best trial, same trial count) already published.
+    """
     run_root = config.model_run_dir
     report_dir = run_root / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -475,25 +482,33 @@ def publish(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome: S
     plots.write_confusion_matrix(evaluation.matrix, plan.splits.class_names, report_dir / "confusion_matrix.png",
                                  f"{config.model_name}: {evaluation.split_name} accuracy {evaluation.accuracy:.4f}")
     metadata = _metadata(config, cluster, plan, outcome, evaluation, started)
-    best = outcome.best
+    best, held_out = outcome.best, evaluation.held_out
+    decision: Decision | None = None
     exported = _published_before(run_root, best.trial_id, len(outcome.trials))
     if exported is not None:
         log.info("the search was already finished and published as version %d (%s): not exporting it again",
                  exported.version, exported.path)
     else:
-        exported = export_model(
+        staging = stage_export(
             evaluation.model, export_base=config.export_base, model_name=config.model_name,
             class_names=plan.splits.class_names, image_size=plan.spec.image_size, metadata=metadata,
-            warmup_images=[f.path.read_bytes() for f in evaluation.held_out[:8]],
+            warmup_images=[f.path.read_bytes() for f in held_out[:8]],
         )
-        _record_published(run_root, exported, best.trial_id, len(outcome.trials))
+        decision, exported = gate_and_publish(
+            staging, held_out=[(f.path, f.label) for f in held_out], class_names=plan.splits.class_names,
+            fingerprint=plan.splits.fingerprint, policy=config.publish, tolerance=config.publish_tolerance,
+        )
+        _record_decision(decision, metrics, report_dir)
+        if exported is not None:
+            _record_published(run_root, exported, best.trial_id, len(outcome.trials))
     (report_dir / "held_out.json").write_text(json.dumps(
-        [{"path": str(f.path.resolve()), "label": f.label} for f in evaluation.held_out], indent=1) + "\n")
-    (report_dir / "summary.json").write_text(json.dumps({**metadata, "export": str(exported.path)}, indent=2,
-                                                        default=str) + "\n")
+        [{"path": str(f.path.resolve()), "label": f.label} for f in held_out], indent=1) + "\n")
+    (report_dir / "summary.json").write_text(json.dumps(
+        {**metadata, "export": str(exported.path) if exported else None,
+         "publish": decision.to_dict() if decision else None}, indent=2, default=str) + "\n")
     return SearchResult(dict(best.hyperparameters.values), float(best.score), evaluation.accuracy,
                         len(evaluation.labels), len(outcome.trials), exported, report_dir, evaluation.model,
-                        evaluation.recall)
+                        evaluation.recall, decision)
 
 
 def _metadata(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome: SearchOutcome,
@@ -521,6 +536,13 @@ def _metadata(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome:
         "config": config.to_dict(),
         "versions": _library_versions(),
     }
+def _record_decision(decision: Decision, metrics: SearchMetrics, report_dir: Path) -> None:
+    """The publish gate's decision as metrics and as ``report/publish.json``."""
+    metrics.published.set(1 if decision.publish else 0)
+    for name, score in (("candidate", decision.candidate), ("current", decision.current)):
+        if score is not None:
+            metrics.held_out.labels(name).set(score.balanced_accuracy)
+    (report_dir / "publish.json").write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
 
 
 def held_out_warnings(labels: np.ndarray, accuracy: float, recall: Mapping[str, float], val: float) -> list[str]:

@@ -23,9 +23,9 @@ from serving.client._errors import (
 )
 from serving.client._metrics import serve_metrics
 from serving.client._model import ModelMetadata, ModelStatus, Signature, TensorSpec, VersionStatus
-from serving.client._tensors import to_ndarray, to_tensor_proto
 from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
 from serving.client._transports.mock import AsyncMockTransport, MockTransport
+from serving.wire import to_ndarray, to_tensor_proto
 
 __all__ = [
     "AsyncClient",

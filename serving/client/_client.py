@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.client._errors import RETRYABLE, CallContext, InvalidInput, ModelNotFound, ServingError
+from serving.client._errors import CallContext, InvalidInput, ModelNotFound, ServingError
 from serving.client._metrics import CallStats, ClientMetrics, metrics_for
 from serving.client._model import ModelMetadata, ModelStatus, Signature, TensorSpec
-from serving.client._tensors import _BY_NUMPY as _NUMPY_ROWS
-from serving.client._tensors import dtype_for_numpy
 from serving.client._transports.base import AsyncTransport, Method, Reply, Request, Transport
+from serving.wire.codec import NUMPY_DTYPES as _NUMPY_ROWS
+from serving.wire.codec import dtype_for_numpy
 
 if TYPE_CHECKING:  # imported where used: keeps ``import serving.client`` light
     import ssl
@@ -320,6 +320,16 @@ class _Core:
         with self._metadata_lock:
             self._metadata[self.versioning(version, version_label)] = meta
 
+    def note_served_version(self, version: int | None, version_label: str | None, served: int | None) -> None:
+        """Drop cached metadata of another version than the one that just answered (a rollout moved
+        "latest" or a label): the next call fetches the new signatures."""
+        key = self.versioning(version, version_label)
+        cached = self._metadata.get(key)
+        if served is not None and cached is not None and cached.version is not None and cached.version != served:
+            with self._metadata_lock:
+                if self._metadata.get(key) is cached:
+                    del self._metadata[key]
+
     # -- calls ----------------------------------------------------------------------------------------
 
     def deadline(self, timeout: float | None) -> float | None:
@@ -344,7 +354,7 @@ class _Core:
 
     def next_wait(self, request: Request, exc: ServingError, attempt: int, deadline: float | None) -> float | None:
         """Seconds to wait before retrying after ``exc``, or None to give up."""
-        if not isinstance(exc, RETRYABLE) or attempt + 1 >= self.retry.attempts:
+        if not exc.retryable or attempt + 1 >= self.retry.attempts:
             return None
         wait = self.retry.backoff(attempt, self._rng)
         remaining = self.remaining(deadline)
@@ -446,9 +456,9 @@ class Client:
         """Closes the channel or connections."""
         self.transport.close()
 
-    def _call(self, request: Request, timeout: float | None) -> Any:
+    def _call(self, request: Request, deadline: float | None) -> Reply:
+        """One call with retries, all within ``deadline`` (a ``time.monotonic()`` instant, or None)."""
         core = self._core
-        deadline = core.deadline(timeout)
         metrics, start = core.started(request.method)
         attempt = 0
         try:
@@ -466,13 +476,20 @@ class Client:
                     time.sleep(wait)
                     continue
                 core.finished(metrics, start, "OK", reply)
-                return reply.value
+                return reply
         except ServingError as exc:
             core.finished(metrics, start, exc.code, None)
             raise
         except BaseException:
             core.finished(metrics, start, "UNKNOWN", None)
             raise
+
+    def _fetch_metadata(self, version: int | None, version_label: str | None, deadline: float | None) -> ModelMetadata:
+        request = self._core.request("metadata", version, version_label)
+        meta: ModelMetadata = self._call(request, deadline).value
+        _check_model_found(meta, self._core, request)
+        self._core.remember_metadata(version, version_label, meta)
+        return meta
 
     def metadata(self, *, version: int | None = None, version_label: str | None = None,
                  refresh: bool = False, timeout: float | None = None) -> ModelMetadata:
@@ -481,11 +498,7 @@ class Client:
             cached = self._core.cached_metadata(version, version_label)
             if cached is not None:
                 return cached
-        request = self._core.request("metadata", version, version_label)
-        meta: ModelMetadata = self._call(request, timeout)
-        _check_model_found(meta, self._core, request)
-        self._core.remember_metadata(version, version_label, meta)
-        return meta
+        return self._fetch_metadata(version, version_label, self._core.deadline(timeout))
 
     def predict(
         self,
@@ -500,13 +513,38 @@ class Client:
         """Runs the signature on ``inputs`` (name -> array-like); returns outputs as numpy arrays.
 
         Numeric outputs are read-only views of the response bytes where the wire allows it; strings
-        come back as ``object`` arrays of ``bytes``."""
-        meta = None
-        if self._core.validate:
-            meta = self.metadata(version=version, version_label=version_label, timeout=timeout)
-        request = self._core.predict_request(inputs, signature, version, version_label, output_filter, meta)
-        outputs: dict[str, np.ndarray[Any, Any]] = self._call(request, timeout)
-        return outputs
+        come back as ``object`` arrays of ``bytes``. ``timeout`` bounds the whole call: metadata,
+        retries and one refresh of stale metadata included."""
+        core = self._core
+        deadline = core.deadline(timeout)
+        args = (inputs, signature, version, version_label, output_filter)
+        if not core.validate:
+            return self._call(core.predict_request(*args, None), deadline).value  # type: ignore[no-any-return]
+        meta = core.cached_metadata(version, version_label)
+        fresh = meta is None
+        if meta is None:
+            meta = self._fetch_metadata(version, version_label, deadline)
+        try:
+            request = core.predict_request(*args, meta)
+        except InvalidInput:
+            if fresh:
+                raise
+            # The cached signature refused the inputs: a rollout may have changed it. Ask again once.
+            meta, fresh = self._fetch_metadata(version, version_label, deadline), True
+            request = core.predict_request(*args, meta)
+        try:
+            reply = self._call(request, deadline)
+        except InvalidInput:
+            if fresh:
+                raise
+            # The server refused what the cached signature let through: retry once on fresh metadata,
+            # which either accepts the inputs or explains, client-side, what is wrong with them now.
+            latest = self._fetch_metadata(version, version_label, deadline)
+            if latest == meta:
+                raise
+            reply = self._call(core.predict_request(*args, latest), deadline)
+        core.note_served_version(version, version_label, reply.version)
+        return reply.value  # type: ignore[no-any-return]
 
     def classify(
         self,
@@ -523,7 +561,7 @@ class Client:
             "classify", version, version_label, signature or self._core.signature,
             examples=tuple(examples), example_context=context,
         )
-        result: list[list[tuple[str, float]]] = self._call(request, timeout)
+        result: list[list[tuple[str, float]]] = self._call(request, self._core.deadline(timeout)).value
         return result
 
     def regress(
@@ -541,14 +579,14 @@ class Client:
             "regress", version, version_label, signature or self._core.signature,
             examples=tuple(examples), example_context=context,
         )
-        result: np.ndarray[Any, Any] = self._call(request, timeout)
+        result: np.ndarray[Any, Any] = self._call(request, self._core.deadline(timeout)).value
         return result
 
     def status(self, *, version: int | None = None, version_label: str | None = None,
                timeout: float | None = None) -> ModelStatus:
         """The model's version states (all versions unless one is pinned)."""
         request = self._core.request("status", version, version_label)
-        status: ModelStatus = self._call(request, timeout)
+        status: ModelStatus = self._call(request, self._core.deadline(timeout)).value
         return status
 
     def ready(self, *, timeout: float | None = None) -> bool:
@@ -611,9 +649,8 @@ class AsyncClient:
     async def close(self) -> None:
         await self.transport.close()
 
-    async def _call(self, request: Request, timeout: float | None) -> Any:
+    async def _call(self, request: Request, deadline: float | None) -> Reply:
         core = self._core
-        deadline = core.deadline(timeout)
         metrics, start = core.started(request.method)
         attempt = 0
         try:
@@ -631,7 +668,7 @@ class AsyncClient:
                     await _sleep(wait)
                     continue
                 core.finished(metrics, start, "OK", reply)
-                return reply.value
+                return reply
         except ServingError as exc:
             core.finished(metrics, start, exc.code, None)
             raise
@@ -639,17 +676,22 @@ class AsyncClient:
             core.finished(metrics, start, "UNKNOWN", None)
             raise
 
+    async def _fetch_metadata(
+        self, version: int | None, version_label: str | None, deadline: float | None
+    ) -> ModelMetadata:
+        request = self._core.request("metadata", version, version_label)
+        meta: ModelMetadata = (await self._call(request, deadline)).value
+        _check_model_found(meta, self._core, request)
+        self._core.remember_metadata(version, version_label, meta)
+        return meta
+
     async def metadata(self, *, version: int | None = None, version_label: str | None = None,
                        refresh: bool = False, timeout: float | None = None) -> ModelMetadata:
         if not refresh:
             cached = self._core.cached_metadata(version, version_label)
             if cached is not None:
                 return cached
-        request = self._core.request("metadata", version, version_label)
-        meta: ModelMetadata = await self._call(request, timeout)
-        _check_model_found(meta, self._core, request)
-        self._core.remember_metadata(version, version_label, meta)
-        return meta
+        return await self._fetch_metadata(version, version_label, self._core.deadline(timeout))
 
     async def predict(
         self,
@@ -661,12 +703,34 @@ class AsyncClient:
         output_filter: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
-        meta = None
-        if self._core.validate:
-            meta = await self.metadata(version=version, version_label=version_label, timeout=timeout)
-        request = self._core.predict_request(inputs, signature, version, version_label, output_filter, meta)
-        outputs: dict[str, np.ndarray[Any, Any]] = await self._call(request, timeout)
-        return outputs
+        """As :meth:`Client.predict`."""
+        core = self._core
+        deadline = core.deadline(timeout)
+        args = (inputs, signature, version, version_label, output_filter)
+        if not core.validate:
+            return (await self._call(core.predict_request(*args, None), deadline)).value  # type: ignore[no-any-return]
+        meta = core.cached_metadata(version, version_label)
+        fresh = meta is None
+        if meta is None:
+            meta = await self._fetch_metadata(version, version_label, deadline)
+        try:
+            request = core.predict_request(*args, meta)
+        except InvalidInput:
+            if fresh:
+                raise
+            meta, fresh = await self._fetch_metadata(version, version_label, deadline), True
+            request = core.predict_request(*args, meta)
+        try:
+            reply = await self._call(request, deadline)
+        except InvalidInput:
+            if fresh:
+                raise
+            latest = await self._fetch_metadata(version, version_label, deadline)
+            if latest == meta:
+                raise
+            reply = await self._call(core.predict_request(*args, latest), deadline)
+        core.note_served_version(version, version_label, reply.version)
+        return reply.value  # type: ignore[no-any-return]
 
     async def classify(
         self,
@@ -682,7 +746,7 @@ class AsyncClient:
             "classify", version, version_label, signature or self._core.signature,
             examples=tuple(examples), example_context=context,
         )
-        result: list[list[tuple[str, float]]] = await self._call(request, timeout)
+        result: list[list[tuple[str, float]]] = (await self._call(request, self._core.deadline(timeout))).value
         return result
 
     async def regress(
@@ -699,13 +763,13 @@ class AsyncClient:
             "regress", version, version_label, signature or self._core.signature,
             examples=tuple(examples), example_context=context,
         )
-        result: np.ndarray[Any, Any] = await self._call(request, timeout)
+        result: np.ndarray[Any, Any] = (await self._call(request, self._core.deadline(timeout))).value
         return result
 
     async def status(self, *, version: int | None = None, version_label: str | None = None,
                      timeout: float | None = None) -> ModelStatus:
         request = self._core.request("status", version, version_label)
-        status: ModelStatus = await self._call(request, timeout)
+        status: ModelStatus = (await self._call(request, self._core.deadline(timeout))).value
         return status
 
     async def ready(self, *, timeout: float | None = None) -> bool:

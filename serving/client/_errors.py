@@ -15,7 +15,8 @@ ServingError                                  every error the client raises
 
 Every error carries ``model``, ``version``, ``signature``, ``method``, ``transport``, ``code`` (the
 gRPC status name, e.g. ``"NOT_FOUND"``), ``http_status`` (REST only) and the server's own message.
-Only ``Unavailable`` and ``ResourceExhausted`` are retried (see ``RETRYABLE``).
+Only ``Unavailable`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a message-size
+limit is not (each error's ``retryable`` says).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class CallContext:
 
 class ServingError(Exception):
     """Base of every error the client raises."""
+
+    retryable: bool = False
+    """Whether another attempt of the same call may succeed (the server did not process it)."""
 
     default_code = "UNKNOWN"
 
@@ -122,6 +126,7 @@ class Unavailable(ServingError, ConnectionError):
     """The server could not be reached or is not serving (retried)."""
 
     default_code = "UNAVAILABLE"
+    retryable = True
 
 
 class PermissionDenied(ServingError, PermissionError):
@@ -143,13 +148,26 @@ class ServerError(ServingError):
 
 
 class ResourceExhausted(ServerError):
-    """The server is overloaded or a size limit was hit (retried)."""
+    """The server is overloaded (retried) or a message-size limit was hit (not retried)."""
 
     default_code = "RESOURCE_EXHAUSTED"
 
+    @property
+    def size_limit(self) -> bool:
+        """True when a message-size limit refused the call: the same request would fail again.
+
+        gRPC says "Received/Sent message larger than max (N vs. M)" (grpc core's message_size_filter);
+        HTTP says 413."""
+        return self.http_status == 413 or "larger than max" in self.message
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return not self.size_limit
+
 
 RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted)
-"""The errors worth another attempt: the request was not processed."""
+"""The error types that may be worth another attempt; each error's ``retryable`` decides (a
+``ResourceExhausted`` from a message-size limit is not)."""
 
 _BY_CODE: dict[str, type[ServingError]] = {
     "INVALID_ARGUMENT": InvalidInput,
@@ -173,6 +191,7 @@ _HTTP_CODES: dict[int, str] = {
     404: "NOT_FOUND",
     408: "DEADLINE_EXCEEDED",
     409: "ABORTED",
+    413: "RESOURCE_EXHAUSTED",
     429: "RESOURCE_EXHAUSTED",
     499: "CANCELLED",
     500: "INTERNAL",

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.client._proto import get_model_metadata_pb2, get_model_status_pb2
-from serving.client._tensors import dtype_for_enum
+from serving.wire.codec import dtype_for_enum
+from serving.wire.proto import get_model_metadata_pb2, get_model_status_pb2
 
 __all__ = [
     "ModelMetadata",
@@ -99,7 +99,7 @@ class ModelStatus:
 
 
 def _spec(alias: str, info: Any) -> TensorSpec:
-    from serving.client._proto import types_pb2
+    from serving.wire.proto import types_pb2
 
     shape: tuple[int | None, ...] | None
     if info.tensor_shape.unknown_rank or not info.HasField("tensor_shape"):
@@ -127,7 +127,7 @@ def metadata_from_proto(
 
 def status_from_proto(model: str, response: get_model_status_pb2.GetModelStatusResponse) -> ModelStatus:
     """Builds :class:`ModelStatus` from a ``GetModelStatusResponse``."""
-    from serving.client._proto import error_codes_pb2
+    from serving.wire.proto import error_codes_pb2
 
     state_name = get_model_status_pb2.ModelVersionStatus.State.Name
     versions = tuple(

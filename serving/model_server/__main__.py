@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from serving.model_server.errors import ConfigError, FlagError
+    from serving.model_server.errors import ConfigError, FlagError, StartupError
     from serving.model_server.flags import parse_flags
 
     try:
@@ -51,21 +52,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines drown the server's
     from serving.model_server.server import ModelServer  # imports TensorFlow: after the cheap checks
 
-    try:
-        server = ModelServer(options)
-        server.start()
-    except (ConfigError, OSError) as exc:
-        if verbose:
-            logging.exception("start-up failed")
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    server = None
+    requested = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("received %s; shutting down gracefully", signal.Signals(signum).name)
-        server._stop.set()
+        requested.set()
+        if server is not None:
+            server._stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = ModelServer(options)
+        if requested.is_set():
+            server._stop.set()
+        server.start()  # waits, like tensorflow_model_server, until every model has an AVAILABLE version
+    except (ConfigError, StartupError, OSError) as exc:
+        if verbose:
+            logging.exception("start-up failed")
+        print(f"error: {exc}", file=sys.stderr)
+        if server is not None and server._stop.is_set():
+            server.stop()
+            return 0  # stopped by a signal while waiting for the models
+        return 1
+
     server.wait()
     server.stop()
     return 0

@@ -6,7 +6,13 @@ first are concatenated along dimension 0, run once, and the outputs split back b
 extra threads: the first caller becomes the batch's leader, waits up to ``batch_timeout_micros`` for the
 batch to fill to ``max_batch_size`` rows, runs it, and hands leadership to the next waiting request; up to
 ``num_batch_threads`` batches run at once. If a merged batch fails, or its outputs are not batch-major,
-every request in it is re-run alone, so one bad request never fails its neighbours. Not reproduced:
+every request in it is re-run alone, so one bad request never fails its neighbours.
+
+Requests are checked as TF Serving's batching session checks them (``batching_util.h``,
+``SharedBatchScheduler``): every input needs a 0th dimension, all inputs the same one, and a request of more
+rows than ``max_batch_size`` (the input batch size limit) is refused with "Task size N is larger than
+maximum input batch size M". With ``enable_large_batch_splitting`` a request of up to ``max_batch_size``
+rows runs in pieces of at most ``max_execution_batch_size`` rows (default ``max_batch_size``). Not reproduced:
 padding to ``allowed_batch_sizes`` (a static-shape optimisation) and ``max_enqueued_batches`` (requests
 wait instead of being rejected).
 """
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from serving.model_server._proto import session_bundle_config_pb2
+from serving.model_server.errors import InvalidArgument
 
 __all__ = ["Batcher"]
 
@@ -54,6 +61,10 @@ class Batcher:
         self.max_batch_size = params.max_batch_size.value if params.HasField("max_batch_size") else 1000
         self.timeout = (params.batch_timeout_micros.value if params.HasField("batch_timeout_micros") else 0) / 1e6
         self.num_batch_threads = max(params.num_batch_threads.value if params.HasField("num_batch_threads") else 1, 1)
+        self.split = params.HasField("enable_large_batch_splitting") and params.enable_large_batch_splitting.value
+        self.execution_batch_size = self.max_batch_size
+        if self.split and params.HasField("max_execution_batch_size"):
+            self.execution_batch_size = params.max_execution_batch_size.value
         self._lock = threading.Condition()
         self._queues: dict[Any, _Queue] = {}
 
@@ -65,11 +76,24 @@ class Batcher:
 
     def run(self, queue_key: Any, inputs: Mapping[str, np.ndarray], run: RunFn) -> dict[str, np.ndarray]:
         """Run ``run(inputs)``, merged with concurrent calls on the same ``queue_key`` where possible."""
-        rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
-        if len(rows) != 1 or -1 in rows or not inputs or next(iter(rows)) >= self.max_batch_size:
+        if not inputs:
+            raise InvalidArgument("Batching Run() must have at least one input tensor")
+        if any(a.ndim == 0 for a in inputs.values()):
+            raise InvalidArgument("Batching Run() input tensors must have at least one dimension")
+        rows = {a.shape[0] for a in inputs.values()}
+        if len(rows) != 1:
+            raise InvalidArgument("Batching Run() input tensors must have equal 0th-dimension size")
+        size = next(iter(rows))
+        if size > self.max_batch_size:
+            raise InvalidArgument(f"Task size {size} is larger than maximum input batch size {self.max_batch_size}")
+        if size > self.execution_batch_size:  # only with enable_large_batch_splitting
+            step = self.execution_batch_size
+            pieces = [run({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, size, step)]
+            return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        if size >= self.execution_batch_size:
             return run(inputs)
         key = tuple(sorted((alias, a.dtype.str, a.shape[1:]) for alias, a in inputs.items()))
-        task = _Task(inputs, rows.pop(), key, run)
+        task = _Task(inputs, size, key, run)
         with self._lock:
             queue = self._queues.setdefault(queue_key, _Queue())
             queue.pending.append(task)
@@ -95,7 +119,7 @@ class Batcher:
         candidates = ([first] if first in queue.pending else []) + [t for t in queue.pending if t is not first]
         batch, rows = [], 0
         for task in candidates:
-            if task.key == first.key and rows + task.rows <= self.max_batch_size:
+            if task.key == first.key and rows + task.rows <= self.execution_batch_size:
                 batch.append(task)
                 rows += task.rows
                 queue.pending.remove(task)
@@ -108,7 +132,7 @@ class Batcher:
             with self._lock:
                 if self.timeout > 0 and first in queue.pending:
                     deadline = time.monotonic() + self.timeout
-                    while sum(t.rows for t in queue.pending if t.key == first.key) < self.max_batch_size:
+                    while sum(t.rows for t in queue.pending if t.key == first.key) < self.execution_batch_size:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break

@@ -20,9 +20,11 @@ from serving.model_server.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PROMETHEUS_PATH",
+    "SSLConfig",
     "read_batching_parameters",
     "read_model_server_config",
     "read_monitoring_config",
+    "read_ssl_config",
     "single_model_config",
     "validate_model_server_config",
 ]
@@ -31,6 +33,32 @@ __all__ = [
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 _M = TypeVar("_M", bound=message.Message)
+
+
+def _ssl_config_class() -> type[message.Message]:
+    """``tensorflow.serving.SSLConfig`` (``--ssl_config_file``), which tensorflow-serving-api does not ship.
+
+    Built from a descriptor written here (four fields: ``server_key`` 1, ``server_cert`` 2, ``custom_ca`` 3,
+    ``client_verify`` 4), registered in a private pool so it cannot clash with a generated module.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="tfstack/model_server/ssl_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
+    message_proto = file_proto.message_type.add(name="SSLConfig")
+    string, boolean = descriptor_pb2.FieldDescriptorProto.TYPE_STRING, descriptor_pb2.FieldDescriptorProto.TYPE_BOOL
+    for number, (name, kind) in enumerate(
+        (("server_key", string), ("server_cert", string), ("custom_ca", string), ("client_verify", boolean)), 1
+    ):
+        message_proto.field.add(name=name, number=number, type=kind,
+                                label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
+
+
+SSLConfig = _ssl_config_class()
 
 
 def _read_text_proto(path: str | Path, proto: _M) -> _M:
@@ -42,7 +70,7 @@ def _read_text_proto(path: str | Path, proto: _M) -> _M:
         text_format.Parse(text, proto)
     except text_format.ParseError as exc:
         raise ConfigError(
-            f"Expected a {proto.DESCRIPTOR.full_name} text proto. Received: path={str(path)!r}: {exc}", str(path)
+            f"Error parsing text-format {proto.DESCRIPTOR.full_name}: {exc} (path={str(path)!r})", str(path)
         ) from exc
     return proto
 
@@ -63,7 +91,13 @@ def validate_model_server_config(config: model_server_config_pb2.ModelServerConf
         seen.add(model.name)
         if not model.base_path:
             raise ConfigError(f"Expected a base_path for model {model.name!r}. Received: none in {source}", source)
-        if model.model_platform not in ("", "tensorflow"):
+        if not model.model_platform:  # ServerCore's GetPlatform
+            raise ConfigError(
+                "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                f"ModelServerConfig::model_platform, model name is {model.name}",
+                source,
+            )
+        if model.model_platform != "tensorflow":
             raise ConfigError(
                 f"Expected model_platform 'tensorflow' for model {model.name!r}. "
                 f"Received: model_platform={model.model_platform!r} in {source}",
@@ -112,6 +146,17 @@ def read_monitoring_config(path: str | Path) -> monitoring_config_pb2.Monitoring
             f"Expected prometheus_config.path to start with '/'. Received: path={prometheus.path!r} in {path}",
             str(path),
         )
+    return config
+
+
+def read_ssl_config(path: str | Path) -> message.Message:
+    """Parse a ``--ssl_config_file`` (``SSLConfig`` text proto); a server key and certificate are required."""
+    config = _read_text_proto(path, SSLConfig())
+    if not config.server_key or not config.server_cert:  # type: ignore[attr-defined]
+        raise ConfigError(f"Expected server_key and server_cert in the SSLConfig. Received: path={str(path)!r}",
+                          str(path))
+    if config.client_verify and not config.custom_ca:  # type: ignore[attr-defined]
+        raise ConfigError(f"Expected custom_ca with client_verify: true. Received: path={str(path)!r}", str(path))
     return config
 
 

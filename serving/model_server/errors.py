@@ -10,12 +10,16 @@
      ├── DeadlineExceeded (TimeoutError)   DEADLINE_EXCEEDED  -> 504
      ├── Unavailable                       UNAVAILABLE        -> 503
      ├── Unimplemented                     UNIMPLEMENTED      -> 501
-     └── Internal                          INTERNAL           -> 500
+     ├── Internal                          INTERNAL           -> 500
+     ├── Unknown                           UNKNOWN            -> 500
+     ├── Cancelled                         CANCELLED          -> 499
+     └── DataLoss                          DATA_LOSS          -> 500
 
 The HTTP statuses are TF Serving's (``ToHTTPStatusCode`` in ``model_servers/http_server.cc``); the gRPC
 services abort with :attr:`ModelServerError.code`, the REST API answers ``{"error": message}`` with
 :attr:`ModelServerError.http_status`. Configuration and flag problems at start-up are separate:
-:class:`ConfigError` and :class:`FlagError` (both ``ValueError``).
+:class:`ConfigError` and :class:`FlagError` (both ``ValueError``), and :class:`StartupError` when a configured
+model never becomes available.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "Cancelled",
     "ConfigError",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "FlagError",
@@ -32,8 +38,10 @@ __all__ = [
     "ModelServerError",
     "NotFound",
     "ResourceExhausted",
+    "StartupError",
     "Unavailable",
     "Unimplemented",
+    "Unknown",
 ]
 
 
@@ -86,6 +94,25 @@ class Unimplemented(ModelServerError):
 class Internal(ModelServerError):
     code = grpc.StatusCode.INTERNAL
     http_status = 500
+
+
+class Cancelled(ModelServerError):
+    code = grpc.StatusCode.CANCELLED
+    http_status = 499
+
+
+class Unknown(ModelServerError):
+    code = grpc.StatusCode.UNKNOWN
+    http_status = 500
+
+
+class DataLoss(ModelServerError):
+    code = grpc.StatusCode.DATA_LOSS
+    http_status = 500
+
+
+class StartupError(RuntimeError):
+    """The server cannot start serving, e.g. a configured model never became available (exit status 1)."""
 
 
 class ConfigError(ValueError):

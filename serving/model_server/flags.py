@@ -23,8 +23,10 @@ _CPUS = os.cpu_count() or 1
 class ServerOptions:
     """Everything the server is configured with; field names are the flag names.
 
-    The last three fields (``host``, ``max_request_bytes``, ``grace_period_seconds``) are not flags:
-    ``tensorflow_model_server`` has no such options, so they are set only by code (tests, embedding).
+    The last fields (``host``, ``max_request_bytes``, ``grace_period_seconds``,
+    ``max_decoded_request_bytes``) are not flags: ``tensorflow_model_server`` has no such options, so
+    they are set only by code (tests, embedding). ``max_decoded_request_bytes`` bounds the memory one
+    request's decoded tensors may take (see ``docs/model_server.md``, "Memory per request").
     """
 
     port: int = 8500
@@ -49,10 +51,15 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     version: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
+    ssl_config_file: str = ""
+    enable_grpc_healthcheck_service: bool = False
     # Not flags (see the class docstring).
     host: str = "0.0.0.0"
     max_request_bytes: int = 64 * 1024 * 1024
     grace_period_seconds: float = 30.0
+    max_decoded_request_bytes: int = 256 * 1024 * 1024
 
 
 _HELP: dict[str, str] = {
@@ -79,6 +86,13 @@ _HELP: dict[str, str] = {
     "tensorflow_intra_op_parallelism": "Threads TensorFlow uses within one op; 0 lets TensorFlow choose.",
     "tensorflow_inter_op_parallelism": "Threads TensorFlow runs independent ops on; 0 lets TensorFlow choose.",
     "version": "Display version and exit.",
+    "allow_version_labels_for_unavailable_models": "If true, allows assigning unused version labels to models "
+    "that are not available yet.",
+    "enable_signature_method_name_check": "Enable method_name check for SignatureDef. Disable this if serving "
+    "native TF2 regression/classification models.",
+    "ssl_config_file": "If non-empty, read an ascii SSLConfig protobuf from the supplied file name and set up a "
+    "secure gRPC channel.",
+    "enable_grpc_healthcheck_service": "Enable the standard gRPC health checking service (grpc.health.v1).",
 }
 
 FLAG_NAMES: tuple[str, ...] = tuple(_HELP)
@@ -86,12 +100,9 @@ FLAG_NAMES: tuple[str, ...] = tuple(_HELP)
 #: tensorflow_model_server flags (main.cc, TF Serving 2.21) that this stand-in does not implement.
 UNSUPPORTED_UPSTREAM_FLAGS: frozenset[str] = frozenset(
     {
-        "allow_version_labels_for_unavailable_models",
-        "enable_grpc_healthcheck_service",
         "enable_per_model_batching_parameters",
         "enable_profiler",
         "enable_serialization_as_tensor_content",
-        "enable_signature_method_name_check",
         "flush_filesystem_caches",
         "grpc_channel_arguments",
         "grpc_socket_path",
@@ -105,7 +116,6 @@ UNSUPPORTED_UPSTREAM_FLAGS: frozenset[str] = frozenset(
         "prefer_tflite_model",
         "remove_unused_fields_from_bundle_metagraph",
         "skip_initialize_tpu",
-        "ssl_config_file",
         "tensorflow_session_config_file",
         "tensorflow_session_parallelism",
         "thread_pool_factory_config_file",
@@ -116,6 +126,7 @@ UNSUPPORTED_UPSTREAM_FLAGS: frozenset[str] = frozenset(
 )
 
 _TYPES = {f.name: f.type for f in fields(ServerOptions)}
+_NOT_FLAGS = frozenset({"host", "max_request_bytes", "grace_period_seconds", "max_decoded_request_bytes"})
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -176,7 +187,7 @@ def parse_flags(argv: Sequence[str], base: ServerOptions | None = None) -> Serve
             raise FlagError(f"Expected only --flag=value arguments. Received: {arg!r}")
         body = arg.lstrip("-")
         name, has_value, raw = body.partition("=")
-        if name not in _TYPES or name in {"host", "max_request_bytes", "grace_period_seconds"}:
+        if name not in _TYPES or name in _NOT_FLAGS:
             if not has_value and name.startswith("no") and _TYPES.get(name[2:]) == "bool":
                 values[name[2:]] = False
                 continue
@@ -205,6 +216,10 @@ def parse_flags(argv: Sequence[str], base: ServerOptions | None = None) -> Serve
     for name in ("port", "rest_api_port"):
         if not 0 <= getattr(options, name) <= 65535:
             raise FlagError(f"Expected --{name} in 0..65535. Received: --{name}={getattr(options, name)}")
+    if options.batching_parameters_file and not options.enable_batching:
+        raise FlagError(  # upstream: Server::BuildAndStart fails with this InvalidArgument
+            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
+        )
     if options.grpc_max_threads < 1:
         raise FlagError(f"Expected --grpc_max_threads >= 1. Received: --grpc_max_threads={options.grpc_max_threads}")
     return options

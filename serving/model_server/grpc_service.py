@@ -6,7 +6,7 @@ version and signature actually used). Errors abort the call with their canonical
 unexpected is INTERNAL and logged, never a crashed server. ``MultiInference`` is UNIMPLEMENTED.
 
 Predict, the hot path, answers with ``PredictResponse`` wire bytes written by the client's codec
-(:func:`serving.client._tensors.encode_predict_response`) and is registered without a response
+(:func:`serving.wire.codec.encode_predict_response`) and is registered without a response
 serializer: building the protobuf message and serializing it cost about a tenth of the server's
 predict throughput on a tiny model (``bench/server_bench.py``).
 """
@@ -32,12 +32,18 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
-from serving.client._tensors import encode_model_spec, encode_predict_response
 from serving.model_server import tensors
-from serving.model_server.errors import DeadlineExceeded, InvalidArgument, ModelServerError, Unimplemented
+from serving.model_server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelServerError,
+    Unimplemented,
+)
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.servable import Servable, serialize_input
+from serving.wire.codec import encode_model_spec, encode_predict_response
 
 __all__ = ["ModelService", "PredictionService", "add_services"]
 
@@ -46,6 +52,13 @@ log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 SIGNATURE_DEF_FIELD = "signature_def"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+
+
+def _spec(request: Any) -> _model_pb2.ModelSpec:
+    """The request's ModelSpec; INVALID_ARGUMENT "Missing ModelSpec" without one, as TF Serving answers."""
+    if not request.HasField("model_spec"):
+        raise InvalidArgument("Missing ModelSpec")
+    return request.model_spec
 
 
 def _spec_args(spec: _model_pb2.ModelSpec) -> tuple[str, int | None, str | None]:
@@ -61,10 +74,12 @@ def _fill_spec(spec: _model_pb2.ModelSpec, servable: Servable, signature: str | 
 
 
 class _Base:
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics,
+                 max_decoded_bytes: int = tensors.DEFAULT_MAX_DECODED_BYTES) -> None:
         self._manager = manager
         self._metrics = metrics
         self._in_flight = metrics.in_flight.labels("grpc")
+        self._max_decoded_bytes = max_decoded_bytes
 
     def _call(self, method: str, model: str, context: grpc.ServicerContext, run: Callable[[], _R]) -> _R:
         start = time.perf_counter()
@@ -75,7 +90,13 @@ class _Base:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("Deadline exceeded before the request was processed")
-            return run()
+            if not context.is_active():  # the caller gave up while the request queued: do not run it
+                raise Cancelled("The caller cancelled the request before it was processed")
+            result = run()
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded("Deadline exceeded while the request was processed")
+            return result
         except ModelServerError as exc:
             status = exc.code.name
             context.abort(exc.code, exc.message)
@@ -96,7 +117,8 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         """Answers with ``PredictResponse`` wire bytes (see the module docstring)."""
 
         def run() -> bytes:
-            servable = self._manager.resolve(*_spec_args(request.model_spec))
+            servable = self._manager.resolve(*_spec_args(_spec(request)))
+            tensors.check_decoded_size(request.inputs, self._max_decoded_bytes)
             inputs = {alias: tensors.make_ndarray(proto) for alias, proto in request.inputs.items()}
             info, outputs = servable.predict(request.model_spec.signature_name, inputs, request.output_filter)
             spec = encode_model_spec(servable.name, servable.version, None, info.name)
@@ -106,7 +128,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext) -> Any:
         def run() -> classification_pb2.ClassificationResponse:
-            servable = self._manager.resolve(*_spec_args(request.model_spec))
+            servable = self._manager.resolve(*_spec_args(_spec(request)))
             info, classes, scores = servable.classify(request.model_spec.signature_name, serialize_input(request.input))
             response = classification_pb2.ClassificationResponse()
             _fill_spec(response.model_spec, servable, info.name)
@@ -127,7 +149,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
 
     def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> Any:
         def run() -> regression_pb2.RegressionResponse:
-            servable = self._manager.resolve(*_spec_args(request.model_spec))
+            servable = self._manager.resolve(*_spec_args(_spec(request)))
             info, values = servable.regress(request.model_spec.signature_name, serialize_input(request.input))
             response = regression_pb2.RegressionResponse()
             _fill_spec(response.model_spec, servable, info.name)
@@ -162,7 +184,7 @@ def model_metadata(
     for field_name in request.metadata_field:
         if field_name != SIGNATURE_DEF_FIELD:
             raise InvalidArgument(f"Metadata field {field_name} is not supported")
-    servable = manager.resolve(*_spec_args(request.model_spec))
+    servable = manager.resolve(*_spec_args(_spec(request)))
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     _fill_spec(response.model_spec, servable, None)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
@@ -176,9 +198,7 @@ def model_status(
     manager: ModelManager, request: get_model_status_pb2.GetModelStatusRequest
 ) -> get_model_status_pb2.GetModelStatusResponse:
     """GetModelStatus, shared by gRPC and REST: every version the manager knows, with state and error."""
-    if not request.model_spec.name:
-        raise InvalidArgument("Missing model name in request.")
-    records = manager.status(*_spec_args(request.model_spec))
+    records = manager.status(*_spec_args(_spec(request)))
     response = get_model_status_pb2.GetModelStatusResponse()
     for record in records:
         status = response.model_version_status.add(version=record.version, state=record.state)
@@ -191,7 +211,7 @@ def model_status(
 class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus and HandleReloadConfigRequest."""
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, reload: Callable[[Any], None]) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, reload: Callable[..., None]) -> None:
         super().__init__(manager, metrics)
         self._reload = reload
 
@@ -204,7 +224,11 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> Any:
         def run() -> model_management_pb2.ReloadConfigResponse:
-            self._reload(request.config)
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                      "ModelConfigList is currently supported")
+            remaining = context.time_remaining()
+            self._reload(request.config, None if remaining is None else time.monotonic() + remaining)
             response = model_management_pb2.ReloadConfigResponse()
             response.status.SetInParent()
             return response

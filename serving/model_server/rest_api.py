@@ -8,9 +8,10 @@ Routes, status codes and bodies follow ``g3doc/api_rest.md`` and ``http_rest_api
 - ``GET <prometheus path>``: metrics, when ``--monitoring_config_file`` enables them
 
 Every error is ``{"error": "<message>"}`` with TF Serving's mapping of status codes (INVALID_ARGUMENT and
-FAILED_PRECONDITION 400, NOT_FOUND 404, ...); a body larger than the limit is 413, a request whose
-processing outlives ``--rest_api_timeout_in_ms`` is 504. Connections are HTTP/1.1 keep-alive, one thread
-each; ``--rest_api_num_threads`` bounds how many requests run at once.
+FAILED_PRECONDITION 400, NOT_FOUND 404, ...); a body larger than the limit is 413, a request still running at
+``--rest_api_timeout_in_ms`` is answered 504 at that moment. Bodies come with Content-Length or chunked.
+Connections are HTTP/1.1 keep-alive, one thread each; requests run in a pool of ``--rest_api_num_threads``
+workers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 import socket
 import threading
 import time
+from concurrent import futures
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -54,7 +56,35 @@ _STATUS = re.compile(
 
 
 def _json(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON; strings decoded with ``surrogateescape`` go back out as their raw bytes."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape in the request
+        return text.encode("utf-8", "surrogatepass")
+
+
+#: Python's JSON error messages -> rapidjson's (GetParseError_En), which TF Serving's errors carry.
+_RAPIDJSON_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Expecting property name", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Extra data", "The document root must not be followed by other values."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+    ("Invalid \\u", "Incorrect hex digit after \\u escape in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+)
+
+
+def _rapidjson_error(exc: json.JSONDecodeError) -> str:
+    for python, rapidjson in _RAPIDJSON_ERRORS:
+        if exc.msg.startswith(python):
+            return rapidjson
+    if exc.msg.startswith("Expecting ',' delimiter"):
+        return "Missing a comma or ']' after an array element." if exc.doc[:exc.pos].rstrip().endswith(
+            ("]", "[")) else "Missing a comma or '}' after an object member."
+    return exc.msg
 
 
 def _error_body(message: str) -> bytes:
@@ -157,8 +187,10 @@ class RestApi:
             raise InvalidArgument("JSON Parse error: The document is empty")
         try:
             doc = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise InvalidArgument(f"JSON Parse error: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"JSON Parse error: {_rapidjson_error(exc)} at offset: {exc.pos}") from None
+        except (ValueError, RecursionError) as exc:  # invalid UTF-8, nesting beyond Python's recursion limit
+            raise InvalidArgument(f"JSON Parse error: Invalid encoding in string. ({exc})") from None
         if not isinstance(doc, dict):
             raise InvalidArgument(f"JSON Value: {str(doc)[:256]} Is not object")
         signature = doc.get("signature_name", "")
@@ -244,7 +276,8 @@ class RestServer:
         max_request_bytes: int,
         enable_cors: bool = False,
     ) -> None:
-        semaphore = threading.BoundedSemaphore(max(num_threads, 1))
+        workers = futures.ThreadPoolExecutor(max_workers=max(num_threads, 1), thread_name_prefix="rest")
+        self._workers = workers
         track_in_flight = metrics.in_flight.labels("rest").track_inprogress
         timeout = timeout_ms / 1000 if timeout_ms > 0 else None
 
@@ -283,46 +316,87 @@ class RestServer:
                 try:
                     body = b""
                     if method == "POST":
-                        length_header = self.headers.get("Content-Length")
-                        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                            self.close_connection = True
-                            self._send(HTTPStatus.LENGTH_REQUIRED, _error_body(
-                                "Expected a Content-Length header. Received: Transfer-Encoding: chunked"))
+                        body = self._read_body()
+                        if body is None:
                             return
-                        try:
-                            length = int(length_header or 0)
-                            if length < 0:
-                                raise ValueError(length)
-                        except ValueError:
-                            self.close_connection = True
-                            self._send(HTTPStatus.BAD_REQUEST, _error_body(
-                                f"Expected a non-negative Content-Length. Received: {length_header!r}"))
-                            return
-                        if length > max_request_bytes:
-                            self.close_connection = True
-                            metrics.observe("", "unknown", "rest", "RESOURCE_EXHAUSTED", 0.0)
-                            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _error_body(
-                                f"Expected a request body of at most {max_request_bytes} bytes. "
-                                f"Received: Content-Length={length}"))
-                            return
-                        body = self.rfile.read(length)
                     path = self.path
                     if api.prometheus_path and method == "GET" and urlsplit(path).path == api.prometheus_path:
                         page, content_type = metrics.exposition()
                         self._send(HTTPStatus.OK, page, content_type)
                         return
-                    start = time.monotonic()
-                    with semaphore, track_in_flight():
-                        status, out, _model, _api = api.handle(method, path, body)
-                    if timeout is not None and time.monotonic() - start > timeout:
-                        error = DeadlineExceeded(
-                            f"Request took longer than --rest_api_timeout_in_ms={timeout_ms}")
-                        status, out = error.http_status, _error_body(error.message)
+                    status, out = self._run(method, path, body)
                     self._send(status, out)
                 finally:
                     with server.condition:
                         server.inflight -= 1
                         server.condition.notify_all()
+
+            def _read_body(self) -> bytes | None:
+                """The request body (Content-Length or chunked, as TF Serving's libevent server accepts); None
+                after answering an error."""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    return self._read_chunked()
+                length_header = self.headers.get("Content-Length")
+                try:
+                    length = int(length_header or 0)
+                    if length < 0:
+                        raise ValueError(length)
+                except ValueError:
+                    self.close_connection = True
+                    self._send(HTTPStatus.BAD_REQUEST, _error_body(
+                        f"Expected a non-negative Content-Length. Received: {length_header!r}"))
+                    return None
+                if length > max_request_bytes:
+                    self._too_large(f"Content-Length={length}")
+                    return None
+                return self.rfile.read(length)
+
+            def _too_large(self, received: str) -> None:
+                self.close_connection = True
+                metrics.observe("", "unknown", "rest", "RESOURCE_EXHAUSTED", 0.0)
+                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _error_body(
+                    f"Expected a request body of at most {max_request_bytes} bytes. Received: {received}"))
+
+            def _read_chunked(self) -> bytes | None:
+                parts: list[bytes] = []
+                total = 0
+                while True:
+                    line = self.rfile.readline(1024)
+                    try:
+                        size = int(line.split(b";", 1)[0].strip(), 16)
+                        if size < 0:
+                            raise ValueError(size)
+                    except ValueError:
+                        self.close_connection = True
+                        self._send(HTTPStatus.BAD_REQUEST, _error_body(
+                            f"Expected a chunk size line. Received: {line[:64]!r}"))
+                        return None
+                    if size == 0:
+                        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return b"".join(parts)
+                    total += size
+                    if total > max_request_bytes:
+                        self._too_large("more in chunks (Transfer-Encoding: chunked)")
+                        return None
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline(1024)  # the CRLF after the chunk
+
+            def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+                """Run the request in the worker pool; answer DEADLINE_EXCEEDED (504) at the
+                --rest_api_timeout_in_ms deadline even while the model still runs, as TF Serving's session
+                run timeout does (the abandoned run finishes in the background)."""
+                with track_in_flight():
+                    future = workers.submit(api.handle, method, path, body)
+                    try:
+                        status, out, _model, _api = future.result(timeout=timeout)
+                    except futures.TimeoutError:
+                        future.cancel()  # still queued (pool busy): it will not run at all
+                        error = DeadlineExceeded(
+                            f"Deadline Exceeded: the request did not finish within --rest_api_timeout_in_ms="
+                            f"{timeout_ms}")
+                        return error.http_status, _error_body(error.message)
+                return status, out
 
             def do_GET(self) -> None:
                 self._process("GET")
@@ -361,6 +435,7 @@ class RestServer:
             while httpd.inflight and time.monotonic() < deadline:
                 httpd.condition.wait(deadline - time.monotonic())
             connections = list(httpd.connections)
+        self._workers.shutdown(wait=False, cancel_futures=True)
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)

@@ -145,12 +145,6 @@ def _flat_order(function: Any, aliases: set[str]) -> tuple[str, ...]:
     return order if set(order) == aliases and len(order) == len(aliases) else ()
 
 
-def _shape_matches(dims: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> bool:
-    if dims is None:
-        return True
-    return len(dims) == len(shape) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
-
-
 def _read_meta_graph(path: Path, tags: set[str]) -> meta_graph_pb2.MetaGraphDef:
     saved_model = saved_model_pb2.SavedModel()
     if (path / "saved_model.pb").exists():
@@ -197,6 +191,7 @@ class Servable:
         self.signature_defs = dict(meta_graph.signature_def)
         self._loaded = loaded  # keeps the variables alive
         self.batcher: Batcher | None = None  # set by the server when --enable_batching
+        self.method_name_check = False  # set by the server: --enable_signature_method_name_check
         self.signatures: dict[str, SignatureInfo] = {}
         for sig_name, sig_def in self.signature_defs.items():
             if sig_name not in loaded.signatures:
@@ -220,15 +215,15 @@ class Servable:
 
     # ------------------------------------------------------------------------------------------ lookups
 
-    def signature(self, name: str) -> SignatureInfo:
-        """The signature called ``name`` (``""`` means ``serving_default``); InvalidArgument if absent."""
+    def signature(self, name: str, method: str = PREDICT_METHOD) -> SignatureInfo:
+        """The signature called ``name`` (``""`` means ``serving_default``), with TF Serving's error if absent:
+        FAILED_PRECONDITION for predict (``predict_util.cc``), INVALID_ARGUMENT for classify and regress."""
         key = name or DEFAULT_SIGNATURE
         info = self.signatures.get(key)
         if info is None:
-            raise InvalidArgument(
-                f'Serving signature name: "{key}" not found in signature def. '
-                f"Expected one of: {', '.join(sorted(self.signatures))} (model {self.name!r} version {self.version})"
-            )
+            if method == PREDICT_METHOD:
+                raise FailedPrecondition(f'Serving signature key "{key}" not found.')
+            raise InvalidArgument(f"No signature was found with the name: {key}")
         return info
 
     # ------------------------------------------------------------------------------------------ calls
@@ -237,20 +232,19 @@ class Servable:
         return self._call(info, self._feed(info, inputs))
 
     def _feed(self, info: SignatureInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        """Check dtypes and shapes against the signature (InvalidArgument) and convert to tensors."""
+        """Check dtypes against the signature (InvalidArgument, as the session's feed check does).
+
+        Shapes are not checked: TF Serving feeds tensors as given and the graph decides
+        (``predict_util.cc``), so a ``[3]`` tensor for an ``x`` of ``[-1, 1]`` runs if the graph allows it.
+        """
         feed = {}
         for alias, array in inputs.items():
-            dtype, shape = info.inputs[alias]
+            dtype, _shape = info.inputs[alias]
             is_string = dtype.kind == "O"
             if array.dtype != dtype and not (is_string and array.dtype.kind in "SUO"):
                 raise InvalidArgument(
                     f"Expects arg[{alias}] to be {tensors.type_string(dtype)} but "
                     f"{tensors.type_string(array.dtype)} is provided (signature {info.name!r})"
-                )
-            if not _shape_matches(info.dims[alias], array.shape):
-                raise InvalidArgument(
-                    f"Expected input {alias!r} of shape {shape.as_list() if shape.rank is not None else '<any>'} "
-                    f"(None: any size). Received: shape={list(array.shape)} (signature {info.name!r})"
                 )
             feed[alias] = array
         return feed
@@ -268,26 +262,36 @@ class Servable:
     def predict(
         self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
     ) -> tuple[SignatureInfo, dict[str, np.ndarray]]:
-        """Run a predict signature; checks aliases, dtypes and shapes first (InvalidArgument)."""
+        """Run a predict signature; checks what ``predict_util.cc`` checks first (aliases, dtypes; no shapes)."""
         info = self.signature(signature_name)
-        if inputs.keys() != info.inputs.keys():
-            sent, expected = set(inputs), set(info.inputs)
-            unknown = sorted(sent - expected)
-            if unknown:
-                raise InvalidArgument(
-                    f"input tensor alias not found in signature: {unknown[0]}. Inputs expected to be in the set "
-                    f"{{{','.join(sorted(expected))}}}."
-                )
-            raise InvalidArgument(
-                f"Request inputs do not match required inputs for model `{self.name}`. Send extra: {{}}. "
-                f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+        if self.method_name_check and info.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+            raise Internal(
+                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, {CLASSIFY_METHOD}, "
+                f"{REGRESS_METHOD}}}. Was: {info.method_name}"
             )
+        if inputs.keys() != info.inputs.keys():
+            sent, expected = sorted(inputs), sorted(info.inputs)
+            if len(sent) != len(expected):  # VerifyRequestInputsSize
+                raise InvalidArgument(
+                    f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sent)}}}) "
+                    f"!= len({{{','.join(expected)}}}). Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
+                    f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}."
+                )
+            unknown = sorted(set(sent) - set(expected))
+            raise InvalidArgument(
+                f"input tensor alias not found in signature: {unknown[0]}. Inputs expected to be in the set "
+                f"{{{','.join(expected)}}}."
+            )
+        seen: set[str] = set()
         for alias in output_filter:
             if alias not in info.outputs:
                 raise InvalidArgument(
                     f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
                     f"{{{','.join(info.outputs)}}}."
                 )
+            if alias in seen:
+                raise InvalidArgument(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
         feed = self._feed(info, inputs)
         if self.batcher is not None:
             outputs = self.batcher.run((id(self), info.name), feed, lambda merged: self._call(info, merged))
@@ -298,19 +302,19 @@ class Servable:
         return info, outputs
 
     def _example_signature(self, signature_name: str, method: str) -> SignatureInfo:
-        info = self.signature(signature_name)
+        """PreProcessClassification / PreProcessRegression: the method name only with the check enabled."""
+        info = self.signature(signature_name, method)
         kind = "classification" if method == CLASSIFY_METHOD else "regression"
-        if info.method_name != method:
-            raise InvalidArgument(
-                f"Expected {kind} signature method_name to be {method}. Was: {info.method_name} "
-                f"(signature {info.name!r} of model {self.name!r}; {kind} needs a signature taking serialized "
-                "tf.Example)"
-            )
-        if list(info.inputs) != ["inputs"] or info.inputs["inputs"][0].kind != "O":
-            raise InvalidArgument(
-                f"Expected {kind} signature {info.name!r} to have one string input 'inputs'. "
-                f"Received: inputs {sorted(info.inputs)}"
-            )
+        if self.method_name_check and info.method_name != method:
+            raise InvalidArgument(f"Expected {kind} signature method_name to be {method}. Was: {info.method_name}")
+        if len(info.inputs) != 1:
+            raise InvalidArgument("Expected one input Tensor.")
+        if method == CLASSIFY_METHOD and len(info.outputs) not in (1, 2):
+            raise InvalidArgument(f"Expected one or two output Tensors, found {len(info.outputs)}")
+        if method == REGRESS_METHOD and len(info.outputs) != 1:
+            raise InvalidArgument("Expected one output Tensor.")
+        if "inputs" not in info.inputs:
+            raise InvalidArgument(f"No {kind} inputs found in SignatureDef: {self.signature_defs[info.name]}")
         return info
 
     def classify(self, signature_name: str, serialized: Sequence[bytes]) -> tuple[SignatureInfo, Any, Any]:
@@ -319,7 +323,7 @@ class Servable:
         if "classes" not in info.outputs and "scores" not in info.outputs:
             raise InvalidArgument(
                 'Expected classification signature outputs to contain at least one of "classes" or "scores". '
-                f"Received: {list(info.outputs)}"
+                f"Signature was: {self.signature_defs[info.name]}"
             )
         outputs = self._run(info, {"inputs": np.array(list(serialized), dtype=object)})
         classes, scores = outputs.get("classes"), outputs.get("scores")
@@ -337,7 +341,7 @@ class Servable:
         """Run a regress signature on serialized Examples; returns (signature, one float per example)."""
         info = self._example_signature(signature_name, REGRESS_METHOD)
         if "outputs" not in info.outputs:
-            raise InvalidArgument(f"Expected regression signature output 'outputs'. Received: {list(info.outputs)}")
+            raise InvalidArgument(f"No regression outputs found in SignatureDef: {self.signature_defs[info.name]}")
         values = self._run(info, {"inputs": np.array(list(serialized), dtype=object)})["outputs"]
         n = len(serialized)
         if values.size != n or values.ndim not in (1, 2):

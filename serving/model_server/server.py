@@ -3,18 +3,24 @@
 :class:`ModelServer` is what ``python -m serving.model_server`` runs, and what tests embed::
 
     server = ModelServer(options)   # reads the config files (ConfigError if invalid)
-    server.start()                  # first load pass, then both ports open; logs the "ready" line
+    server.start()                  # waits until every model has an AVAILABLE version, then opens the ports
     ...
     server.stop()                   # graceful: stop accepting, finish in-flight requests, unload
 
-Start-up order is TF Serving's: models are loaded before the ports open, so once :meth:`start` returns
-(and the ready line is logged) every loadable aspired version is AVAILABLE.
+Start-up order is TF Serving's (``server.cc`` builds ``ServerCore`` first, and
+``ServerCore::WaitUntilModelsAvailable`` waits with an infinite timeout): no port is open until every
+configured model has an AVAILABLE version. A model with no version on disk keeps the server waiting
+(polling its base path every ``--file_system_poll_wait_seconds``); a model whose versions were all tried
+and failed (after their load retries) stops start-up with "N model(s) did not become available"
+(:class:`StartupError`), as ``tensorflow_model_server`` exits with that error. ``start(timeout=...)`` bounds
+the wait for tests and embedding; the CLI waits forever, like upstream.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -25,9 +31,17 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.model_server import config as config_files
 from serving.model_server._proto import session_bundle_config_pb2
 from serving.model_server.batching import Batcher
-from serving.model_server.errors import ConfigError, InvalidArgument
+from serving.model_server.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    StartupError,
+    Unknown,
+)
 from serving.model_server.flags import ServerOptions
 from serving.model_server.grpc_service import ModelService, PredictionService, add_services
+from serving.model_server.health import HealthService
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.rest_api import RestApi, RestServer
@@ -65,28 +79,47 @@ class ModelServer:
             parameters = session_bundle_config_pb2.BatchingParameters()
         if options.enable_batching:
             self.batcher = Batcher(parameters)
+        self._ssl_config = config_files.read_ssl_config(options.ssl_config_file) if options.ssl_config_file else None
         _configure_tensorflow_threads(options)
         self.metrics = ServerMetrics()
+        self._stop = threading.Event()
         self.manager = ModelManager(
             self._load,
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_seconds=options.load_retry_interval_micros / 1e6,
             on_change=self._on_change,
+            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+            stop=self._stop,
         )
-        self.manager.apply_config(self._config)
-        self._stop = threading.Event()
+        try:  # ServerCore::ReloadConfig checks labels before loading anything: at start-up none is AVAILABLE
+            self.manager.apply_config(self._config)
+        except FailedPrecondition as exc:
+            raise ConfigError(exc.message, options.model_config_file or None) from exc
         self._threads: list[threading.Thread] = []
         self._grpc: grpc.Server | None = None
         self._rest: RestServer | None = None
+        self.health: HealthService | None = None
         self.grpc_port = 0
         self.rest_port = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Load models, open the ports, start the pollers; log the ready line."""
+    def start(self, timeout: float | None = None) -> None:
+        """Wait until every configured model has an AVAILABLE version, open the ports, start the pollers.
+
+        Blocks like ``tensorflow_model_server`` (forever with ``timeout=None``). Raises
+        :class:`StartupError` when a model's versions all failed to load, ``TimeoutError`` after
+        ``timeout`` seconds, and ``OSError`` when a port cannot be bound. Logs the ready line last.
+        """
         options = self.options
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.manager.poll()
+        try:
+            self.wait_for_models(self.manager.model_names(), deadline)
+        except Unknown as exc:
+            raise StartupError(f"Failed to start server. Error: {exc.message}") from exc
+        except DeadlineExceeded as exc:
+            raise TimeoutError(exc.message) from exc
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads, thread_name_prefix="grpc"),
             options=[
@@ -96,12 +129,18 @@ class ModelServer:
             ],
         )
         add_services(
-            self._grpc, PredictionService(self.manager, self.metrics),
+            self._grpc, PredictionService(self.manager, self.metrics, options.max_decoded_request_bytes),
             ModelService(self.manager, self.metrics, self.reload_config),
         )
+        if options.enable_grpc_healthcheck_service:
+            self.health = HealthService()
+            self._grpc.add_generic_rpc_handlers((self.health.handler(),))
         address = f"[::]:{options.port}" if options.host in ("0.0.0.0", "::") else f"{options.host}:{options.port}"
         try:
-            self.grpc_port = self._grpc.add_insecure_port(address)
+            if self._ssl_config is not None:
+                self.grpc_port = self._grpc.add_secure_port(address, _server_credentials(self._ssl_config))
+            else:
+                self.grpc_port = self._grpc.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"Expected to bind the gRPC port. Received: {address} is not available ({exc})") from exc
         if options.rest_api_port:
@@ -148,15 +187,52 @@ class ModelServer:
 
     # ------------------------------------------------------------------------------------ config
 
-    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """HandleReloadConfigRequest: validate, apply, and load the new models before returning."""
+    def wait_for_models(self, names: list[str], deadline: float | None = None) -> None:
+        """ServerCore::WaitUntilModelsAvailable: wait until each model has an AVAILABLE version or ended.
+
+        Raises :class:`Unknown` ("N model(s) did not become available: {...}") when models ended without
+        an AVAILABLE version, :class:`DeadlineExceeded` past ``deadline`` (``time.monotonic()``), and
+        :class:`StartupError` when the server is stopped meanwhile. Base paths are polled every
+        ``--file_system_poll_wait_seconds`` (never when it is <= 0) while a model waits.
+        """
+        interval = self.options.file_system_poll_wait_seconds
+        next_poll = time.monotonic() + interval
+        while True:
+            waiting, failed = self.manager.unavailable(names)
+            if not waiting:
+                if failed:
+                    raise Unknown(f"{len(failed)} model(s) did not become available: {{"
+                                  + "".join(f"{{{f}}}, " for f in failed) + "}")
+                return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise DeadlineExceeded(
+                    "Expected every configured model to have an AVAILABLE version. Received: still waiting for "
+                    + ", ".join(waiting)
+                )
+            if self._stop.is_set():
+                raise StartupError("Stopped while waiting for models to become available: " + ", ".join(waiting))
+            if interval > 0 and now >= next_poll:
+                self.manager.poll()
+                next_poll = time.monotonic() + interval
+                continue
+            step = 0.1 if deadline is None else max(min(0.1, deadline - now), 0.0)
+            self._stop.wait(step)
+
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig, deadline: float | None = None) -> None:
+        """ServerCore::ReloadConfig: validate, check labels, apply, and wait for the new models.
+
+        InvalidArgument for an invalid config, FailedPrecondition for a label on a version that is not
+        AVAILABLE, Unknown ("N model(s) did not become available") when a new model's versions failed.
+        """
         try:
             config_files.validate_model_server_config(config, "ReloadConfigRequest")
         except ConfigError as exc:
             raise InvalidArgument(str(exc)) from exc
+        new = self.manager.apply_config(config)
         self._config = config
-        self.manager.apply_config(config)
         self.manager.poll()
+        self.wait_for_models(sorted(new), deadline)
 
     def _read_config_text(self) -> str | None:
         if not self.options.model_config_file:
@@ -167,18 +243,21 @@ class ModelServer:
             return None
 
     def _poll_config_file(self) -> None:
+        """Re-apply the whole file on every poll, as TF Serving does (labels set by a reload are reverted)."""
         text = self._read_config_text()
-        if text is None or text == self._config_text:
-            return
         try:
             config = config_files.read_model_server_config(self.options.model_config_file)
         except ConfigError as exc:
             log.error("keeping the previous model config: %s", exc)
             return
+        if text != self._config_text:
+            names = ", ".join(m.name for m in config.model_config_list.config)
+            log.info("model config file changed; now serving %s", names)
         self._config_text = text
-        names = ", ".join(m.name for m in config.model_config_list.config)
-        log.info("model config file changed; now serving %s", names)
-        self.reload_config(config)
+        try:
+            self.reload_config(config)
+        except (InvalidArgument, FailedPrecondition, Unknown) as exc:
+            log.error("ReloadConfig failed: %s", exc.message)
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -187,6 +266,7 @@ class ModelServer:
         try:
             servable = Servable.load(name, version, path, tags)
             servable.batcher = self.batcher
+            servable.method_name_check = self.options.enable_signature_method_name_check
             if self.options.enable_model_warmup:
                 servable.warm_up(self.options.num_request_iterations_for_warmup)
         except Exception:
@@ -212,6 +292,15 @@ class ModelServer:
         thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+
+def _server_credentials(ssl_config: Any) -> grpc.ServerCredentials:
+    """gRPC TLS from an SSLConfig, as server.cc builds it (client_verify: require and verify client certs)."""
+    return grpc.ssl_server_credentials(
+        [(ssl_config.server_key.encode(), ssl_config.server_cert.encode())],
+        root_certificates=ssl_config.custom_ca.encode() if ssl_config.custom_ca else None,
+        require_client_auth=bool(ssl_config.client_verify),
+    )
 
 
 def _configure_tensorflow_threads(options: ServerOptions) -> None:

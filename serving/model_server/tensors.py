@@ -2,7 +2,7 @@
 
 gRPC requests are read from ``tensor_content`` or the typed fields. gRPC responses are written the way TF
 Serving writes them, with typed repeated fields (``float_val``, ``int64_val``, ``string_val``, ...) and never
-``tensor_content``, by the client's wire codec (:func:`serving.client._tensors.encode_typed_tensor`).
+``tensor_content``, by the client's wire codec (:func:`serving.wire.codec.encode_typed_tensor`).
 The JSON rules follow ``tensorflow_serving/util/json_tensor.cc``: row (``instances``) and columnar
 (``inputs``) formats, ``{"b64": ...}`` for binary strings, string outputs whose alias ends in ``_bytes``
 written back as ``{"b64": ...}``, ``NaN`` / ``Infinity`` for non-finite floats.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,10 +21,14 @@ import tensorflow as tf
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from serving.model_server.errors import InvalidArgument
+from serving.model_server.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from serving.wire import DTYPES, dtype_for_numpy
 
 __all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
+    "JSON_DTYPES",
     "MAX_ELEMENTS",
+    "check_decoded_size",
     "examples_from_input",
     "examples_from_json",
     "json_to_array",
@@ -40,26 +43,51 @@ __all__ = [
 #: Largest tensor (in elements) a request may declare; protects against ``shape [1e12]`` with no values.
 MAX_ELEMENTS = 1 << 28
 
+#: Default bound on the bytes one request's decoded tensors may take (``ServerOptions.max_decoded_request_bytes``).
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
+_STRING_ELEMENT_BYTES = 8  # a reference per element of a string tensor, before its bytes
 
-@functools.lru_cache(maxsize=64)
+
+def check_decoded_size(protos: Mapping[str, tensor_pb2.TensorProto], limit: int) -> int:
+    """Refuse a request whose tensors would decode to more than ``limit`` bytes, before allocating any.
+
+    TensorFlow fills a tensor whose typed fields hold fewer values than its shape with the last value, so a
+    30-byte request declaring ``[2**27]`` floats and one ``float_val`` decodes to 512 MiB: the declared
+    shapes, not the wire size, are what is bounded. Raises ResourceExhausted; returns the total.
+    """
+    total = 0
+    for alias, proto in protos.items():
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            raise InvalidArgument(f"Expected non-negative dimensions. Received: shape={dims} for input {alias!r}")
+        count = math.prod(dims)
+        dtype = numpy_dtype(proto.dtype)
+        itemsize = _STRING_ELEMENT_BYTES if dtype.kind == "O" else dtype.itemsize
+        total += count * itemsize
+        if total > limit:
+            raise ResourceExhausted(
+                f"Expected the request's tensors to decode to at most {limit} bytes (the server's "
+                f"max_decoded_request_bytes). Received: input {alias!r} of shape {dims} and dtype "
+                f"{type_string(dtype)} ({count * itemsize} bytes)"
+            )
+    return total
+
+
 def numpy_dtype(enum: int) -> np.dtype[Any]:
-    """The numpy dtype of a ``tensorflow.DataType`` enum value (``object`` for DT_STRING)."""
-    try:
-        dtype = tf.dtypes.as_dtype(enum)
-    except TypeError as exc:
-        raise InvalidArgument(f"Expected a known tensorflow.DataType. Received: dtype={enum}") from exc
-    if dtype == tf.string:
-        return np.dtype(object)
-    if dtype.is_quantized or dtype in (tf.resource, tf.variant):
-        raise InvalidArgument(f"Expected a numeric, bool or string dtype. Received: dtype={dtype.name}")
-    return np.dtype(dtype.as_numpy_dtype)
+    """The numpy dtype of a ``tensorflow.DataType`` value, from the wire package's one dtype table."""
+    row = DTYPES.get(enum)
+    if row is None:
+        name = types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else str(enum)
+        raise InvalidArgument(f"Expected a numeric, bool or string dtype. Received: dtype={name}")
+    return row.numpy
 
 
 def type_string(dtype: np.dtype[Any]) -> str:
     """TensorFlow's ``DataTypeString`` of a numpy dtype: ``float``, ``double``, ``int64``, ``string``, ..."""
-    if dtype.kind in "OSU":
-        return "string"
-    return types_pb2.DataType.Name(tf.dtypes.as_dtype(dtype).as_datatype_enum)[3:].lower()
+    try:
+        return dtype_for_numpy(dtype).name[3:].lower()
+    except ValueError:
+        return str(dtype)
 
 
 def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
@@ -133,8 +161,27 @@ def _strings(value: Any, level: int = 0) -> Any:
 _JSON_KINDS = {"U": "String", "S": "String", "b": "Boolean", "i": "Number", "u": "Number", "f": "Number"}
 
 
+#: Tensor dtypes json_tensor.cc converts (AddValueToTensor / AddSingleValueAndAdvance); others are refused.
+JSON_DTYPES = frozenset(
+    np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int16, np.int8, np.uint8, np.int64, np.bool_,
+                          np.uint32, np.uint64, object)
+)
+
+
+def _first_scalar(value: Any) -> Any:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value
+
+
 def json_to_array(value: Any, dtype: np.dtype[Any], name: str = "") -> np.ndarray:
-    """Convert one JSON value (scalar or nested lists) to an array of ``dtype``, as TF Serving would."""
+    """Convert one JSON value (scalar or nested lists) to an array of ``dtype``, as TF Serving would.
+
+    dtypes TF Serving's JSON cannot carry (half, bfloat16, uint16, complex, ...) are UNIMPLEMENTED
+    ("Conversion of JSON Value: ... to type: half"), as in json_tensor.cc.
+    """
+    if dtype not in JSON_DTYPES:
+        raise Unimplemented(f"Conversion of JSON Value: {_debug(_first_scalar(value))} to type: {type_string(dtype)}")
     where = f" for input {name!r}" if name else ""
     if dtype.kind == "O":
         nested = _strings(value)
@@ -244,20 +291,25 @@ def predict_inputs_from_json(
 
 
 def to_json_value(array: np.ndarray, name: str) -> Any:
-    """One output array as JSON-ready nested lists (strings decoded, ``*_bytes`` as ``{"b64"}``)."""
+    """One output array as JSON-ready nested lists (strings decoded, ``*_bytes`` as ``{"b64"}``).
+
+    Strings that are not UTF-8 are written as their raw bytes, as TF Serving's writer does: they are decoded
+    with ``surrogateescape`` here and the REST layer encodes the body with it. Output dtypes TF Serving's JSON
+    cannot carry are INVALID_ARGUMENT ("Failed to write JSON value for tensor type: half").
+    """
+    if array.dtype.kind not in "OSU" and array.dtype not in JSON_DTYPES:
+        raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_string(array.dtype)}")
     if array.dtype == object or array.dtype.kind in "SU":
         if name.endswith("_bytes"):
             convert = np.frompyfunc(lambda b: {"b64": base64.b64encode(b).decode("ascii")}, 1, 1)
         else:
-            convert = np.frompyfunc(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b), 1, 1)
+            convert = np.frompyfunc(
+                lambda b: b.decode("utf-8", "surrogateescape") if isinstance(b, bytes) else str(b), 1, 1
+            )
         return convert(array).tolist() if array.ndim else convert(array.item())
-    if array.dtype == np.float32 or (array.dtype.kind == "f" and array.dtype.itemsize < 8):
+    if array.dtype == np.float32:
         # Shortest decimal that round-trips the float32 (what TF Serving prints), not float64's expansion.
         return np.asarray(array.astype(str), dtype=np.float64).tolist()
-    if array.dtype.kind == "c":
-        return np.stack([array.real, array.imag], axis=-1).tolist()
-    if array.dtype.kind == "V" or str(array.dtype) == "bfloat16":
-        return array.astype(np.float32).astype(np.float64).tolist()
     return array.tolist()
 
 
@@ -285,26 +337,33 @@ def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> dict[str, An
 
 
 def _add_feature(features: feature_pb2.Features, name: str, value: Any) -> None:
+    """AddValueToFeature (json_tensor.cc): the first element fixes the feature's kind; booleans are int64 0/1."""
     values = value if isinstance(value, list) else [value]
-    kinds = set()
-    for v in values:
-        if isinstance(v, bool) or v is None or (isinstance(v, (list, dict)) and not _is_b64(v)):
-            raise InvalidArgument(f"Feature: {name} has element with unexpected JSON type: {type(v).__name__}")
-        kinds.add("bytes" if isinstance(v, (str, dict)) else "float" if isinstance(v, float) else "int64")
     feature = features.feature[name]
-    if not values:
-        return
-    if "bytes" in kinds:
-        if len(kinds) > 1:
-            raise InvalidArgument(f"Unexpected element type in feature: {name} expecting type: bytes")
-        feature.bytes_list.value.extend(v.encode("utf-8", "surrogatepass") if isinstance(v, str) else _b64_decode(v)
-                                        for v in values)
-    elif "float" in kinds:
-        feature.float_list.value.extend(float(v) for v in values)
-    else:
-        if any(not -(1 << 63) <= v < (1 << 63) for v in values):
-            raise InvalidArgument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
-        feature.int64_list.value.extend(values)
+    kind = None
+    for v in values:
+        if v is None or isinstance(v, list) or (isinstance(v, dict) and not _is_b64(v)):
+            json_type = "Null" if v is None else "Array" if isinstance(v, list) else "Object"
+            raise InvalidArgument(f"Feature: {name} has element with unexpected JSON type: {json_type}")
+        if isinstance(v, (str, dict)):
+            this = "bytes"
+        elif isinstance(v, float):
+            this = "float"
+        else:  # bool or int
+            this = "int64"
+        if kind is not None and this != kind:
+            raise InvalidArgument(f"Unexpected element type in feature: {name} expecting type: {kind}")
+        kind = this
+        if this == "bytes":
+            data = v.encode("utf-8", "surrogatepass") if isinstance(v, str) else _b64_decode(v)
+            feature.bytes_list.value.append(data)
+        elif this == "float":
+            feature.float_list.value.append(v)
+        else:
+            number = int(v)
+            if not -(1 << 63) <= number < (1 << 63):
+                raise InvalidArgument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+            feature.int64_list.value.append(number)
 
 
 def _example(value: Any) -> example_pb2.Example:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,8 @@ from tests.deploy.rendering import ROOT, containers, render
 
 pytestmark = pytest.mark.slow
 
-FIXTURE_VERSION = ROOT / "tests" / "fixtures" / "half_plus_two" / "00000123"
+#: Our rebuild of TF Serving's saved_model_half_plus_two_cpu (tests/fixtures/make_upstream_models.py).
+FIXTURE_VERSION = ROOT / "tests" / "fixtures" / "upstream_models" / "saved_model_half_plus_two_cpu" / "00000123"
 
 
 def _free_port() -> int:
@@ -60,10 +62,30 @@ def _up(port: int) -> bool:
         return False
 
 
+class _Output:
+    """The server's combined output, collected line by line so tests can poll for a log line."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path, subprocess.Popen[str]]]:
     """The chart's serving container as a local process: config files from the ConfigMap, the export
-    base in a temporary directory, free ports; the version poll shortened from 5 s to 1 s."""
+    base in a temporary directory, free ports; the version poll shortened from 5 s to 1 s.
+
+    Like tensorflow_model_server, it opens no port until the model has an AVAILABLE version: the fixture
+    waits for the log line saying it found none yet."""
     rendered = render("defaults")
     root = tmp_path_factory.mktemp("serving")
     config_dir, models = root / "etc", root / "models"
@@ -82,10 +104,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen([sys.executable, "-m", "serving.model_server", *args], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = _Output(process)
     try:
-        _wait(lambda: process.poll() is not None or _up(rest))
-        assert process.poll() is None, process.stdout.read()
-        yield rest, models / "digits"
+        _wait(lambda: process.poll() is not None or output.has("no versions found under base path"))
+        assert process.poll() is None, "".join(output.lines)
+        yield rest, models / "digits", process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -104,19 +127,21 @@ def _healthcheck(port: int) -> int:
                           timeout=30).returncode
 
 
-def test_should_be_unready_but_known_when_no_version_is_exported(server: tuple[int, Path]) -> None:
-    port, _ = server
-    path = containers(render("defaults").one("serving-deployment.yaml"))[0]["readinessProbe"]["httpGet"]["path"]
-    assert _get(f"http://127.0.0.1:{port}{path}") == 404
+def test_should_be_unready_and_closed_when_no_version_is_exported(
+    server: tuple[int, Path, subprocess.Popen[str]],
+) -> None:
+    port, _, process = server
+    assert process.poll() is None  # alive, waiting for a version, as tensorflow_model_server does
+    assert not _up(port)  # no port before the model is AVAILABLE: probes fail by connection
     assert _healthcheck(port) != 0
 
 
-def test_should_become_ready_when_a_version_appears(server: tuple[int, Path]) -> None:
-    port, base = server
+def test_should_become_ready_when_a_version_appears(server: tuple[int, Path, subprocess.Popen[str]]) -> None:
+    port, base, _ = server
     path = containers(render("defaults").one("serving-deployment.yaml"))[0]["readinessProbe"]["httpGet"]["path"]
     staging = base.parent / ".staging-1"
     shutil.copytree(FIXTURE_VERSION, staging)
     staging.rename(base / "1")  # versions appear atomically, as the trainer's export does
-    _wait(lambda: _get(f"http://127.0.0.1:{port}{path}") == 200)
+    _wait(lambda: _up(port) and _get(f"http://127.0.0.1:{port}{path}") == 200)
     assert _healthcheck(port) == 0
     assert _get(f"http://127.0.0.1:{port}/v1/models/digits") == 200

@@ -146,3 +146,44 @@ def test_a_mixed_precision_model_exports_float32_signatures(tmp_path: Path) -> N
         assert signature.structured_outputs["probabilities"].dtype == tf.float32
     served = pixels(pixels=tf.zeros((2, SIZE, SIZE, 3)))["probabilities"].numpy()
     np.testing.assert_allclose(served.sum(axis=-1), 1.0, atol=1e-5)
+
+
+_EXPORT_WITHOUT_TF_SERVING = """
+import sys
+from pathlib import Path
+
+sys.modules["tensorflow_serving"] = None  # any `import tensorflow_serving...` now raises ImportError
+import io
+import keras
+import numpy as np
+from PIL import Image
+from trainer.export import export_model
+from trainer.hypermodel import ModelSpec, build_model
+
+spec = ModelSpec(num_classes=2, image_size=8)
+model = build_model(spec, backbone="small_cnn", head="gap_dense")
+buffer = io.BytesIO()
+Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="PNG")
+exported = export_model(model, export_base=Path(sys.argv[1]), model_name="toy", class_names=["a", "b"],
+                        image_size=8, metadata={}, warmup_images=[buffer.getvalue()] * 3)
+print(exported.path)
+"""
+
+
+def test_the_trainer_extra_alone_exports_warmup_records(tmp_path: Path) -> None:
+    """The trainer image installs only the trainer extra: no tensorflow-serving-api. With tensorflow_serving
+    unimportable the export still writes warm-up records, and TF Serving's own PredictionLog reads them."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", _EXPORT_WITHOUT_TF_SERVING, str(tmp_path)], capture_output=True, text=True,
+        timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = Path(result.stdout.strip().splitlines()[-1])
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+               for r in tf.data.TFRecordDataset(str(version / "assets.extra" / WARMUP_FILE))]
+    assert [len(r.predict_log.request.inputs["images"].string_val) for r in records] == [1, 1, 3]
+    assert {r.predict_log.request.model_spec.signature_name for r in records} == {"serving_default"}

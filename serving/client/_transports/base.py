@@ -54,6 +54,8 @@ class Reply:
     value: Any
     sent_bytes: int = 0
     received_bytes: int = 0
+    version: int | None = None
+    """The model version that answered, where the protocol says (gRPC answers carry a ModelSpec)."""
 
 
 class Transport(abc.ABC):

@@ -1,12 +1,13 @@
 """The gRPC transport: TF Serving's PredictionService and ModelService over one reused channel.
 
 Every method is a raw-bytes multicallable created once per transport (the "stub"). Predict requests
-are written and responses read straight from wire bytes by :mod:`serving.client._tensors` (no
+are written and responses read straight from wire bytes by :mod:`serving.wire.codec` (no
 protobuf objects for tensors); the other methods go through this package's generated messages.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,9 @@ import numpy as np
 
 from serving.client._errors import InvalidInput, ServingError, from_grpc_error, make_error
 from serving.client._model import metadata_from_proto, status_from_proto
-from serving.client._proto import (
+from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
+from serving.wire.codec import decode_predict_response, encode_model_spec, encode_predict_request
+from serving.wire.proto import (
     classification_pb2,
     example_pb2,
     feature_pb2,
@@ -25,8 +28,6 @@ from serving.client._proto import (
     model_pb2,
     regression_pb2,
 )
-from serving.client._tensors import decode_predict_response, encode_model_spec, encode_predict_request
-from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
 
 __all__ = ["AsyncGrpcTransport", "GrpcTransport", "channel_credentials", "channel_options"]
 
@@ -102,7 +103,7 @@ def to_example(features: Mapping[str, Any]) -> example_pb2.Example:
 
 
 def _input(examples: Sequence[Mapping[str, Any]], context: Mapping[str, Any] | None) -> Any:
-    from serving.client._proto import input_pb2
+    from serving.wire.proto import input_pb2
 
     message = input_pb2.Input()
     if context is None:
@@ -137,28 +138,39 @@ def encode(request: Request) -> bytes:
     return data
 
 
-def decode(request: Request, data: bytes) -> Any:
-    """Decodes the response wire bytes of ``request.method`` into the public result type."""
+@functools.lru_cache(maxsize=256)
+def _served_version(spec: bytes) -> int | None:
+    """The version in ``ModelSpec`` wire bytes (answers repeat the same few specs: cached)."""
+    parsed = model_pb2.ModelSpec.FromString(spec)
+    return int(parsed.version.value) if parsed.HasField("version") else None
+
+
+def decode(request: Request, data: bytes) -> tuple[Any, int | None]:
+    """Decodes the response wire bytes of ``request.method``: the public result and the version that
+    answered (None where the answer does not say)."""
     if request.method == "predict":
-        outputs, _ = decode_predict_response(data)
-        return outputs
+        outputs, spec = decode_predict_response(data)
+        return outputs, _served_version(spec)
     if request.method == "classify":
         classified = classification_pb2.ClassificationResponse.FromString(data)
-        return [
+        labels = [
             [(c.label, float(c.score)) for c in item.classes]
             for item in classified.result.classifications
         ]
+        return labels, _served_version(classified.model_spec.SerializeToString())
     if request.method == "regress":
         regressed = regression_pb2.RegressionResponse.FromString(data)
-        return np.array([r.value for r in regressed.result.regressions], dtype=np.float32)
+        values = np.array([r.value for r in regressed.result.regressions], dtype=np.float32)
+        return values, _served_version(regressed.model_spec.SerializeToString())
     if request.method == "metadata":
         answer = get_model_metadata_pb2.GetModelMetadataResponse.FromString(data)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         if "signature_def" in answer.metadata:
             signatures.ParseFromString(answer.metadata["signature_def"].value)
         version = answer.model_spec.version.value if answer.model_spec.HasField("version") else None
-        return metadata_from_proto(answer.model_spec.name or request.model, version, signatures)
-    return status_from_proto(request.model, get_model_status_pb2.GetModelStatusResponse.FromString(data))
+        return metadata_from_proto(answer.model_spec.name or request.model, version, signatures), version
+    status = get_model_status_pb2.GetModelStatusResponse.FromString(data)
+    return status_from_proto(request.model, status), None
 
 
 def _encode_checked(request: Request, transport: str) -> bytes:
@@ -170,7 +182,7 @@ def _encode_checked(request: Request, transport: str) -> bytes:
         raise InvalidInput(str(exc), context=request.context(transport)) from exc
 
 
-def _decode_checked(request: Request, data: bytes, transport: str) -> Any:
+def _decode_checked(request: Request, data: bytes, transport: str) -> tuple[Any, int | None]:
     try:
         return decode(request, data)
     except (ValueError, TypeError) as exc:  # an answer that is not what the protocol says
@@ -229,7 +241,8 @@ class GrpcTransport(_Channel, Transport):
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc, request.context(self.name)) from exc
-        return Reply(_decode_checked(request, answer, self.name), len(data), len(answer))
+        value, version = _decode_checked(request, answer, self.name)
+        return Reply(value, len(data), len(answer), version)
 
     def close(self) -> None:
         self.channel.close()
@@ -264,7 +277,8 @@ class AsyncGrpcTransport(_Channel, AsyncTransport):
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc, request.context(self.name)) from exc
-        return Reply(_decode_checked(request, answer, self.name), len(data), len(answer))
+        value, version = _decode_checked(request, answer, self.name)
+        return Reply(value, len(data), len(answer), version)
 
     async def close(self) -> None:
         if self.channel is not None:

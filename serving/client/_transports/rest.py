@@ -24,22 +24,28 @@ import numpy as np
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 
 from serving.client._errors import InvalidInput, from_http_error, from_os_error, make_error
-from serving.client._model import TensorSpec, metadata_from_proto, status_from_proto
-from serving.client._proto import get_model_metadata_pb2, get_model_status_pb2
+from serving.client._model import ModelMetadata, TensorSpec, metadata_from_proto, status_from_proto
 from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
+from serving.wire.proto import get_model_metadata_pb2, get_model_status_pb2
 
 __all__ = ["AsyncRestTransport", "RestTransport", "from_json_value", "to_json_value"]
 
 RestFormat = Literal["columnar", "row"]
 
 
+#: The numeric dtypes TF Serving's JSON carries (``AddValueToTensor`` and ``AddSingleValueAndAdvance`` in
+#: tensorflow_serving/util/json_tensor.cc): float16, bfloat16, uint16 and complex numbers are refused there.
+JSON_NUMERIC_DTYPES = frozenset(
+    np.dtype(name) for name in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32",
+                                "uint64", "bool")
+)
+
+
 def to_json_value(name: str, value: np.ndarray[Any, Any]) -> Any:
     """An array as TF Serving's JSON: nested lists, ``{"b64": ...}`` for bytes."""
     kind = value.dtype.kind
-    if kind in "biuf":
+    if value.dtype in JSON_NUMERIC_DTYPES:
         return value.tolist()
-    if str(value.dtype) == "bfloat16":
-        return value.astype(np.float32).tolist()
     if kind in "SUO":
         def convert(item: Any) -> Any:
             if isinstance(item, list):
@@ -54,8 +60,8 @@ def to_json_value(name: str, value: np.ndarray[Any, Any]) -> Any:
 
         return convert(value.tolist())
     raise InvalidInput(
-        f"Expected input {name!r} in a dtype TF Serving's JSON API carries (no complex numbers). "
-        f"Received: dtype={value.dtype}"
+        f"Expected input {name!r} in a dtype TF Serving's JSON API carries (float32/64, int8/16/32/64, "
+        f"uint8/32/64, bool, string; use gRPC for the others). Received: dtype={value.dtype}"
     )
 
 
@@ -269,7 +275,8 @@ class RestTransport(Transport):
                 "INTERNAL", f"Expected TF Serving's JSON answer. Received: {data[:200]!r} ({exc})",
                 request.context(self.name),
             ) from exc
-        return Reply(value, len(body or b""), len(data))
+        version = value.version if isinstance(value, ModelMetadata) else None  # predict answers do not say
+        return Reply(value, len(body or b""), len(data), version)
 
     def _decode(self, request: Request, answer: dict[str, Any]) -> Any:
         if request.method == "predict":

@@ -21,7 +21,12 @@ from typing import Any
 import pytest
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-HALF_PLUS_TWO = FIXTURES / "half_plus_two" / "00000123"
+UPSTREAM_MODELS = FIXTURES / "upstream_models"
+#: Our rebuild of TF Serving's saved_model_half_plus_two_cpu (tests/fixtures/make_upstream_models.py).
+HALF_PLUS_TWO = UPSTREAM_MODELS / "saved_model_half_plus_two_cpu" / "00000123"
+HALF_PLUS_THREE = UPSTREAM_MODELS / "saved_model_half_plus_three" / "00000123"
+HALF_PLUS_TWO_TF2 = UPSTREAM_MODELS / "saved_model_half_plus_two_tf2_cpu" / "00000123"
+START_TIMEOUT = 120.0
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -103,8 +108,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         argv = ["--port=0", f"--rest_api_port={free_port()}", *flags]
         options = replace(parse_flags(argv), host="127.0.0.1", grace_period_seconds=5.0, **overrides)
         server = ModelServer(options)
-        server.start()
         servers.append(server)
+        server.start(timeout=START_TIMEOUT)
         return server
 
     yield start
@@ -112,14 +117,44 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         server.stop(grace=5.0)
 
 
+def build_tagged_model(target: Path) -> Path:
+    """A two-input model of ours (not an upstream one): ``predict_x_and_tag`` takes ``x`` float ``[None]`` and
+    ``tag`` string ``[None]`` and answers ``y = 0.5 x + 2`` and ``tag_bytes`` (the tag echoed back)."""
+    import tensorflow as tf
+
+    class Tagged(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.string, name="tag")])
+        def predict(self, x: tf.Tensor, tag: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": 0.5 * x + 2.0, "tag_bytes": tf.identity(tag)}
+
+    module = Tagged()
+    tf.saved_model.save(module, str(target), signatures={"predict_x_and_tag": module.predict})
+    return target
+
+
+@pytest.fixture(scope="session")
+def tagged_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One version directory of :func:`build_tagged_model`, built once per session."""
+    return build_tagged_model(tmp_path_factory.mktemp("tagged") / "1")
+
+
 @pytest.fixture
-def hp2_server(start_server: Callable[..., Any], model_base: Path) -> Any:
-    """A server with model ``half_plus_two`` (version 1) and Prometheus metrics enabled."""
-    monitoring = model_base.parent.parent / "monitoring.config"
+def hp2_server(start_server: Callable[..., Any], model_base: Path, tagged_version: Path) -> Any:
+    """A server with models ``half_plus_two`` (version 1 of upstream's saved_model_half_plus_two_cpu, rebuilt)
+    and ``tagged`` (:func:`build_tagged_model`, version 1), and Prometheus metrics enabled."""
+    root = model_base.parent.parent
+    monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    return start_server(
-        "--model_name=half_plus_two", f"--model_base_path={model_base}", f"--monitoring_config_file={monitoring}"
+    add_version(root / "tagged", 1, tagged_version)
+    config = root / "models.config"
+    config.write_text(
+        "model_config_list {\n"
+        f'  config {{ name: "half_plus_two" base_path: "{model_base}" model_platform: "tensorflow" }}\n'
+        f'  config {{ name: "tagged" base_path: "{root / "tagged"}" model_platform: "tensorflow" }}\n'
+        "}\n"
     )
+    return start_server(f"--model_config_file={config}", f"--monitoring_config_file={monitoring}")
 
 
 def write_tfrecord(path: Path, records: list[bytes]) -> None:

@@ -69,11 +69,41 @@ def test_a_failing_request_fails_alone() -> None:
             bad.result()
 
 
-def test_inputs_of_other_shapes_or_too_many_rows_are_not_merged() -> None:
+# The expectations below are those of TF Serving's batching session: batching_util.h
+# (ComputeTensorBatchSize) and tensorflow's SharedBatchScheduler (input_batch_size_limit).
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"x": np.zeros(5)}, "Task size 5 is larger than maximum input batch size 4"),
+        ({"x": np.float32(1.0)}, "Batching Run() input tensors must have at least one dimension"),
+        ({"x": np.zeros(2), "y": np.zeros(3)}, "Batching Run() input tensors must have equal 0th-dimension size"),
+        ({}, "Batching Run() must have at least one input tensor"),
+    ],
+    ids=["over-max-batch-size", "scalar", "unequal-first-dimensions", "no-inputs"],
+)
+def test_requests_the_batching_session_refuses(inputs: dict[str, np.ndarray], message: str) -> None:
+    from serving.model_server.errors import InvalidArgument
+
     batcher, model = _batcher("max_batch_size { value: 4 } num_batch_threads { value: 1 }"), HalfPlusTwo()
     model.release.set()
-    assert batcher.run("k", {"x": np.zeros(5)}, model)["y"].tolist() == [2.0] * 5  # over max: run alone
-    assert batcher.run("k", {"x": np.float32(1.0)}, lambda i: {"y": i["x"] + 1})["y"] == 2.0  # scalar: alone
+    with pytest.raises(InvalidArgument) as error:
+        batcher.run("k", inputs, model)
+    assert error.value.message == message
+    assert model.batches == []
+
+
+def test_large_batch_splitting_runs_a_request_in_pieces_of_the_execution_batch_size() -> None:
+    batcher, model = _batcher(
+        "max_batch_size { value: 8 } enable_large_batch_splitting { value: true } "
+        "max_execution_batch_size { value: 3 } num_batch_threads { value: 1 }"
+    ), HalfPlusTwo()
+    model.release.set()
+    assert batcher.run("k", {"x": np.arange(7.0)}, model)["y"].tolist() == [0.5 * i + 2 for i in range(7)]
+    assert model.batches == [3, 3, 1]
+    with pytest.raises(ValueError, match="Task size 9 is larger than maximum input batch size 8"):
+        batcher.run("k", {"x": np.zeros(9)}, model)
 
 
 def test_server_with_the_shipped_batching_config_answers_correctly(start_server: Any, model_base: Path) -> None:

@@ -71,17 +71,23 @@ def test_the_local_server_accepts_the_container_command_line() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }",
+        ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow' } "
+         "config { name: 'a' base_path: '/b' model_platform: 'tensorflow' } }",
          "unique model names"),
         ("model_config_list { config { name: 'a' } }", "base_path"),
         ("model_config_list { config { base_path: '/a' } }", "name"),
         ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'pytorch' } }", "model_platform"),
-        ("model_config_list { config { name: 'a' base_path: '/a' model_version_policy { specific { } } } }",
+        ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow' "
+         "model_version_policy { specific { } } } }",
          "at least one version"),
         ("", "model_config_list"),
-        ("model_config_list { nonsense: 1 }", "ModelServerConfig text proto"),
+        ("model_config_list { nonsense: 1 }", "Error parsing text-format tensorflow.serving.ModelServerConfig"),
+        # server_core.cc GetPlatform: an empty model_platform is refused.
+        ("model_config_list { config { name: 'a' base_path: '/a' } }",
+         "Illegal setting neither ModelServerConfig::model_type \\(deprecated\\) nor "
+         "ModelServerConfig::model_platform, model name is a"),
     ],
-    ids=["duplicate", "no-base-path", "no-name", "platform", "empty-specific", "empty", "syntax"],
+    ids=["duplicate", "no-base-path", "no-name", "platform", "empty-specific", "empty", "syntax", "no-platform"],
 )
 def test_invalid_model_configs_raise_config_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "models.config"

@@ -85,11 +85,11 @@ def test_latest_two_serves_both_and_labels_pick_one(start_server: Any, model_bas
     add_version(model_base, 2)
     config = tmp_path / "models.config"
     config.write_text(
-        f'model_config_list {{ config {{ name: "hp2" base_path: "{model_base}" '
+        f'model_config_list {{ config {{ name: "hp2" base_path: "{model_base}" model_platform: "tensorflow" '
         "model_version_policy { latest { num_versions: 2 } } "
         'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 } } }'
     )
-    server = start_server(f"--model_config_file={config}")
+    server = start_server(f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models")
     assert available_versions(server.rest_port, "hp2") == {1, 2}
     assert server.manager.resolve("hp2").version == 2  # no version: the latest
     assert server.manager.resolve("hp2", label="stable").version == 1
@@ -99,11 +99,14 @@ def test_latest_two_serves_both_and_labels_pick_one(start_server: Any, model_bas
 def test_model_config_file_is_polled(start_server: Any, model_base: Path, tmp_path: Path,
                                      contract_version: Path) -> None:
     config = tmp_path / "models.config"
-    config.write_text(f'model_config_list {{ config {{ name: "hp2" base_path: "{model_base}" }} }}')
+    config.write_text(
+        f'model_config_list {{ config {{ name: "hp2" base_path: "{model_base}" model_platform: "tensorflow" }} }}'
+    )
     server = start_server(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1")
     staged = tmp_path / "models.config.new"
     staged.write_text(
-        f'model_config_list {{ config {{ name: "digits" base_path: "{contract_version.parent}" }} }}'
+        f'model_config_list {{ config {{ name: "digits" base_path: "{contract_version.parent}" '
+        'model_platform: "tensorflow" } }'
     )
     staged.rename(config)
     wait_until(lambda: available_versions(server.rest_port, "digits") == {1})

@@ -16,15 +16,15 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from serving.client._tensors import encode_tensor
 from serving.model_server import tensors
 from serving.model_server.errors import InvalidArgument
 from serving.model_server.servable import Servable
+from serving.wire.codec import encode_tensor
 from tests.serving.model_server.conftest import HALF_PLUS_TWO, png
 
 HALF_PLUS_TWO_INPUTS = {
-    "serving_default": {"x": np.array([1.0, 2.0, 5.0], np.float32)},
-    "predict_x_and_tag": {"x": np.array([3.0], np.float32), "tag": np.array([b"a\x00b"], dtype=object)},
+    "serving_default": {"x": np.array([[1.0], [2.0], [5.0]], np.float32)},
+    "regress_x2_to_y3": {"inputs": np.array([[3.0]], np.float32)},
 }
 
 
