@@ -135,7 +135,11 @@ def test_restarts_are_bounded(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
+    # Ctrl-C at a terminal reaches a launcher with Python's default SIGINT handler. A suite started as a
+    # shell's background job inherits SIGINT *ignored* (POSIX: asynchronous lists without job control),
+    # and Python then keeps it ignored: restore the default so the test means the same everywhere.
     script = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import os, sys, logging; logging.basicConfig(level=logging.INFO)\n"
         "from trainer.launch import launch\n"
         f"sys.exit(launch(['block', {str(tmp_path)!r}], workers=2, env=dict(os.environ), module={CHILD!r}))\n"
