@@ -212,6 +212,7 @@ def test_a_restarted_worker_seeds_its_tuner_state_from_the_chief(tmp_path: Path,
     assert (copied / "trial_0001" / "checkpoint.weights.h5").exists() is hyperband
 
 
+@pytest.mark.slow
 def test_a_pretrained_search_runs_its_fine_tuning_phase(tmp_path: Path, folder: Path) -> None:
     # Regression: KerasTuner's hparams callback (next to TensorBoard) is single-use, and phase 2 is a
     # second fit: every trial with unfreeze_depth > 0 failed with "cannot be reused across training sessions".
