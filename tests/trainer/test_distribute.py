@@ -109,6 +109,8 @@ def test_single_process_strategy_and_agreement() -> None:
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     assert strategy.num_replicas_in_sync == 1
     distribute.assert_workers_agree(strategy, '{"units": 8}', "trial 0 hyperparameters")
+    distribute.assert_workers_agree(strategy, {"data_fingerprint": "f", "steps_per_epoch": 3, "restored": {}},
+                                    "trial 0")
 
 
 def test_worker_dirs_chief_writes_shared_paths(tmp_path: Path) -> None:
@@ -278,6 +280,9 @@ def test_two_workers_with_different_payloads_raise_divergence(tmp_path: Path) ->
     assert "a per-worker value" in results[0]["message"]
     hashes = [f"{distribute.payload_hash(f'worker {rank}'):016x}" for rank in range(2)]
     assert all(all(h in r["message"] for h in hashes) for r in results)
+    for rank, result in enumerate(results):
+        assert "Received differences in steps_per_epoch:" in result["named"], result
+        assert "data_fingerprint" not in result["named"] and f"this worker's {5 + rank}" in result["named"]
 
 
 @pytest.mark.slow
