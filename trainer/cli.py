@@ -3,7 +3,10 @@
     python -m trainer search [--data DIR] [--model-name NAME] [--export-base DIR] ...
     python -m trainer launch --workers 2 -- search --model-name digits --export-base ./models
 
-Exit status: 0 ok, 1 failure (one line on stderr; the traceback with --verbose), 2 usage error.
+Exit status follows the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): 0 done,
+1 crash (retry), 2 bad input or configuration (do not retry), 3 finished but not published, 4 a peer
+was lost or the group could not form (restart the whole group), 130 interrupted. Errors print one line
+on stderr; the traceback with --verbose.
 """
 
 from __future__ import annotations
@@ -16,14 +19,11 @@ import warnings
 from collections.abc import Sequence
 
 from trainer import config as config_module
-from trainer.errors import ConfigError, TrainerError
+from trainer.errors import EXIT_NOT_PUBLISHED, EXIT_PEER_LOST, ConfigError, TrainerError, exit_code, is_peer_error
 
 __all__ = ["main"]
 
 log = logging.getLogger("trainer")
-
-EXIT_NOT_PUBLISHED = 3
-"""The search finished but the publish gate kept its model off the shared volume (docs/trainer.md)."""
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -76,7 +76,7 @@ def search_command(args: argparse.Namespace) -> int:
     if decision is not None and not decision.publish:
         print(f"not published: {decision.reason}")
         print(f"report: {result.report_dir}")
-        return EXIT_NOT_PUBLISHED
+        return EXIT_NOT_PUBLISHED  # the publish gate kept the model off the shared volume (docs/trainer.md)
     if result.export is not None:
         print(f"best hyperparameters: {result.best_hyperparameters}")
         print(f"best val_accuracy: {result.best_val_accuracy:.4f} over {result.trials} trials")
@@ -146,7 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
+    except Exception as exc:
+        if not is_peer_error(exc):
+            raise  # a crash: the traceback and exit status 1
+        if args.verbose:
+            log.exception("lost contact with a peer")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: lost contact with a peer: {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_PEER_LOST
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

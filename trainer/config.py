@@ -120,6 +120,14 @@ class SearchConfig:
     mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
     xla: bool = _opt("Compile training steps with XLA.", default=False)
+    cluster_formation_timeout: float = _opt(
+        "Seconds to wait at start-up for every worker to connect (a peer that never starts, e.g. a Pending pod); "
+        "then exit with code 4 naming the missing peers.", default=900.0,
+    )
+    collective_timeout: float = _opt(
+        "Seconds a worker may go without training progress (a batch, an evaluation step, a cross-worker check) "
+        "before it exits with code 4: a peer is alive but stuck. 0 = never.", default=600.0,
+    )
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -141,6 +149,11 @@ class SearchConfig:
             problems.append(f"Expected unfreeze_depths >= 0. Received: unfreeze_depths={self.unfreeze_depths}")
         if not 0.0 <= self.rotation <= 0.5 or not 0.0 <= self.zoom < 1.0:
             problems.append(f"Expected rotation in [0, 0.5], zoom in [0, 1). Received: {self.rotation}, {self.zoom}")
+        if not self.cluster_formation_timeout > 0:
+            problems.append("Expected cluster_formation_timeout > 0. "
+                            f"Received: cluster_formation_timeout={self.cluster_formation_timeout}")
+        if not self.collective_timeout >= 0:
+            problems.append(f"Expected collective_timeout >= 0. Received: collective_timeout={self.collective_timeout}")
         if not 0.0 <= self.publish_tolerance < 1.0:
             problems.append(f"Expected publish_tolerance in [0, 1). Received: {self.publish_tolerance}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

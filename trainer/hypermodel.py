@@ -18,8 +18,10 @@ fully trainable from the start and ``unfreeze_depth`` is not searched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,15 @@ import keras_tuner as kt
 
 from trainer.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "BACKBONE_SPECS",
     "BackboneSpec",
     "ModelSpec",
     "TransferHyperModel",
     "build_model",
+    "dtype_policy",
     "find_backbone",
     "prepare_backbones",
     "set_unfreeze_depth",
@@ -92,6 +97,8 @@ class ModelSpec:
     seed: int = 42
     jit_compile: bool | str = "auto"
     """Passed to ``model.compile``; True when XLA was asked for (``--xla``)."""
+    dtype_policy: str = "float32"
+    """Keras dtype policy every model is built under (``mixed_float16`` / ``mixed_bfloat16`` / ``float32``)."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -185,6 +192,24 @@ def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int) -> k
     return model
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under the Keras dtype policy `name`, then restore the previous global policy.
+
+    The policy must be set where each model is built: ``keras.backend.clear_session()`` resets the
+    global policy to float32 (keras/src/backend/common/global_state.py clears it with the rest of
+    the global state), and KerasTuner calls it before every trial build
+    (keras_tuner/src/engine/tuner.py, ``_try_build``), as does `prepare_backbones`. A layer keeps
+    the policy it was created under.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -193,7 +218,16 @@ def build_model(
     units: int | None = None,
     dropout: float | None = None,
 ) -> keras.Model:
-    """One candidate model: pixels 0..255 -> augmentation -> preprocessing -> backbone -> head -> logits."""
+    """One candidate model: pixels 0..255 -> augmentation -> preprocessing -> backbone -> head -> logits.
+
+    Every layer is built under ``spec.dtype_policy`` except the float32 logits; inputs and logits are
+    float32 whatever the policy.
+    """
+    with dtype_policy(spec.dtype_policy):
+        return _build_model(spec, backbone=backbone, head=head, units=units, dropout=dropout)
+
+
+def _build_model(spec: ModelSpec, *, backbone: str, head: str, units: int | None, dropout: float | None) -> keras.Model:
     keras.utils.set_random_seed(spec.seed)
     bspec = BACKBONE_SPECS[backbone]
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="pixels", dtype="float32")
@@ -244,7 +278,9 @@ def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
         loss=loss,
-        metrics=metrics,
+        # Keras 3 applies sample weights only to `weighted_metrics` (keras/src/trainers/compile_utils.py,
+        # CompileMetrics): padded copies carry weight 0 and must not count in val_accuracy.
+        weighted_metrics=metrics,
         jit_compile=spec.jit_compile,
     )
 
@@ -277,39 +313,76 @@ class TransferHyperModel(kt.HyperModel):
                     if depth > 0:
                         hp.Choice("fine_tune_factor", [0.1, 0.01], default=0.1)
         model = build_model(spec, backbone=backbone, head=head, units=units, dropout=dropout)
+        log.debug("built %s under dtype policy %s", model.name, model.dtype_policy.name)
         _compile(model, spec, hp.get("learning_rate"))
         return model
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> keras.callbacks.History:
-        """Phase 1 on the head, then phase 2 fine-tuning; returns one History over both phases."""
+        """Phase 1 on the head, then phase 2 fine-tuning; returns one History over both phases.
+
+        ``backup=`` (a `trainer.distribute.TrialBackup`, passed by the search) makes the trial
+        resumable: each phase restores its own backup, so a restart in phase 2 runs no phase-1
+        epoch and resumes phase 2 at its last epoch; the History also holds the epochs trained
+        before the restart, and KerasTuner's best-epoch checkpoint keeps their best value.
+        """
         epochs = int(kwargs.pop("epochs", 1))
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
-        # `backup(phase)` returns a BackupAndRestore-like callback for that phase (the search passes it), so a
-        # restarted trial skips a finished phase 1 and resumes phase 2 at its last epoch.
-        backup: Callable[[str], keras.callbacks.Callback] | None = kwargs.pop("backup", None)
+        backup = kwargs.pop("backup", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
+        before = backup.epoch_logs() if backup is not None else {}
+        if before:
+            _continue_best_epoch(callbacks, before)
 
         def with_backup(phase: str) -> list[keras.callbacks.Callback]:
-            return [*callbacks, backup(phase)] if backup is not None else callbacks
+            return [*callbacks, *backup.callbacks(phase)] if backup is not None else callbacks
 
         depth = hp.get("unfreeze_depth") if self.spec.pretrained else 0
         head_epochs = min(self.spec.head_epochs, epochs) if depth else epochs
-        merged = keras.callbacks.History()
-        merged.history = {}
+        by_epoch: dict[int, dict[str, float]] = {}
 
         def record(history: keras.callbacks.History) -> None:
-            for key, values in history.history.items():
-                merged.history.setdefault(key, []).extend(values)
+            for i, epoch in enumerate(history.epoch):
+                by_epoch[epoch] = {key: values[i] for key, values in history.history.items()}
 
         if initial_epoch < head_epochs:
             record(model.fit(*args, epochs=head_epochs, initial_epoch=initial_epoch,
                              callbacks=with_backup("phase1"), **kwargs))
+            # KerasTuner adds TensorBoard's hparams KerasCallback next to a TensorBoard callback
+            # (keras_tuner/src/engine/tuner.py, _configure_tensorboard_dir); it is valid for one fit only
+            # (tensorboard/plugins/hparams/_keras.py raises "cannot be reused across training sessions").
+            callbacks = [c for c in callbacks if type(c).__module__ != "tensorboard.plugins.hparams._keras"]
         if depth and epochs > head_epochs:
             set_unfreeze_depth(find_backbone(model), depth)
             with model.distribute_strategy.scope():
                 _compile(model, self.spec, hp.get("learning_rate") * hp.get("fine_tune_factor"))
             record(model.fit(*args, epochs=epochs, initial_epoch=max(head_epochs, initial_epoch),
                              callbacks=with_backup("phase2"), **kwargs))
+        first_run = min(by_epoch, default=epochs)
+        epochs_logged = {**{e: logs for e, logs in before.items() if initial_epoch <= e < first_run}, **by_epoch}
+        merged = keras.callbacks.History()
         merged.set_model(model)
+        merged.epoch = sorted(epochs_logged)
+        merged.history = {}
+        for epoch in merged.epoch:
+            for key, value in epochs_logged[epoch].items():
+                merged.history.setdefault(key, []).append(value)
         self.last_model = model  # for the search's per-trial weights digest
         return merged
+
+
+def _continue_best_epoch(callbacks: list[keras.callbacks.Callback], before: dict[int, dict[str, float]]) -> None:
+    """Start KerasTuner's best-epoch checkpointing from the best epoch trained before a restart.
+
+    ``SaveBestEpoch`` (keras_tuner/src/engine/tuner_utils.py) keeps its best value in memory and
+    saves whenever an epoch beats it: restarted at -inf, it would overwrite a better checkpoint from
+    before the restart with the first epoch after it.
+    """
+    from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+    for callback in callbacks:
+        if isinstance(callback, SaveBestEpoch):
+            values = [logs for logs in before.values() if callback.objective.has_value(logs)]
+            for logs in values:
+                value = callback.objective.get_value(logs)
+                if callback.objective.better_than(value, callback.best_value):
+                    callback.best_value = value

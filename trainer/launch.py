@@ -7,13 +7,17 @@ environment (as accelerate's launcher builds ``(cmd, env)``): each gets ``TF_CON
 
 - Output: every line a worker writes is echoed with a ``[worker N]`` prefix, stdout to stdout and
   stderr to stderr.
-- Failure: when a worker exits non-zero (and has no restarts left) the others get SIGTERM, then
-  SIGKILL after `grace_period` seconds; `launch` logs which worker failed with its last error line
-  and returns its exit status. Ctrl-C (or SIGTERM to the launcher) stops every worker the same way.
-- Restarts: ``max_restarts=n`` restarts a dead worker up to n times with the same TF_CONFIG, as
-  Kubernetes restarts a pod of an Indexed Job. Under MultiWorkerMirroredStrategy the surviving
-  workers' collectives fail once a peer dies, so they exit and are restarted as well; the trial then
-  resumes from the last epoch backup (`trainer.distribute.backup_and_restore`).
+- Failure: when a worker exits non-zero, the others get SIGTERM, then SIGKILL after `grace_period`
+  seconds; `launch` logs which worker failed with its last error line.
+- Restarts follow the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): after
+  exit code 4 (a peer was lost or the group could not form) or a crash (1, a signal, anything
+  else), ``max_restarts=n`` restarts the *whole group* together, up to n times, on fresh ports:
+  MultiWorkerMirroredStrategy cannot take one restarted worker back into a running group. The trial
+  then resumes from the chief's epoch backup. Exit codes 2 (bad input: do not retry) and 3 (not
+  published) are final: everyone is stopped and `launch` returns that code.
+- Signals: Ctrl-C or SIGTERM to the launcher stops every worker and returns 130. The reader
+  threads block SIGINT and SIGTERM, so the kernel delivers them to the main thread, which waits
+  for worker events with a timeout and so runs Python signal handlers promptly wherever it is.
 """
 
 from __future__ import annotations
@@ -30,18 +34,20 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 from trainer.cluster import local_tf_configs
-from trainer.errors import ConfigError
+from trainer.errors import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, ConfigError
 
 __all__ = ["free_ports", "launch", "worker_command"]
 
 log = logging.getLogger(__name__)
 
 _TAIL_LINES = 20
+_FINAL_CODES = frozenset({0, EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED})  # never restarted
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -74,8 +80,6 @@ class _Worker:
     cmd: list[str]
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    generation: int = 0
-    restarts: int = 0
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     stdout_tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
 
@@ -91,33 +95,48 @@ class _Stop(Exception):
     """The launcher itself was asked to stop (SIGTERM)."""
 
 
-class _Launcher:
+def _start_thread(target: Callable[..., None], *args: object) -> None:
+    """Start a daemon thread with SIGINT and SIGTERM blocked, so the kernel never delivers them to it.
+
+    A thread inherits its creator's signal mask; blocking around ``start()`` closes the window in
+    which the new thread could take a signal before it could block it itself.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        threading.Thread(target=target, args=args, daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _Group:
+    """One attempt: every worker started together; their exits arrive on `events`."""
+
     def __init__(self, workers: list[_Worker], *, cwd: str | None, out: IO[str], err: IO[str]) -> None:
         self.workers = workers
         self.cwd = cwd
         self.out = out
         self.err = err
         self.lock = threading.Lock()
-        self.events: queue.Queue[tuple[int, int, int]] = queue.Queue()
+        self.events: queue.Queue[tuple[int, int]] = queue.Queue()
 
-    def start(self, worker: _Worker) -> None:
-        worker.generation += 1
-        worker.process = subprocess.Popen(
-            worker.cmd, env=worker.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
-        log.info("started worker %d (pid %d): %s", worker.rank, worker.process.pid, " ".join(worker.cmd))
-        assert worker.process.stdout is not None and worker.process.stderr is not None
-        readers = [
-            threading.Thread(target=self._pump, args=(worker.process.stdout, self.out, worker.rank, worker.stdout_tail),
-                             daemon=True),
-            threading.Thread(target=self._pump, args=(worker.process.stderr, self.err, worker.rank, worker.tail),
-                             daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
-        threading.Thread(target=self._wait, args=(worker, worker.process, worker.generation, readers),
-                         daemon=True).start()
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.process = subprocess.Popen(
+                worker.cmd, env=worker.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            )
+            log.info("started worker %d (pid %d): %s", worker.rank, worker.process.pid, " ".join(worker.cmd))
+            _start_thread(self._watch, worker, worker.process)
+
+    def _watch(self, worker: _Worker, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None and process.stderr is not None
+        stderr_reader = threading.Thread(target=self._pump, args=(process.stderr, self.err, worker.rank, worker.tail),
+                                         daemon=True)  # inherits this thread's blocked signals
+        stderr_reader.start()
+        self._pump(process.stdout, self.out, worker.rank, worker.stdout_tail)
+        code = process.wait()
+        stderr_reader.join(timeout=5)
+        self.events.put((worker.rank, code))
 
     def _pump(self, pipe: IO[bytes], stream: IO[str], rank: int, tail: deque[str]) -> None:
         for raw in iter(pipe.readline, b""):
@@ -128,12 +147,20 @@ class _Launcher:
                 stream.flush()
         pipe.close()
 
-    def _wait(self, worker: _Worker, process: subprocess.Popen[bytes], generation: int,
-              readers: list[threading.Thread]) -> None:
-        code = process.wait()
-        for reader in readers:
-            reader.join(timeout=5)
-        self.events.put((worker.rank, generation, code))
+    def wait(self) -> tuple[int, int] | None:
+        """The first failure ``(rank, exit status)``, or None when every worker exited 0."""
+        done = 0
+        while done < len(self.workers):
+            try:
+                # A timeout, so the main thread returns to the interpreter and runs signal handlers.
+                rank, code = self.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if code != 0:
+                return rank, _exit_status(code)
+            log.info("worker %d finished", rank)
+            done += 1
+        return None
 
     def stop(self, grace_period: float, *, reason: str) -> None:
         live = [w for w in self.workers if w.process is not None and w.process.poll() is None]
@@ -179,6 +206,18 @@ def _exit_status(code: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N -> 128 + N, as a shell reports it
 
 
+def _new_group(argv: Sequence[str], workers: int, *, env: Mapping[str, str], python: str, module: str, host: str,
+               cwd: str | None, out: IO[str], err: IO[str]) -> _Group:
+    """Workers on fresh ports (a restarted group must not meet its predecessor's sockets)."""
+    configs = local_tf_configs(free_ports(workers, host), host)
+    pool = []
+    for rank, tf_config in enumerate(configs):
+        cmd, child_env = worker_command(argv, tf_config=tf_config, python=python, env=env, module=module)
+        pool.append(_Worker(rank, cmd, child_env))
+    log.info("launching %d workers on %s: %s", workers, host, ", ".join(configs[0]["cluster"]["worker"]))
+    return _Group(pool, cwd=cwd, out=out, err=err)
+
+
 def launch(
     argv: Sequence[str],
     *,
@@ -201,7 +240,8 @@ def launch(
         env: the base environment of every worker (the caller passes ``os.environ``); TF_CONFIG is
             replaced by each worker's own.
         python, module: the interpreter and module each worker runs.
-        max_restarts: how many times each worker may be restarted after a non-zero exit.
+        max_restarts: how many times the whole group may be restarted after a worker exits with 4
+            (peer lost) or crashes; exit codes 2 and 3 are never retried.
         grace_period: seconds between SIGTERM and SIGKILL when stopping workers.
         host: loopback address the workers listen on.
         cwd: working directory of the workers (default: this process's).
@@ -215,43 +255,30 @@ def launch(
         raise ConfigError(f"Expected workers >= 1. Received: workers={workers}")
     if max_restarts < 0:
         raise ConfigError(f"Expected max_restarts >= 0. Received: max_restarts={max_restarts}")
-    configs = local_tf_configs(free_ports(workers, host), host)
-    pool = []
-    for rank, tf_config in enumerate(configs):
-        cmd, child_env = worker_command(argv, tf_config=tf_config, python=python, env=env, module=module)
-        pool.append(_Worker(rank, cmd, child_env))
-    launcher = _Launcher(pool, cwd=cwd, out=stdout or sys.stdout, err=stderr or sys.stderr)
-    log.info("launching %d workers on %s: %s", workers, host,
-             ", ".join(tf_config["cluster"]["worker"][rank] for rank, tf_config in enumerate(configs)))
-    done: set[int] = set()
+    restarts = 0
     with _sigterm_raises():
-        try:
-            for worker in pool:
-                launcher.start(worker)
-            while len(done) < workers:
-                rank, generation, code = launcher.events.get()
-                worker = pool[rank]
-                if generation != worker.generation:
-                    continue
-                if code == 0:
-                    log.info("worker %d finished", rank)
-                    done.add(rank)
-                    continue
-                if worker.restarts < max_restarts:
-                    worker.restarts += 1
-                    log.warning("worker %d exited with status %d: %s; restarting it (%d of %d)", rank,
-                                _exit_status(code), worker.last_error_line(), worker.restarts, max_restarts)
-                    launcher.start(worker)
-                    continue
-                status = _exit_status(code)
-                log.error("worker %d failed with exit status %d: %s", rank, status, worker.last_error_line())
-                launcher.stop(grace_period, reason=f"worker {rank} failed")
-                return status or 1
-        except (KeyboardInterrupt, _Stop):
-            log.warning("interrupted")
-            launcher.stop(grace_period, reason="interrupted")
-            return 130
-        finally:
-            launcher.stop(grace_period, reason="launcher exiting")
-    log.info("all %d workers finished", workers)
-    return 0
+        while True:
+            group = _new_group(argv, workers, env=env, python=python, module=module, host=host, cwd=cwd,
+                               out=stdout or sys.stdout, err=stderr or sys.stderr)
+            try:
+                group.start()
+                failure = group.wait()
+                if failure is None:
+                    log.info("all %d workers finished", workers)
+                    return 0
+                rank, status = failure
+                line = group.workers[rank].last_error_line()
+                if status in _FINAL_CODES or restarts >= max_restarts:
+                    log.error("worker %d failed with exit status %d: %s", rank, status, line)
+                    group.stop(grace_period, reason=f"worker {rank} failed")
+                    return status
+                restarts += 1
+                log.warning("worker %d exited with status %d: %s; restarting the whole group (%d of %d)", rank,
+                            status, line, restarts, max_restarts)
+                group.stop(grace_period, reason="restarting the group")
+            except (KeyboardInterrupt, _Stop):
+                log.warning("interrupted")
+                group.stop(grace_period, reason="interrupted")
+                return 130
+            finally:
+                group.stop(grace_period, reason="launcher exiting")

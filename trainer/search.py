@@ -1,14 +1,17 @@
 """The hyperparameter search: data, tuner, distributed trials, report and export, end to end.
 
-`run_search` is what ``python -m trainer search`` runs in every worker. All workers run the same
-oracle with the same seed and train every trial together under the strategy from
-`trainer.distribute`; before each trial they check that they agree on its hyperparameters. Only
+`run_search` is what ``python -m trainer search`` runs in every worker, as five named stages, each
+callable alone: `scan_data` -> `plan_search` (strategy, search space, datasets) -> `search_trials`
+-> `evaluate_best` -> `publish` (the last two on the chief). All workers run the same oracle with
+the same seed and train every trial together under the strategy from `trainer.distribute`; before
+each trial they check that they agree on its data, steps, restored epochs and hyperparameters. Only
 the chief writes shared state (the tuner directory, checkpoints, TensorBoard logs, the report and
 the export); other workers keep their tuner state in private scratch space, seeded from the
 chief's so that a restarted worker resumes at the same trial.
 
 A rerun with the same run directory resumes the search: finished trials are not repeated and a
-trial that was running is retried, resuming from its last epoch checkpoint (``BackupAndRestore``).
+trial that was running is retried, resuming in its phase from its last epoch backup
+(`trainer.distribute.TrialBackup`).
 """
 
 from __future__ import annotations
@@ -31,20 +34,29 @@ import tensorflow as tf
 from trainer import data, distribute, plots
 from trainer.cluster import Cluster
 from trainer.config import SearchConfig
-from trainer.errors import SearchError, TrainerError
+from trainer.errors import PeerLostError, SearchError, TrainerError
 from trainer.export import ExportedModel, stage_export
-from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, prepare_backbones
+from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, find_backbone, prepare_backbones
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.publish import Decision, gate_and_publish
+from trainer.watchdog import StallWatchdog
 
 __all__ = [
+    "Evaluation",
+    "SearchOutcome",
+    "SearchPlan",
     "SearchResult",
     "auto_epochs",
     "balanced_class_weights",
+    "evaluate_best",
     "held_out_warnings",
     "make_tuner",
     "model_spec",
+    "plan_search",
+    "publish",
     "run_search",
+    "scan_data",
+    "search_trials",
     "weights_digest",
 ]
 
@@ -71,7 +83,7 @@ class SearchResult:
     """The publish gate's decision (on the chief)."""
 
 
-def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> ModelSpec:
+def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32") -> ModelSpec:
     """The fixed part of the search space for `config` and a data set of `num_classes`."""
     backbones = config.backbones
     image_size = config.image_size or max(BACKBONE_SPECS[b].default_size for b in backbones)
@@ -95,6 +107,7 @@ def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1) -> Mod
         learning_rate_scale=float(replicas) if config.scale_learning_rate else 1.0,
         seed=config.seed,
         jit_compile=True if config.xla else "auto",
+        dtype_policy=policy,
     )
 
 
@@ -107,29 +120,43 @@ class _SearchHooks:
     tfstack_metrics: SearchMetrics
     tfstack_backup_root: Path
     tfstack_history_root: Path | None
+    tfstack_watchdog: StallWatchdog
+
+    tfstack_agreement: dict[str, Any]
+    """What every worker must share before each trial besides its hyperparameters (data, steps)."""
+
+    def _tfstack_trial_backup(self, trial: kt.engine.trial.Trial) -> distribute.TrialBackup:
+        return distribute.TrialBackup(self.tfstack_backup_root / f"trial_{trial.trial_id}",
+                                      writer=self.tfstack_cluster.is_chief)
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        self.tfstack_watchdog.beat(f"trial {trial.trial_id}")
         super().on_trial_begin(trial)  # type: ignore[misc]
-        values = json.dumps(trial.hyperparameters.values, sort_keys=True, default=str)
         if self.tfstack_cluster.num_workers > 1:
-            distribute.assert_workers_agree(self.tfstack_strategy, values, f"trial {trial.trial_id} hyperparameters")
+            # One all-gather: a file unreadable on one node changes its fingerprint and steps per epoch,
+            # and a worker that cannot see the chief's backups would restore another epoch.
+            distribute.assert_workers_agree(self.tfstack_strategy, {
+                **self.tfstack_agreement,
+                "hyperparameters": dict(trial.hyperparameters.values),
+                "restored_epochs": self._tfstack_trial_backup(trial).restored_epochs(),
+            }, f"trial {trial.trial_id}")
         self.tfstack_metrics.trial.set(len(self.oracle.trials))  # type: ignore[attr-defined]
         self.tfstack_metrics.epoch.set(0)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
-        trial_backup = self.tfstack_backup_root / f"trial_{trial.trial_id}"
-        kwargs["backup"] = lambda phase: distribute.backup_and_restore(trial_backup / phase,
-                                                                        writer=self.tfstack_cluster.is_chief)
+        kwargs["backup"] = self._tfstack_trial_backup(trial)
         try:
             results = super().run_trial(trial, *args, **kwargs)  # type: ignore[misc]
         except _PEER_ERRORS as exc:
             # KerasTuner would record the trial as failed and move on, and the restarted job would never
             # retry it. Stop instead: the trial stays RUNNING in the tuner state, and a restarted job
             # (the launcher's --max-restarts, or Kubernetes) retries it from its last epoch backup.
-            raise _TrialInterrupted(
+            lost = PeerLostError(
                 f"Lost contact with another worker during trial {trial.trial_id}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. Restart the job to resume this trial."
-            ) from exc
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Restart the whole group to resume this trial."
+            )
+            lost.__cause__ = exc
+            raise _TrialInterrupted(str(lost)) from lost
         except TrainerError as exc:  # our own errors (bad weights file, ...) are not trial failures
             raise _TrialInterrupted(str(exc)) from exc
         trained = getattr(self.hypermodel, "last_model", None)  # type: ignore[attr-defined]
@@ -220,11 +247,61 @@ def make_tuner(
     return tuner_class(**common)
 
 
-def _seed_scratch_from_shared(shared: Path, scratch: Path, project: str) -> None:
-    """Copy the chief's tuner state into a worker's scratch dir, so a restarted worker resumes in step."""
+def _seed_scratch_from_shared(shared: Path, scratch: Path, project: str, *, checkpoints: bool = False) -> None:
+    """Copy the chief's tuner state into a worker's scratch dir, so a restarted worker resumes in step.
+
+    ``checkpoints=True`` (Hyperband) copies the trials' best-epoch weights too: a Hyperband trial
+    continues an earlier one by loading its checkpoint in ``Hyperband._build_hypermodel``
+    (keras_tuner/src/tuners/hyperband.py), on every worker, from that worker's own tuner directory.
+    Without them a restarted worker fails the continued trial while the chief trains it.
+    """
     source = shared / project
     if source.is_dir() and not (scratch / project).exists():
-        shutil.copytree(source, scratch / project, ignore=shutil.ignore_patterns("*.h5", "checkpoint*", "*.tmp"))
+        skipped = ("*.tmp",) if checkpoints else ("*.h5", "checkpoint*", "*.tmp")
+        shutil.copytree(source, scratch / project, ignore=shutil.ignore_patterns(*skipped))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchPlan:
+    """What every worker searches with: the data, the strategy, the fixed search space and the datasets."""
+
+    root: Path
+    splits: data.DataSplits
+    accelerator: distribute.Accelerator
+    strategy: tf.distribute.Strategy
+    spec: ModelSpec
+    epochs: int
+    global_batch: int
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+
+    @property
+    def train_counts(self) -> dict[str, int]:
+        return {name: sum(f.label == i for f in self.splits.train) for i, name in enumerate(self.splits.class_names)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    """The tuner's verdict, the same on every worker."""
+
+    best: kt.engine.trial.Trial
+    checkpoint: Path
+    """KerasTuner's best-epoch weights of the best trial (on the chief's shared tuner dir)."""
+    trials: list[plots.TrialRow]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The best model measured on the held-out split (the chief only)."""
+
+    model: keras.Model
+    held_out: tuple[data.ImageFile, ...]
+    split_name: str
+    labels: np.ndarray
+    matrix: np.ndarray
+    accuracy: float
+    balanced: float
+    recall: dict[str, float]
 
 
 def run_search(
@@ -233,31 +310,46 @@ def run_search(
     *,
     metrics: SearchMetrics | None = None,
 ) -> SearchResult:
-    """Scan the data, search, and (on the chief) write the report and export the best model."""
+    """Scan -> plan -> search -> evaluate -> publish; the last two on the chief only."""
     started = dt.datetime.now(dt.timezone.utc)
     metrics = metrics or SearchMetrics()
     metrics.workers.set(cluster.num_workers)
     metrics.trials_planned.set(config.max_trials)
+    root, splits = scan_data(config)
+    plan = plan_search(config, cluster, root, splits)
+    outcome = search_trials(config, cluster, plan, metrics)
+    if not cluster.is_chief:
+        return SearchResult(dict(outcome.best.hyperparameters.values), float(outcome.best.score), None,
+                            len(splits.test), len(outcome.trials), None, None)
+    evaluation = evaluate_best(config, plan, outcome)
+    return publish(config, cluster, plan, outcome, evaluation, started=started, metrics=metrics)
 
+
+def scan_data(config: SearchConfig) -> tuple[Path, data.DataSplits]:
+    """Stage 1: the image folder (or the embedded digits), scanned and split; unreadable files reported."""
     root = config.data if config.data is not None else data.ensure_digits(config.run_dir / "embedded-digits")
     splits = data.scan(
         root, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
         strict=config.strict_data,
     )
-    counts = {name: sum(f.label == i for f in splits.train) for i, name in enumerate(splits.class_names)}
     log.info(
         "data %s: %d classes, %d train / %d val / %d test images, %d skipped",
         root, len(splits.class_names), len(splits.train), len(splits.val), len(splits.test), len(splits.skipped),
     )
+    return root, splits
 
+
+def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data.DataSplits) -> SearchPlan:
+    """Stage 2: accelerator, strategy (the group forms here), search space, epochs and datasets."""
     accelerator = distribute.choose_accelerator(
         tf.config.list_physical_devices(), mixed_precision=config.mixed_precision, xla=config.xla
     )
     distribute.apply(accelerator)
-    strategy = distribute.make_strategy(cluster, accelerator=accelerator)
+    strategy = distribute.make_strategy(cluster, accelerator=accelerator,
+                                        formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
-    spec = model_spec(config, len(splits.class_names), replicas)
+    spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy)
     epochs = config.epochs or auto_epochs(len(splits.train), global_batch)
     if config.epochs is None:
         steps = math.ceil(len(splits.train) / global_batch)
@@ -265,50 +357,52 @@ def run_search(
                  steps)
     class_weights = balanced_class_weights(splits)
     if class_weights is not None:
-        log.info("classes are imbalanced (%s): weighting the loss by class %s", counts,
+        log.info("classes are imbalanced: weighting the loss by class %s",
                  {name: round(w, 2) for name, w in zip(splits.class_names, class_weights, strict=True)})
     if spec.weights == "none" and any(BACKBONE_SPECS[b].factory is not None for b in spec.backbones):
         log.warning("training ImageNet architectures from random weights needs far more data and epochs than "
                     "fine-tuning; with %d training images prefer pretrained weights or the small_cnn backbone",
                     len(splits.train))
-    _check_resumable(config, splits, spec, cluster)
+    _check_resumable(config, splits, spec, cluster, epochs)
     prepare_backbones(spec)
     size = (spec.image_size, spec.image_size)
     # Several workers must each run the same number of steps: pad to full global batches (weight 0).
     padded = cluster.num_workers > 1
-    train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
-                                 pad_to_full_batches=padded, class_weights=class_weights)
-    val_ds = data.make_dataset(splits.val, size, global_batch, training=False, seed=config.seed,
-                               pad_to_full_batches=padded)
+    train = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
+                              pad_to_full_batches=padded, class_weights=class_weights)
+    val = data.make_dataset(splits.val, size, global_batch, training=False, seed=config.seed,
+                            pad_to_full_batches=padded)
+    return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)
 
-    hypermodel = TransferHyperModel(spec)
+
+def search_trials(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metrics: SearchMetrics) -> SearchOutcome:
+    """Stage 3: the KerasTuner search, every trial a synchronous job over all workers."""
     run_root = config.model_run_dir
+    if config.overwrite and cluster.is_chief:
+        for stale in ("histories", "backup"):
+            shutil.rmtree(run_root / stale, ignore_errors=True)
+        (run_root / _PUBLISHED).unlink(missing_ok=True)
+    # With peers, a worker that makes no progress for --collective-timeout exits 4 (trainer.watchdog).
+    watchdog = StallWatchdog(config.collective_timeout if cluster.num_workers > 1 else 0)
     with distribute.worker_dirs(run_root, cluster) as dirs:
-        if not cluster.is_chief and not config.overwrite:
-            _seed_scratch_from_shared(run_root / "tuner", dirs.tuner_dir, config.model_name)
-        tuner = make_tuner(config, hypermodel, directory=dirs.tuner_dir, strategy=strategy, epochs=epochs)
-        tuner.tfstack_cluster = cluster
-        tuner.tfstack_strategy = strategy
-        tuner.tfstack_metrics = metrics
-        tuner.tfstack_backup_root = dirs.backup_dir
-        tuner.tfstack_history_root = (run_root / "histories") if cluster.is_chief else None
-        if config.overwrite and cluster.is_chief:
-            shutil.rmtree(run_root / "histories", ignore_errors=True)
-        already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
-        if already:
-            log.info("resuming the search in %s: %d trials already completed", dirs.tuner_dir, already)
+        tuner = _search_tuner(config, cluster, plan, metrics, dirs, watchdog)
         callbacks: list[keras.callbacks.Callback] = [
             # val_loss moves smoothly where val_accuracy jumps by whole images on small validation sets.
             keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
-            ProgressCallback(metrics, global_batch),
+            ProgressCallback(metrics, plan.global_batch),
             keras.callbacks.TensorBoard(log_dir=str(dirs.logs_dir), write_graph=False, profile_batch=0),
+            watchdog.callback(),
         ]
         try:
-            tuner.search(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=2)
+            with watchdog.armed("the search"):
+                tuner.search(plan.train, validation_data=plan.val, epochs=plan.epochs, callbacks=callbacks,
+                             verbose=2)
         except kt.errors.FatalError as exc:
             if isinstance(exc.__cause__, TrainerError):
-                raise exc.__cause__ from None
+                raise exc.__cause__ from exc.__cause__.__cause__
             raise SearchError(f"The search stopped: {exc}") from exc
+        finally:
+            watchdog.close()
         best_trials = tuner.oracle.get_best_trials(1)
         if not best_trials or best_trials[0].score is None:
             raise SearchError(
@@ -317,20 +411,47 @@ def run_search(
             )
         best = best_trials[0]
         checkpoint = Path(tuner._get_checkpoint_fname(best.trial_id))  # KerasTuner's own best-epoch weights
-        trials = _trial_rows(tuner)
+        return SearchOutcome(best, checkpoint, _trial_rows(tuner))
 
-    if not cluster.is_chief:
-        return SearchResult(dict(best.hyperparameters.values), float(best.score), None, len(splits.test),
-                            len(trials), None, None)
 
-    # The chief rebuilds the best model outside the strategy, restores its best epoch and evaluates it.
+def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metrics: SearchMetrics,
+                  dirs: distribute.WorkerDirs, watchdog: StallWatchdog) -> kt.Tuner:
+    """The tuner with this worker's directories and the hooks `_SearchHooks` reads."""
+    run_root = config.model_run_dir
+    if not cluster.is_chief and not config.overwrite:
+        _seed_scratch_from_shared(run_root / "tuner", dirs.tuner_dir, config.model_name,
+                                  checkpoints=config.tuner == "hyperband")
+    tuner = make_tuner(config, TransferHyperModel(plan.spec), directory=dirs.tuner_dir, strategy=plan.strategy,
+                       epochs=plan.epochs)
+    tuner.tfstack_cluster = cluster
+    tuner.tfstack_strategy = plan.strategy
+    tuner.tfstack_metrics = metrics
+    tuner.tfstack_backup_root = dirs.backup_dir
+    tuner.tfstack_history_root = (run_root / "histories") if cluster.is_chief else None
+    tuner.tfstack_watchdog = watchdog
+    tuner.tfstack_agreement = {
+        "data_fingerprint": plan.splits.fingerprint,
+        "train_steps_per_epoch": math.ceil(len(plan.splits.train) / plan.global_batch),
+        "val_steps": math.ceil(len(plan.splits.val) / plan.global_batch),
+    }
+    already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
+    if already:
+        log.info("resuming the search in %s: %d trials already completed", dirs.tuner_dir, already)
+    return tuner
+
+
+def evaluate_best(config: SearchConfig, plan: SearchPlan, outcome: SearchOutcome) -> Evaluation:
+    """Stage 4 (chief): rebuild the best model outside the strategy, restore its best epoch, measure it."""
     keras.backend.clear_session()
-    model = TransferHyperModel(dataclasses.replace(spec, learning_rate_scale=1.0)).build(best.hyperparameters)
+    spec = dataclasses.replace(plan.spec, learning_rate_scale=1.0)
+    model = TransferHyperModel(spec).build(outcome.best.hyperparameters)
     try:
-        model.load_weights(checkpoint)
+        model.load_weights(outcome.checkpoint)
     except (ValueError, OSError) as exc:
-        raise SearchError(f"Could not restore the best trial's weights from {checkpoint}: {exc}") from exc
+        raise SearchError(f"Could not restore the best trial's weights from {outcome.checkpoint}: {exc}") from exc
+    splits = plan.splits
     held_out = splits.test or splits.val
+    size = (spec.image_size, spec.image_size)
     labels, predictions = _predict(model, held_out, size, config.batch_size, spec.binary)
     accuracy = float(np.mean(labels == predictions)) if len(labels) else math.nan
     split_name = "test" if splits.test else "validation"
@@ -338,55 +459,83 @@ def run_search(
     recall = {name: float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else math.nan
               for i, name in enumerate(splits.class_names)}
     balanced = float(np.nanmean(list(recall.values()))) if recall else math.nan
-    log.info("best trial %s: %s=%.4f; %s accuracy %.4f (balanced %.4f) on %d held-out images", best.trial_id,
-             OBJECTIVE, best.score, split_name, accuracy, balanced, len(labels))
-    for warning in held_out_warnings(labels, accuracy, recall, float(best.score)):
+    score = float(outcome.best.score)
+    log.info("best trial %s: %s=%.4f; %s accuracy %.4f (balanced %.4f) on %d held-out images",
+             outcome.best.trial_id, OBJECTIVE, score, split_name, accuracy, balanced, len(labels))
+    for warning in held_out_warnings(labels, accuracy, recall, score):
         log.warning("%s", warning)
+    return Evaluation(model, held_out, split_name, labels, matrix, accuracy, balanced, recall)
 
+
+def publish(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome: SearchOutcome,
+            evaluation: Evaluation, *, started: dt.datetime, metrics: SearchMetrics) -> SearchResult:
+    """Stage 5 (chief): the report, then the export through the publish gate (`trainer.publish`).
+
+    A finished search that is run again publishes nothing new: `_published_before` finds the version
+    this very search (same best trial, same trial count) already published.
+    """
+    run_root = config.model_run_dir
     report_dir = run_root / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    plots.write_trials_table(trials, report_dir)
+    plots.write_trials_table(outcome.trials, report_dir)
     plots.write_curves(_load_histories(run_root / "histories"), report_dir / "curves.png")
-    plots.write_confusion_matrix(matrix, splits.class_names, report_dir / "confusion_matrix.png",
-                                 f"{config.model_name}: {split_name} accuracy {accuracy:.4f}")
+    plots.write_confusion_matrix(evaluation.matrix, plan.splits.class_names, report_dir / "confusion_matrix.png",
+                                 f"{config.model_name}: {evaluation.split_name} accuracy {evaluation.accuracy:.4f}")
+    metadata = _metadata(config, cluster, plan, outcome, evaluation, started)
+    best, held_out = outcome.best, evaluation.held_out
+    decision: Decision | None = None
+    exported = _published_before(run_root, best.trial_id, len(outcome.trials))
+    if exported is not None:
+        log.info("the search was already finished and published as version %d (%s): not exporting it again",
+                 exported.version, exported.path)
+    else:
+        staging = stage_export(
+            evaluation.model, export_base=config.export_base, model_name=config.model_name,
+            class_names=plan.splits.class_names, image_size=plan.spec.image_size, metadata=metadata,
+            warmup_images=[f.path.read_bytes() for f in held_out[:8]],
+        )
+        decision, exported = gate_and_publish(
+            staging, held_out=[(f.path, f.label) for f in held_out], class_names=plan.splits.class_names,
+            fingerprint=plan.splits.fingerprint, policy=config.publish, tolerance=config.publish_tolerance,
+        )
+        _record_decision(decision, metrics, report_dir)
+        if exported is not None:
+            _record_published(run_root, exported, best.trial_id, len(outcome.trials))
+    (report_dir / "held_out.json").write_text(json.dumps(
+        [{"path": str(f.path.resolve()), "label": f.label} for f in held_out], indent=1) + "\n")
+    (report_dir / "summary.json").write_text(json.dumps(
+        {**metadata, "export": str(exported.path) if exported else None,
+         "publish": decision.to_dict() if decision else None}, indent=2, default=str) + "\n")
+    return SearchResult(dict(best.hyperparameters.values), float(best.score), evaluation.accuracy,
+                        len(evaluation.labels), len(outcome.trials), exported, report_dir, evaluation.model,
+                        evaluation.recall, decision)
 
-    metadata = {
+
+def _metadata(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome: SearchOutcome,
+              evaluation: Evaluation, started: dt.datetime) -> dict[str, Any]:
+    """The export's and the report's record of what was trained, on what, and how well."""
+    splits, split_name, model = plan.splits, evaluation.split_name, evaluation.model
+    return {
         "model_name": config.model_name,
         "class_names": list(splits.class_names),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "search_started_at": started.isoformat(),
-        "hyperparameters": dict(best.hyperparameters.values),
-        "metrics": {OBJECTIVE: float(best.score), f"{split_name}_accuracy": accuracy,
-                    f"{split_name}_balanced_accuracy": balanced, f"{split_name}_recall_by_class": recall,
-                    f"{split_name}_images": len(labels)},
-        "data": {"root": str(root), "fingerprint": splits.fingerprint, "train_class_counts": counts,
+        "hyperparameters": dict(outcome.best.hyperparameters.values),
+        "metrics": {OBJECTIVE: float(outcome.best.score), f"{split_name}_accuracy": evaluation.accuracy,
+                    f"{split_name}_balanced_accuracy": evaluation.balanced,
+                    f"{split_name}_recall_by_class": evaluation.recall, f"{split_name}_images": len(evaluation.labels)},
+        "data": {"root": str(plan.root), "fingerprint": splits.fingerprint, "train_class_counts": plan.train_counts,
                  "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
                  "skipped": [str(p) for p, _ in splits.skipped]},
-        "training": {"workers": cluster.num_workers, "replicas": replicas, "global_batch_size": global_batch,
-                     "accelerator": dataclasses.asdict(accelerator) if dataclasses.is_dataclass(accelerator) else
-                     str(accelerator), "trials": len(trials), "tuner": config.tuner},
+        "training": {"workers": cluster.num_workers, "replicas": plan.strategy.num_replicas_in_sync,
+                     "global_batch_size": plan.global_batch, "accelerator": dataclasses.asdict(plan.accelerator),
+                     "trials": len(outcome.trials), "tuner": config.tuner,
+                     # What the model was really built under (the policy is applied per build: see hypermodel).
+                     "dtype_policy": model.dtype_policy.name,
+                     "compute_dtype": find_backbone(model).dtype_policy.compute_dtype},
         "config": config.to_dict(),
         "versions": _library_versions(),
     }
-    warmup = [f.path.read_bytes() for f in held_out[:8]]
-    staging = stage_export(
-        model, export_base=config.export_base, model_name=config.model_name, class_names=splits.class_names,
-        image_size=spec.image_size, metadata=metadata, warmup_images=warmup,
-    )
-    decision, exported = gate_and_publish(
-        staging, held_out=[(f.path, f.label) for f in held_out], class_names=splits.class_names,
-        fingerprint=splits.fingerprint, policy=config.publish, tolerance=config.publish_tolerance,
-    )
-    _record_decision(decision, metrics, report_dir)
-    (report_dir / "held_out.json").write_text(json.dumps(
-        [{"path": str(f.path.resolve()), "label": f.label} for f in held_out], indent=1) + "\n")
-    (report_dir / "summary.json").write_text(json.dumps(
-        {**metadata, "export": str(exported.path) if exported else None, "publish": decision.to_dict()},
-        indent=2, default=str) + "\n")
-    return SearchResult(dict(best.hyperparameters.values), float(best.score), accuracy, len(labels), len(trials),
-                        exported, report_dir, model, recall, decision)
-
-
 def _record_decision(decision: Decision, metrics: SearchMetrics, report_dir: Path) -> None:
     """The publish gate's decision as metrics and as ``report/publish.json``."""
     metrics.published.set(1 if decision.publish else 0)
@@ -431,9 +580,14 @@ def balanced_class_weights(splits: data.DataSplits, threshold: float = 2.0) -> l
 _SEARCH_IDENTITY = "search.json"
 
 
-def _check_resumable(config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster) -> None:
-    """Refuse to resume a search that was run over other data or another search space."""
+def _check_resumable(
+    config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster, epochs: int
+) -> None:
+    """Refuse to resume a search that was run over other data, another search space or schedule."""
     identity = {
+        "epochs": epochs,
+        "head_epochs": config.head_epochs,
+        "batch_size": config.batch_size,
         "data_fingerprint": splits.fingerprint,
         "class_names": list(splits.class_names),
         "image_size": spec.image_size,
@@ -458,6 +612,28 @@ def _check_resumable(config: SearchConfig, splits: data.DataSplits, spec: ModelS
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(identity, indent=1) + "\n")
         temporary.replace(path)
+
+
+_PUBLISHED = "published.json"
+
+
+def _published_before(run_root: Path, best_trial: str, trials: int) -> ExportedModel | None:
+    """The version a previous run of this very search exported (same best trial and trial count), if any."""
+    try:
+        record = json.loads((run_root / _PUBLISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    path = Path(record.get("path", ""))
+    if record.get("best_trial") != best_trial or record.get("trials") != trials or not path.is_dir():
+        return None
+    return ExportedModel(int(record["version"]), path)
+
+
+def _record_published(run_root: Path, exported: ExportedModel, best_trial: str, trials: int) -> None:
+    temporary = run_root / f"{_PUBLISHED}.tmp"
+    temporary.write_text(json.dumps({"version": exported.version, "path": str(exported.path),
+                                     "best_trial": best_trial, "trials": trials}) + "\n")
+    temporary.replace(run_root / _PUBLISHED)
 
 
 def _predict(

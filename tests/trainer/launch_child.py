@@ -8,6 +8,9 @@ Modes:
 - ``stubborn``: like ``fail-rank1`` but the waiting workers ignore SIGTERM (only SIGKILL stops them).
 - ``block``: every worker writes its pid and ready files, prints ``ready``, and blocks until stopped.
 - ``flaky``: the first run of each worker exits 5; a restarted one (marker file present) exits 0.
+- ``exitN`` (e.g. ``exit4``): on the first run worker 1 waits for the others to be ready, then exits
+  with status N while the others block; once ``DIR/exited`` exists every worker prints
+  ``recovered at <address>`` and exits 0.
 """
 
 from __future__ import annotations
@@ -38,15 +41,23 @@ def main(argv: list[str]) -> int:
             return 5
         print(f"worker {rank} recovered")
         return 0
+    if mode.startswith("exit") and (out / "exited").exists():
+        print(f"worker {rank} recovered at {config['cluster']['worker'][rank]}")
+        return 0
     if mode == "stubborn" and rank != 1:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     (out / f"pid{rank}").write_text(str(os.getpid()))
     (out / f"ready{rank}").write_text("1")
+    print(f"address {config['cluster']['worker'][rank]}")
     print("ready", flush=True)
-    if mode in ("fail-rank1", "stubborn") and rank == 1:
+    if (mode in ("fail-rank1", "stubborn") or mode.startswith("exit")) and rank == 1:
         deadline = time.monotonic() + 60
         while not all((out / f"ready{r}").exists() for r in range(workers)) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the other workers' readiness files
+        if mode.startswith("exit"):
+            (out / "exited").write_text(mode)
+            print(f"worker 1 exits with {mode[4:]}", file=sys.stderr)
+            return int(mode[4:])
         print("ValueError: boom on worker 1", file=sys.stderr)
         return 3
     threading.Event().wait()  # block until the launcher stops us

@@ -12,6 +12,12 @@ Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
 - ``fault``: like ``fit`` for 4 epochs, but worker 1 dies at the start of epoch 2 on its first run;
   run under the launcher with restarts, the workers resume from the chief's epoch backup.
 - ``disagree``: `assert_workers_agree` on a payload that differs per worker; records the error.
+- ``padded``: the search's own model and datasets (`trainer.data.make_dataset` padded to full
+  global batches with weight-0 copies, 12 validation images over a global batch of 8: the last
+  batch is 4 real images on worker 0 and 4 padded copies on worker 1); records ``val_accuracy``
+  from fit and the accuracy over the real validation images computed with ``model.predict``.
+- ``stuck``: ``fit`` under a 5 s `StallWatchdog`; worker 1 blocks forever after its first batch
+  (alive but stuck), so both workers' watchdogs end them with exit code 4.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import keras
@@ -28,8 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import cluster as cluster_module
-from trainer import distribute
+from trainer import distribute, keras_shim
 from trainer.errors import DivergenceError
+from trainer.watchdog import StallWatchdog
 
 GLOBAL_BATCH = 16
 FEATURES = 6
@@ -141,6 +149,46 @@ def _tuner(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, ou
     ))
 
 
+class _Block(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if batch == 1:
+            logging.getLogger(__name__).error("blocking forever after batch %d", batch)
+            threading.Event().wait()
+
+
+def _stuck(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    watchdog = StallWatchdog(5.0)
+    with strategy.scope():
+        model = _build()
+    callbacks = [watchdog.callback(), *([_Block()] if cluster.rank == 1 else [])]
+    with watchdog.armed("fit"):
+        model.fit(_data(1, 128), epochs=2, verbose=0, callbacks=callbacks)
+
+
+def _padded(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    from tests.trainer.images import write_folder
+    from trainer import data
+    from trainer.hypermodel import ModelSpec, TransferHyperModel
+
+    splits = data.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
+                       test_fraction=0.0, seed=1)
+    assert len(splits.val) == 12, len(splits.val)
+    spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",))
+    train = data.make_dataset(splits.train, (16, 16), 8, training=True, seed=1, pad_to_full_batches=True)
+    val = data.make_dataset(splits.val, (16, 16), 8, training=False, seed=1, pad_to_full_batches=True)
+    with strategy.scope():
+        model = TransferHyperModel(spec).build(kt.HyperParameters())
+    history = model.fit(train, validation_data=val, epochs=2, verbose=0)
+    weights = model.get_weights()
+    fresh = TransferHyperModel(spec).build(kt.HyperParameters())  # outside the strategy: plain predict
+    fresh.set_weights(weights)
+    pixels, labels = data.load_arrays(splits.val, (16, 16))
+    real = float(np.mean(np.argmax(fresh.predict(pixels, verbose=0), axis=-1) == labels))
+    (out / f"padded_{cluster.rank}.json").write_text(json.dumps(
+        {"val_accuracy": [float(v) for v in history.history["val_accuracy"]], "real_accuracy": real}
+    ))
+
+
 def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
     distribute.assert_workers_agree(strategy, "same on every worker", "a shared value")
     try:
@@ -149,6 +197,11 @@ def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
         result = {"raised": True, "message": str(exc)}
     else:
         result = {"raised": False, "message": ""}
+    try:  # named values in one all-gather: the error names only the one that differs
+        distribute.assert_workers_agree(
+            strategy, {"data_fingerprint": "same", "steps_per_epoch": 5 + cluster.rank}, "trial 0")
+    except DivergenceError as exc:
+        result["named"] = str(exc)
     (out / f"disagree_{cluster.rank}.json").write_text(json.dumps(result))
 
 
@@ -156,13 +209,14 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     mode, out = argv[0], Path(argv[1])
     if mode == "noshim":
-        distribute._SHIM_VERSIONS = ((0, 0), (0, 0))  # as if the installed Keras were not known to be broken
+        keras_shim._SHIM_VERSIONS = ((0, 0), (0, 0))  # as if the installed Keras were not known to be broken
     cluster = cluster_module.resolve(os.environ)
     os.environ.pop("TF_CONFIG", None)
     accelerator = distribute.choose_accelerator(tf.config.list_physical_devices(), mixed_precision="auto")
     distribute.apply(accelerator)
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
-    modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree}
+    modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree, "stuck": _stuck,
+             "padded": _padded}
     modes[mode](strategy, cluster, out)
     return 0
 

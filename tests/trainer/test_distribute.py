@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import distribute
+from trainer import distribute, keras_shim
 from trainer.cluster import Cluster, local_tf_configs
 from trainer.errors import ConfigError
 
@@ -66,13 +66,11 @@ def test_choose_accelerator_rejects_unknown_policy() -> None:
         distribute.choose_accelerator(_devices("GPU"), mixed_precision="float16", xla=False)
 
 
-def test_apply_sets_dtype_policy() -> None:
+def test_apply_leaves_the_dtype_policy_to_the_model_builder() -> None:
+    # clear_session() would reset a global policy: it travels in ModelSpec.dtype_policy instead.
     before = keras.config.dtype_policy().name
-    try:
-        distribute.apply(distribute.Accelerator("cpu", 0, "mixed_bfloat16", "RING", False, False))
-        assert keras.config.dtype_policy().name == "mixed_bfloat16"
-    finally:
-        keras.config.set_dtype_policy(before)
+    distribute.apply(distribute.Accelerator("cpu", 0, "mixed_bfloat16", "RING", False, False))
+    assert keras.config.dtype_policy().name == before
 
 
 @pytest.mark.parametrize("version", ["2.15.0", "3.16.0", "4.0.0", "nightly"], ids=str)
@@ -89,13 +87,13 @@ def test_shim_is_a_noop_on_unaffected_versions(version: str) -> None:
 @pytest.mark.parametrize(("version", "applies"), [("3.0.0", True), ("3.15.1", True), ("3.15.2.dev2026", True),
                                                   ("3.16.0", False), ("2.21.0", False)], ids=str)
 def test_shim_version_range(version: str, applies: bool) -> None:
-    assert distribute._shim_applies(version) is applies
+    assert keras_shim._shim_applies(version) is applies
 
 
 def test_installed_keras_is_covered_by_the_shim() -> None:
     # When this fails, Keras was upgraded: rerun the slow two-process tests with the range widened (or
     # without the shim, if keras-team/keras#20585 is fixed) before changing _SHIM_VERSIONS.
-    assert distribute._shim_applies(keras.__version__), keras.__version__
+    assert keras_shim._shim_applies(keras.__version__), keras.__version__
 
 
 def test_payload_hash_is_stable_and_63_bits() -> None:
@@ -111,6 +109,8 @@ def test_single_process_strategy_and_agreement() -> None:
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     assert strategy.num_replicas_in_sync == 1
     distribute.assert_workers_agree(strategy, '{"units": 8}', "trial 0 hyperparameters")
+    distribute.assert_workers_agree(strategy, {"data_fingerprint": "f", "steps_per_epoch": 3, "restored": {}},
+                                    "trial 0")
 
 
 def test_worker_dirs_chief_writes_shared_paths(tmp_path: Path) -> None:
@@ -263,6 +263,16 @@ def test_two_worker_keras_tuner_search_agrees(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_val_accuracy_on_an_uneven_padded_split_counts_only_real_images(tmp_path: Path) -> None:
+    # 12 validation images, global batch 8: worker 0's last share is 4 real images, worker 1's is 4
+    # weight-0 copies. val_accuracy must equal the accuracy over the 12 real images.
+    _run_two_workers("padded", tmp_path)
+    results = [json.loads((tmp_path / f"padded_{rank}.json").read_text()) for rank in range(2)]
+    assert results[0] == results[1]
+    assert results[0]["val_accuracy"][-1] == pytest.approx(results[0]["real_accuracy"], abs=1e-6), results[0]
+
+
+@pytest.mark.slow
 def test_two_workers_with_different_payloads_raise_divergence(tmp_path: Path) -> None:
     _run_two_workers("disagree", tmp_path)
     results = [json.loads((tmp_path / f"disagree_{rank}.json").read_text()) for rank in range(2)]
@@ -270,6 +280,9 @@ def test_two_workers_with_different_payloads_raise_divergence(tmp_path: Path) ->
     assert "a per-worker value" in results[0]["message"]
     hashes = [f"{distribute.payload_hash(f'worker {rank}'):016x}" for rank in range(2)]
     assert all(all(h in r["message"] for h in hashes) for r in results)
+    for rank, result in enumerate(results):
+        assert "Received differences in steps_per_epoch:" in result["named"], result
+        assert "data_fingerprint" not in result["named"] and f"this worker's {5 + rank}" in result["named"]
 
 
 @pytest.mark.slow

@@ -133,6 +133,21 @@ def test_a_poller_never_sees_a_partial_version(model: keras.Model, tmp_path: Pat
     assert partial == []
 
 
+def test_a_mixed_precision_model_exports_float32_signatures(tmp_path: Path) -> None:
+    spec = ModelSpec(num_classes=len(CLASSES), image_size=SIZE, dtype_policy="mixed_bfloat16")
+    mixed = build_model(spec, backbone="small_cnn", head="gap_dense")
+    assert mixed.compute_dtype == "bfloat16"
+    exported = _export(mixed, tmp_path)
+    loaded = tf.saved_model.load(str(exported.path))
+    pixels = loaded.signatures["predict_pixels"]
+    assert pixels.structured_input_signature[1]["pixels"].dtype == tf.float32
+    assert loaded.signatures["serving_default"].structured_input_signature[1]["images"].dtype == tf.string
+    for signature in (pixels, loaded.signatures["serving_default"]):
+        assert signature.structured_outputs["probabilities"].dtype == tf.float32
+    served = pixels(pixels=tf.zeros((2, SIZE, SIZE, 3)))["probabilities"].numpy()
+    np.testing.assert_allclose(served.sum(axis=-1), 1.0, atol=1e-5)
+
+
 _EXPORT_WITHOUT_TF_SERVING = """
 import sys
 from pathlib import Path

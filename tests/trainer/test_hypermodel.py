@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import keras_tuner as kt
 import numpy as np
@@ -97,3 +99,91 @@ def test_unknown_backbone_and_too_small_images_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="at least 2 classes"):
         ModelSpec(num_classes=1, image_size=32)
     assert set(BACKBONE_SPECS) >= {"mobilenet_v2", "efficientnet_b0", "resnet50_v2", "vgg16", "inception_v3"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"], ids=str)
+def test_a_trial_model_is_built_under_the_mixed_policy_after_clear_session(policy: str) -> None:
+    # KerasTuner calls clear_session() before every trial build, which resets the global policy to
+    # float32: the policy must come from the spec, applied where the model is built.
+    spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense_dropout",), dtype_policy=policy)
+    keras.backend.clear_session()
+    model = TransferHyperModel(spec).build(kt.HyperParameters())
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+    compute = policy.removeprefix("mixed_")
+    backbone_layers = [layer for layer in find_backbone(model).layers if layer.weights]
+    assert backbone_layers and all(layer.dtype_policy.compute_dtype == compute for layer in backbone_layers)
+    assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    assert {layer.name for layer in layers if layer.dtype_policy.compute_dtype != compute} == {"logits"}
+    assert model.get_layer("logits").dtype_policy.name == "float32"
+    assert model.compute_dtype == compute and model(np.zeros((1, 16, 16, 3), "float32")).dtype == "float32"
+    if policy == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_weighted_metrics_ignore_padded_copies() -> None:
+    # Keras 3 applies sample weights only to weighted_metrics: the padding (weight 0) must not count.
+    spec = ModelSpec(num_classes=3, image_size=8, heads=("gap_dense",))
+    model = TransferHyperModel(spec).build(kt.HyperParameters())
+    x, y = _pixels(6, 8, 3)
+    padded_x = np.concatenate([x, np.repeat(x[:1], 10, axis=0)])
+    padded_y = np.concatenate([y, np.repeat((y[:1] + 1) % 3, 10)])  # padding labelled wrong on purpose
+    weights = np.concatenate([np.ones(6), np.zeros(10)]).astype("float32")
+    result = model.evaluate(padded_x, padded_y, sample_weight=weights, batch_size=4, verbose=0, return_dict=True)
+    real = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
+    assert result["accuracy"] == pytest.approx(real)
+
+
+def _tiny_pretrained(include_top: bool, weights: str | None, input_shape: tuple[int, int, int]) -> keras.Model:
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_b")(x)
+    return keras.Model(inputs, x)
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trained: list[int] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.trained.append(epoch)
+
+
+class _DieInPhase2(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == 3:
+            raise RuntimeError("killed in phase 2")
+
+
+def test_a_restart_in_phase_2_resumes_phase_2_with_the_phase_1_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+    from trainer.distribute import TrialBackup
+    from trainer.hypermodel import BackboneSpec
+
+    monkeypatch.setitem(BACKBONE_SPECS, "tiny", BackboneSpec("tiny", 16, 8, _tiny_pretrained, 1 / 255.0))
+    spec = ModelSpec(num_classes=3, image_size=16, backbones=("tiny",), weights="imagenet", heads=("gap_dense",),
+                     unfreeze_depths=(2,), head_epochs=2)
+    x, y = _pixels(16, 16, 3)
+    hp = kt.HyperParameters()
+    hypermodel = TransferHyperModel(spec)
+    backup = TrialBackup(tmp_path / "trial_0", writer=True)
+    fit = {"x": x, "y": y, "validation_data": (x, y), "batch_size": 8, "epochs": 5, "verbose": 0}
+    with pytest.raises(RuntimeError, match="killed in phase 2"):
+        hypermodel.fit(hp, hypermodel.build(hp), backup=backup, callbacks=[_DieInPhase2()], **fit)
+    assert backup.restored_epochs() == {"phase1": 2, "phase2": 3}
+    before = backup.epoch_logs()
+    assert sorted(before) == [0, 1, 2]
+
+    keras.backend.clear_session()  # the restarted process builds the trial afresh
+    best = SaveBestEpoch(kt.Objective("val_accuracy", "max"), str(tmp_path / "best.weights.h5"))
+    trained = _Epochs()
+    history = hypermodel.fit(hp, hypermodel.build(hp), backup=backup, callbacks=[best, trained], **fit)
+    assert trained.trained == [3, 4], "phase 1 replayed, or phase 2 did not resume at its last epoch"
+    assert history.epoch == [0, 1, 2, 3, 4], "every epoch once: none lost, none repeated"
+    assert history.history["val_accuracy"][:3] == [before[e]["val_accuracy"] for e in range(3)]
+    assert sorted(backup.epoch_logs()) == [0, 1, 2, 3, 4]
+    assert best.best_value >= max(before[e]["val_accuracy"] for e in range(3))

@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_trial_rejoins_and_the_search_completes(
         time.sleep(0.05)  # polling interval for the backup file
     assert killed is not None, "never saw a backup to kill worker 1 after:\n" + job.output[-3000:]
     assert job.wait() == 0, job.output[-5000:]
-    assert re.search(r"worker 1 exited with status \S+.*restarting it", job.output), job.output[-3000:]
+    assert re.search(r"worker \d exited with status \S+.*restarting the whole group", job.output), job.output[-3000:]
 
     trials = _trials(job.lines)
     ids = [t[0] for t in trials[0]]
@@ -194,3 +194,44 @@ def test_a_worker_killed_mid_trial_rejoins_and_the_search_completes(
     assert len(rows) == 3 and all(",COMPLETED," in row for row in rows[1:])
     assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"]
     assert (tmp_path / "models" / "toy" / "1" / "saved_model.pb").is_file()
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local MobileNetV2 weights file (random values): --weights FILE makes the backbone pretrained,
+    so each trial has a phase 2, without downloading ImageNet weights."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_32.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return path
+
+
+def test_a_worker_killed_in_phase_2_resumes_phase_2_and_the_trial_completes_once(
+    tmp_path: Path, folder: Path, backbone_weights: Path, jobs: list[_Job]
+) -> None:
+    job = _Job(tmp_path, folder, "--backbone", "mobilenet_v2", "--image-size", "32", "--weights",
+               str(backbone_weights), "--unfreeze-depths", "4", "--head-epochs", "1", "--heads", "gap_dense",
+               "--publish", "always",  # random backbone weights: about resuming, not about quality
+               max_trials=1, epochs=4, max_restarts=2)
+    jobs.append(job)
+    phase2 = tmp_path / "runs" / "toy" / "backup"
+    killed = None
+    deadline = time.monotonic() + 500
+    while killed is None and job.process.poll() is None and time.monotonic() < deadline:
+        # Once phase 2 has a backup (its first epoch is done), kill worker 1 like a lost pod.
+        if list(phase2.glob("trial_*/phase2/training_metadata.json")):
+            killed = _worker_pid(job.process.pid, 1)
+            if killed is not None:
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)  # polling interval for the backup file
+    assert killed is not None, "never saw a phase-2 backup:\n" + job.output[-3000:]
+    assert job.wait() == 0, job.output[-5000:]
+    restart = next(i for i, line in enumerate(job.lines) if "restarting the whole group" in line)
+    after = [int(m[1]) for m in (re.match(r"^\[worker 0\] Epoch (\d+)/4$", line) for line in job.lines[restart:]) if m]
+    assert after and min(after) >= 3, f"phase 1 replayed or phase 2 restarted from its start: epochs {after}"
+    trials = _trials(job.lines)
+    assert len(trials[0]) == 1 and trials[0] == trials[1], job.output[-3000:]
+    history = json.loads(next((tmp_path / "runs" / "toy" / "histories").glob("trial_*/history.json")).read_text())
+    assert len(history["val_accuracy"]) == 4, f"every epoch once, none lost or repeated: {history}"
+    assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"]

@@ -101,7 +101,7 @@ def test_cli_reports_bad_input_in_one_line_and_writes_nothing(
 ) -> None:
     base_args = ["search", "--data", str(folder), "--export-base", "models", "--run-dir", "runs"]
     result = _cli(*base_args, *args, cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # the exit-code contract: bad input, do not retry
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], result.stderr
     assert "Traceback" not in result.stderr
@@ -150,3 +150,79 @@ def testheld_out_warnings_flag_what_accuracy_hides() -> None:
     assert "only 6 held-out images" in text and "never predicted correctly" in text and "b, c" in text
     assert "no better than chance" in text and "far above" in text
     assert held_out_warnings(np.zeros(200), 0.98, {"a": 0.98, "b": 0.99}, val=0.97) == []
+
+
+def test_rerunning_a_finished_search_does_not_export_a_duplicate(tmp_path: Path, folder: Path) -> None:
+    first = run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
+    metrics = SearchMetrics()
+    again = run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE, metrics=metrics)
+    assert metrics.trials_done._value.get() == 0
+    assert again.export == first.export
+    assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("change", [{"epochs": "2"}, {"batch_size": "4"}, {"head_epochs": "2"}],
+                         ids=["epochs", "batch_size", "head_epochs"])
+def test_resume_refuses_another_schedule(tmp_path: Path, folder: Path, change: dict[str, str]) -> None:
+    run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
+    name = next(iter(change))
+    settings = {"max_trials": "1", "epochs": "1", **change}
+    with pytest.raises(SearchError, match=name):
+        run_search(_config(tmp_path, folder, **settings), SINGLE)
+
+
+def test_overwrite_clears_epoch_backups(tmp_path: Path, folder: Path) -> None:
+    stale = tmp_path / "runs" / "toy" / "backup" / "trial_9" / "phase1"
+    stale.mkdir(parents=True)
+    (stale / "training_metadata.json").write_text('{"epoch": 1}')
+    run_search(_config(tmp_path, folder, max_trials="1", epochs="1", overwrite="true"), SINGLE)
+    assert not (tmp_path / "runs" / "toy" / "backup" / "trial_9").exists()
+
+
+def test_each_stage_runs_alone(tmp_path: Path, folder: Path) -> None:
+    from trainer.search import evaluate_best, plan_search, scan_data, search_trials
+
+    config = _config(tmp_path, folder, max_trials="1", epochs="1", mixed_precision="mixed_bfloat16")
+    root, splits = scan_data(config)
+    assert root == folder and len(splits.class_names) == 3
+    plan = plan_search(config, SINGLE, root, splits)
+    assert (plan.epochs, plan.global_batch, plan.spec.dtype_policy) == (1, 8, "mixed_bfloat16")
+    outcome = search_trials(config, SINGLE, plan, SearchMetrics())
+    assert len(outcome.trials) == 1 and outcome.checkpoint.is_file()
+    evaluation = evaluate_best(config, plan, outcome)
+    assert evaluation.split_name == "test" and len(evaluation.labels) == 9
+    assert evaluation.model.compute_dtype == "bfloat16"  # the policy survives KerasTuner's clear_session()
+    assert not (tmp_path / "models").exists(), "nothing published before the publish stage"
+
+
+@pytest.mark.parametrize("hyperband", [True, False], ids=["hyperband", "other-tuners"])
+def test_a_restarted_worker_seeds_its_tuner_state_from_the_chief(tmp_path: Path, hyperband: bool) -> None:
+    # Hyperband continues a trial by loading an earlier trial's checkpoint from the worker's own tuner
+    # dir (keras_tuner/src/tuners/hyperband.py, _build_hypermodel): a restarted worker needs them too.
+    from trainer.search import _seed_scratch_from_shared
+
+    trial = tmp_path / "shared" / "toy" / "trial_0001"
+    trial.mkdir(parents=True)
+    (trial / "trial.json").write_text("{}")
+    (trial / "checkpoint.weights.h5").write_bytes(b"weights")
+    (tmp_path / "shared" / "toy" / "oracle.json").write_text("{}")
+    _seed_scratch_from_shared(tmp_path / "shared", tmp_path / "scratch", "toy", checkpoints=hyperband)
+    copied = tmp_path / "scratch" / "toy"
+    assert (copied / "oracle.json").is_file() and (copied / "trial_0001" / "trial.json").is_file()
+    assert (copied / "trial_0001" / "checkpoint.weights.h5").exists() is hyperband
+
+
+@pytest.mark.slow
+def test_a_pretrained_search_runs_its_fine_tuning_phase(tmp_path: Path, folder: Path) -> None:
+    # Regression: KerasTuner's hparams callback (next to TensorBoard) is single-use, and phase 2 is a
+    # second fit: every trial with unfreeze_depth > 0 failed with "cannot be reused across training sessions".
+    import keras
+
+    weights = tmp_path / "mobilenet_v2_32.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    config = _config(tmp_path, folder, backbone="mobilenet_v2", image_size="32", weights=str(weights),
+                     unfreeze_depths="4", heads="gap_dense", max_trials="1", epochs="2", head_epochs="1")
+    result = run_search(config, SINGLE)
+    assert result.best_hyperparameters["unfreeze_depth"] == 4 and result.export is not None
+    history = json.loads(next((tmp_path / "runs" / "toy" / "histories").glob("trial_*/history.json")).read_text())
+    assert len(history["val_accuracy"]) == 2, "phase 1 and phase 2 each trained one epoch"

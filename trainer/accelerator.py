@@ -1,0 +1,105 @@
+"""What this process trains on: dtype policy, collectives, memory growth and XLA, from the visible devices.
+
+`choose_accelerator` is a pure function of the device list (unit-tested against simulated devices);
+`apply` acts on the choice before the strategy exists. Under a mixed policy the model's last layer
+stays float32 (the hypermodel builds its ``logits`` Dense with ``dtype="float32"``), and the policy
+itself is applied where each model is built (`trainer.hypermodel.build_model`), because
+``keras.backend.clear_session()`` resets a global one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from trainer.errors import ConfigError
+
+__all__ = ["MIXED_PRECISION_CHOICES", "Accelerator", "apply", "choose_accelerator"]
+
+log = logging.getLogger(__name__)
+
+MIXED_PRECISION_CHOICES = ("auto", "off", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    """What this process trains on and how: the result of `choose_accelerator`."""
+
+    kind: str
+    """``"gpu"`` or ``"cpu"``."""
+    devices: int
+    """Number of local GPUs (0 on CPU)."""
+    policy: str
+    """Keras dtype policy: ``float32``, ``mixed_float16`` or ``mixed_bfloat16``."""
+    communication: str
+    """Collective implementation for MWMS: ``NCCL`` (GPUs) or ``RING`` (CPUs)."""
+    memory_growth: bool
+    """Allocate GPU memory on demand instead of all of it up front."""
+    jit_compile: bool
+    """Compile train steps with XLA (pass to ``model.compile(jit_compile=...)``)."""
+
+    def describe(self) -> str:
+        """One log line."""
+        where = f"{self.devices} GPU(s)" if self.kind == "gpu" else "CPU"
+        growth = ", memory growth" if self.memory_growth else ""
+        xla = "on" if self.jit_compile else "off"
+        return f"{where}: policy {self.policy}, {self.communication} all-reduce, XLA {xla}{growth}"
+
+
+def _device_type(device: Any) -> str:
+    kind = getattr(device, "device_type", device)
+    return str(kind).upper()
+
+
+def choose_accelerator(
+    devices: Sequence[Any], *, mixed_precision: str | None = "auto", xla: bool = False
+) -> Accelerator:
+    """Pick dtype policy, collectives and memory settings for the visible `devices`.
+
+    Args:
+        devices: the visible physical devices (``tf.config.list_physical_devices()``), or anything
+            with a ``device_type`` attribute, or plain type strings such as ``"GPU"``.
+        mixed_precision: ``"auto"`` (or None): ``mixed_float16`` on GPUs, ``float32`` on CPUs;
+            ``"off"``: always float32; ``"mixed_float16"`` / ``"mixed_bfloat16"``: that policy.
+        xla: compile train steps with XLA.
+
+    Raises:
+        ConfigError: `mixed_precision` is not one of `MIXED_PRECISION_CHOICES`.
+    """
+    choice = "auto" if mixed_precision is None else mixed_precision
+    if choice not in MIXED_PRECISION_CHOICES:
+        raise ConfigError(
+            f"Expected mixed_precision in {list(MIXED_PRECISION_CHOICES)}. Received: mixed_precision={choice!r}"
+        )
+    gpus = sum(1 for device in devices if _device_type(device) == "GPU")
+    if gpus:
+        policy = "mixed_float16" if choice == "auto" else choice
+        return Accelerator("gpu", gpus, "float32" if policy == "off" else policy, "NCCL", True, bool(xla))
+    policy = "float32" if choice in ("auto", "off") else choice
+    return Accelerator("cpu", 0, policy, "RING", False, bool(xla))
+
+
+def apply(accelerator: Accelerator, devices: Sequence[Any] | None = None) -> None:
+    """Set GPU memory growth and XLA auto-clustering.
+
+    The dtype policy is not set globally here: ``keras.backend.clear_session()`` would reset it.
+    It travels in ``ModelSpec.dtype_policy`` and is applied where each model is built
+    (`trainer.hypermodel.build_model`). Call it before the strategy is created and before any tensor
+    is made: TensorFlow refuses to change memory growth once the GPUs are initialized (logged, not
+    raised).
+    """
+    if accelerator.memory_growth:
+        gpus = [d for d in (devices if devices is not None else tf.config.list_physical_devices("GPU"))
+                if _device_type(d) == "GPU"]
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not turn on memory growth for %s: %s", getattr(gpu, "name", gpu), exc)
+    if accelerator.jit_compile:
+        tf.config.optimizer.set_jit(True)
+    log.info("accelerator: %s", accelerator.describe())

@@ -1,0 +1,101 @@
+"""The one version-guarded fix that lets Keras 3 ``model.fit`` run under multi-worker MWMS.
+
+https://github.com/keras-team/keras/issues/20585 (open): `install_keras_mwms_shim` patches two places
+of keras/src/backend/tensorflow/trainer.py. Remove this module when upstream is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+__all__ = ["install_keras_mwms_shim"]
+
+log = logging.getLogger(__name__)
+
+# Keras releases known to break under MWMS (keras-team/keras#20585): [first, end). Widen `end` only
+# after the two-process test in tests/trainer/test_distribute.py passes on the new release.
+_SHIM_VERSIONS = ((3, 0), (3, 16))
+_shim_installed = False
+
+
+def _shim_applies(version: str) -> bool:
+    first, end = _SHIM_VERSIONS
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return match is not None and first <= (int(match[1]), int(match[2])) < end
+
+
+def install_keras_mwms_shim(version: str | None = None) -> bool:
+    """Make Keras 3 ``model.fit``/``evaluate`` work under multi-worker MWMS (keras-team/keras#20585).
+
+    Upstream breaks in two places once the strategy spans several workers:
+
+    1. ``TensorFlowTrainer._maybe_symbolic_build`` calls ``strategy.reduce("MEAN", batch, axis=None)``
+       on the first PerReplica input batch, which MWMS cannot do eagerly (conversion error). The
+       build needs only shapes and dtypes, so the shim builds from this worker's local batch.
+    2. ``reduce_per_replica`` reduces the step's logs with ``strategy.reduce("MEAN", v, axis=0)``,
+       which fails on scalar losses and metrics. The shim reduces with ``axis=None``: the mean
+       across replicas, as the single-worker path does, and identical on every worker.
+
+    Both replacements defer to the originals unless the strategy runs collectives across workers.
+    Idempotent; patches only Keras versions in ``_SHIM_VERSIONS`` whose patched attributes exist,
+    and is a no-op otherwise. Remove it when the issue is fixed.
+
+    Args:
+        version: the Keras version to judge (default: the installed ``keras.__version__``).
+
+    Returns:
+        True when the shim is (now or already) installed, False when it does not apply.
+    """
+    global _shim_installed
+    version = keras.__version__ if version is None else version
+    if not _shim_applies(version):
+        log.debug("Keras MWMS shim not needed for keras %s", version)
+        return False
+    if _shim_installed:
+        return True
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+    except ImportError:
+        log.warning("Keras MWMS shim not installed: keras %s has no TensorFlow trainer module", version)
+        return False
+    needed = ("reduce_per_replica", "_collective_all_reduce_multi_worker", "TensorFlowTrainer")
+    if not all(hasattr(tf_trainer, name) for name in needed) or not hasattr(
+        tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"
+    ):
+        log.warning("Keras MWMS shim not installed: keras %s lacks the patched functions", version)
+        return False
+
+    multi_worker = tf_trainer._collective_all_reduce_multi_worker
+    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    original_reduce = tf_trainer.reduce_per_replica
+
+    def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None or not multi_worker(strategy):
+            return original_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda x: strategy.experimental_local_results(x)[0]
+                if isinstance(x, tf.distribute.DistributedValues)
+                else x,
+                next(it),
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction in ("auto", "mean") and multi_worker(strategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original_reduce(values, strategy, reduction)
+
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    _shim_installed = True
+    log.info("installed the Keras %s MWMS shim (https://github.com/keras-team/keras/issues/20585)", version)
+    return True
