@@ -21,7 +21,7 @@ fully trainable from the start and ``unfreeze_depth`` is not searched. keras.app
 use BatchNormalization momentum 0.99-0.999, so trained from scratch for a few hundred steps their
 moving statistics stay near their initial values and the model in inference mode predicts one
 class: built from random weights, their BatchNormalization momentum is set to
-`SCRATCH_BN_MOMENTUM`.
+`SCRATCH_BN_MOMENTUM` (and synchronized across replicas, as in small_cnn).
 
 Each backbone runs at its own input size (`ModelSpec.backbone_sizes`): the model takes
 ``image_size`` pixels and resizes inside the graph when its backbone's size differs, so a search
@@ -253,7 +253,9 @@ def _small_cnn(image_size: int, seed: int) -> keras.Model:
     """A VGG-style CNN for training from scratch: it trains in seconds on a CPU and converges on small data.
 
     Convolution -> BatchNormalization (momentum `SCRATCH_BN_MOMENTUM`, so the moving statistics used at
-    inference follow training within a few dozen steps) -> ReLU. Without normalisation the same network
+    inference follow training within a few dozen steps; synchronized, so that under
+    MultiWorkerMirroredStrategy every worker normalises with the global batch's statistics and keeps
+    identical moving statistics) -> ReLU. Without normalisation the same network
     sits on the chance-level loss plateau for many epochs on small folders, and early stopping ends the
     trial there.
     """
@@ -266,7 +268,7 @@ def _small_cnn(image_size: int, seed: int) -> keras.Model:
     for block in range(blocks):
         filters = max(16, 128 >> (blocks - 1 - block))
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init)(x)
-        x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM)(x)
+        x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, synchronized=True)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x) if x.shape[1] >= 2 else x
     return keras.Model(inputs, x, name="backbone_small_cnn")
@@ -286,6 +288,7 @@ def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int) -> k
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
+                layer.synchronized = True
     return model
 
 

@@ -18,7 +18,7 @@ from trainer.config import load
 from trainer.data import DataSplits, ImageFile
 from trainer.errors import SearchError
 from trainer.progress import SearchMetrics
-from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, run_search
+from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, model_spec, run_search
 
 SINGLE = Cluster(peers=(), rank=0, source="single")
 
@@ -148,3 +148,24 @@ def testheld_out_warnings_flag_what_accuracy_hides() -> None:
     assert "only 6 held-out images" in text and "never predicted correctly" in text and "b, c" in text
     assert "no better than chance" in text and "far above" in text
     assert held_out_warnings(np.zeros(200), 0.98, {"a": 0.98, "b": 0.99}, val=0.97) == []
+
+
+def test_each_backbone_gets_an_input_size_that_fits_the_data(tmp_path: Path) -> None:
+    config = load({"data": str(tmp_path), "backbone": "small_cnn,mobilenet_v2", "weights": "none"}, {})
+    spec = model_spec(config, 4, median_side=430)
+    assert dict(spec.backbone_sizes) == {"small_cnn": 64, "mobilenet_v2": 224} and spec.image_size == 224
+    assert "flatten_dense_dropout" not in spec.heads, "16M weights on mobilenet_v2's 7x7x1280 map"
+    small = model_spec(load({"data": str(tmp_path), "weights": "none"}, {}), 4, median_side=28)
+    assert small.backbones == ("small_cnn",) and small.image_size == 32 and not small.fine_tuned_backbones
+    assert dict(model_spec(config, 4, median_side=28).backbone_sizes) == {"small_cnn": 32, "mobilenet_v2": 96}
+    fixed = model_spec(load({"data": str(tmp_path), "backbone": "vgg16", "image_size": "48"}, {}), 4, median_side=500)
+    assert dict(fixed.backbone_sizes) == {"vgg16": 48}
+
+
+def test_bayesian_tuner_draws_a_third_of_the_budget_at_random(tmp_path: Path, folder: Path) -> None:
+    from trainer.hypermodel import ModelSpec, TransferHyperModel
+    from trainer.search import make_tuner
+
+    config = _config(tmp_path, folder, tuner="bayesian", max_trials="9")
+    tuner = make_tuner(config, TransferHyperModel(ModelSpec(num_classes=3, image_size=16)), directory=tmp_path / "t")
+    assert tuner.oracle.num_initial_points == 3 and tuner.oracle.max_trials == 9
