@@ -418,6 +418,9 @@ class TransferHyperModel(kt.HyperModel):
             record(model.fit(*args, epochs=head_epochs, initial_epoch=initial_epoch,
                              callbacks=with_backup("phase1"), **kwargs))
         if depth and epochs > head_epochs:
+            if initial_epoch < head_epochs:
+                # KerasTuner adds TensorBoard's hparams callback, which refuses a second training session.
+                callbacks = [c for c in callbacks if not type(c).__module__.startswith("tensorboard.plugins.hparams")]
             set_unfreeze_depth(find_backbone(model), depth)
             with model.distribute_strategy.scope():
                 _compile(model, self.spec, hp.get("learning_rate") * hp.get("fine_tune_factor"))

@@ -169,3 +169,18 @@ def test_bayesian_tuner_draws_a_third_of_the_budget_at_random(tmp_path: Path, fo
     config = _config(tmp_path, folder, tuner="bayesian", max_trials="9")
     tuner = make_tuner(config, TransferHyperModel(ModelSpec(num_classes=3, image_size=16)), directory=tmp_path / "t")
     assert tuner.oracle.num_initial_points == 3 and tuner.oracle.max_trials == 9
+
+
+def test_a_pretrained_search_fine_tunes_in_a_second_phase(tmp_path: Path, folder: Path) -> None:
+    """Phase 2 runs inside the real search (KerasTuner adds TensorBoard callbacks that allow one session)."""
+    import keras
+
+    weights = tmp_path / "mobilenet_v2.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    config = _config(tmp_path, folder, backbone="auto", weights=str(weights), image_size="32", max_trials="1",
+                     epochs="2", unfreeze_depths="0.5", heads="gap_dense")
+    result = run_search(config, SINGLE)
+    assert result.best_hyperparameters["backbone"] == "mobilenet_v2"
+    assert result.best_hyperparameters["unfreeze_depth"] == 0.5
+    history = json.loads(next((tmp_path / "runs" / "toy" / "histories").glob("trial_*/history.json")).read_text())
+    assert len(history["val_accuracy"]) == 2, "one epoch per phase"
