@@ -68,22 +68,36 @@ class SearchConfig:
                          "(<run-dir>/<model-name>/); shared by workers, written by the chief only.",
                          default=Path("runs"))
     backbone: tuple[str, ...] = _opt(
-        "keras.applications backbone(s), comma-separated; several are searched over. 'auto' = small_cnn "
-        "for the embedded digits, mobilenet_v2 otherwise.",
+        "keras.applications backbone(s), comma-separated; several are searched over. 'auto' chooses by the "
+        "weights: small_cnn when training from scratch (--weights none, and the embedded digits), mobilenet_v2 "
+        "with pretrained weights (imagenet or a file); the input size is then chosen from the data's image size.",
         choices=("auto", *BACKBONES), default=("auto",),
     )
     weights: str = _opt("Backbone weights: 'imagenet', 'none' (random init, trains the whole backbone), "
                         "or the path of a local .h5/.weights.h5 file.", default="imagenet")
-    image_size: int | None = _opt("Square input size in pixels. Default: the backbone's own (32 for small_cnn, "
-                                  "224 for most applications, 299 for inception_v3).", default=None)
+    image_size: int | None = _opt(
+        "Square input size in pixels. Default, per backbone, from the data's median image side: small_cnn 32 "
+        "(images up to 40 px) or 64; applications their own size (224, inception_v3 299), or less for small "
+        "images (the median side rounded up to 32, at least 96). Each backbone of a search runs at its own size.",
+        default=None,
+    )
     heads: tuple[str, ...] = _opt("Classification heads to search over, comma-separated.", choices=HEADS,
                                   default=HEADS)
-    unfreeze_depths: tuple[int, ...] = _opt(
-        "Candidate numbers of top backbone layers to fine-tune (0 = frozen backbone), comma-separated.",
-        default=(0, 20, 60),
+    unfreeze_depths: tuple[float, ...] = _opt(
+        "Candidate fine-tuning depths, as fractions of the backbone's weighted layers (convolutions and dense "
+        "layers, BatchNormalization not counted) counted from the top: 0 = frozen backbone, 1 = all of it; "
+        "comma-separated. Searched only for pretrained keras.applications backbones.",
+        default=(0.0, 0.25, 0.5, 1.0),
     )
     tuner: str = _opt("KerasTuner oracle.", choices=TUNERS, default="bayesian")
-    max_trials: int = _opt("Trials to run (for hyperband: an upper bound set by its brackets).", default=8)
+    max_trials: int = _opt("Trials to run (hyperband ignores it: its brackets set the number of trials).",
+                           default=8)
+    initial_trials: int | None = _opt(
+        "bayesian only: random trials before the Gaussian process proposes the next ones. Default: a third of "
+        "max_trials, at least 2 (KerasTuner's own default, 3 x the number of hyperparameters, would make a "
+        "small budget all random).",
+        default=None,
+    )
     epochs: int | None = _opt(
         "Epochs per trial: the head phase plus the fine-tuning phase (hyperband's max epochs). Default: enough "
         "epochs for about 600 optimizer steps, between 10 and 60 (small data sets need more epochs).",
@@ -131,7 +145,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        for name in ("max_trials", "epochs", "head_epochs", "batch_size"):
+        for name in ("max_trials", "epochs", "head_epochs", "batch_size", "initial_trials"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"Expected {name} >= 1. Received: {name}={getattr(self, name)}")
         if self.patience < 0:
@@ -145,8 +159,11 @@ class SearchConfig:
             )
         if self.image_size is not None and not 8 <= self.image_size <= 1024:
             problems.append(f"Expected image_size in [8, 1024]. Received: image_size={self.image_size}")
-        if any(depth < 0 for depth in self.unfreeze_depths) or not self.unfreeze_depths:
-            problems.append(f"Expected unfreeze_depths >= 0. Received: unfreeze_depths={self.unfreeze_depths}")
+        if not self.unfreeze_depths or any(not 0.0 <= depth <= 1.0 for depth in self.unfreeze_depths):
+            problems.append(
+                "Expected unfreeze_depths as fractions of the backbone in [0, 1] (0 = frozen, 1 = all of its "
+                f"weighted layers). Received: unfreeze_depths={self.unfreeze_depths}"
+            )
         if not 0.0 <= self.rotation <= 0.5 or not 0.0 <= self.zoom < 1.0:
             problems.append(f"Expected rotation in [0, 0.5], zoom in [0, 1). Received: {self.rotation}, {self.zoom}")
         if not self.cluster_formation_timeout > 0:
@@ -174,11 +191,28 @@ class SearchConfig:
         return self.data is None
 
     @property
+    def pretrained(self) -> bool:
+        """True when the weights are ImageNet's or a file (not random initialisation)."""
+        return self.weights != "none"
+
+    @property
     def backbones(self) -> tuple[str, ...]:
-        """The backbones to search, with 'auto' resolved."""
+        """The backbones to search, with 'auto' resolved.
+
+        'auto' is small_cnn when training from scratch: keras.applications architectures trained from
+        random weights on a few thousand images need far more steps than a search gives them. With
+        pretrained weights it is mobilenet_v2 (the embedded digits keep small_cnn: 8x8 scans).
+        """
         if self.backbone == ("auto",):
-            return ("small_cnn",) if self.uses_embedded_data else ("mobilenet_v2",)
+            return ("mobilenet_v2",) if self.pretrained and not self.uses_embedded_data else ("small_cnn",)
         return self.backbone
+
+    @property
+    def bayesian_initial_trials(self) -> int:
+        """Random trials the bayesian oracle draws before its Gaussian process (see `initial_trials`)."""
+        if self.initial_trials is not None:
+            return self.initial_trials
+        return max(2, self.max_trials // 3)
 
     @property
     def model_run_dir(self) -> Path:
@@ -258,6 +292,8 @@ def _parser_for(name: str, type_name: str) -> Callable[[Any], Any]:
         return lambda v: None if v in (None, "") else Path(str(v))
     if type_name == "tuple[int, ...]":
         return sequence(number(int))
+    if type_name == "tuple[float, ...]":
+        return sequence(number(float))
     if type_name == "tuple[str, ...]":
         return sequence(lambda v: check_choice(str(v)))
     return lambda v: check_choice(str(v))

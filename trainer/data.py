@@ -91,6 +91,7 @@ __all__ = [
     "global_batch_size",
     "load_arrays",
     "make_dataset",
+    "median_image_side",
     "scan",
 ]
 
@@ -582,6 +583,21 @@ def load_arrays(files: Sequence[ImageFile], image_size: tuple[int, int]) -> tupl
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def median_image_side(files: Sequence[ImageFile], sample: int = 200) -> int | None:
+    """The median of min(width, height) over up to `sample` of `files` (evenly spaced), from headers only."""
+    if not files:
+        return None
+    step = max(1, len(files) // sample)
+    sides = []
+    for f in list(files)[::step][:sample]:
+        try:
+            with Image.open(f.path) as image:
+                sides.append(min(image.size))
+        except OSError:
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def augmentation(

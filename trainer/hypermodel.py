@@ -9,18 +9,32 @@ and `set_unfreeze_depth` never makes a BatchNormalization layer trainable.
 Training a trial has two phases (`TransferHyperModel.fit`):
 
 1. the head on a frozen backbone at ``learning_rate``;
-2. when ``unfreeze_depth > 0``, the top ``unfreeze_depth`` backbone layers are made trainable and
+2. when ``unfreeze_depth > 0``, the top ``unfreeze_depth`` of the backbone is made trainable and
    training continues at ``learning_rate * fine_tune_factor``.
 
+Unfreeze depth is a fraction of the backbone's *weighted* layers (convolutions and dense layers;
+BatchNormalization is never unfrozen and not counted), counted from the top: 0.25 is the top 13 of
+MobileNetV2's 52 and the top 3 of VGG16's 13, so a depth means the same share of every backbone.
+
 Backbones trained from scratch (``small_cnn``, or ``weights="none"``) have no phase 2: they are
-fully trainable from the start and ``unfreeze_depth`` is not searched.
+fully trainable from the start and ``unfreeze_depth`` is not searched. keras.applications models
+use BatchNormalization momentum 0.99-0.999, so trained from scratch for a few hundred steps their
+moving statistics stay near their initial values and the model in inference mode predicts one
+class: built from random weights, their BatchNormalization momentum is set to
+`SCRATCH_BN_MOMENTUM` (and synchronized across replicas, as in small_cnn).
+
+Each backbone runs at its own input size (`ModelSpec.backbone_sizes`): the model takes
+``image_size`` pixels and resizes inside the graph when its backbone's size differs, so a search
+over small_cnn and mobilenet_v2 does not train small_cnn at 224 px.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,15 +48,29 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKBONE_SPECS",
+    "FLATTEN_HEAD_MAX_FEATURES",
+    "SCRATCH_BN_MOMENTUM",
     "BackboneSpec",
     "ModelSpec",
     "TransferHyperModel",
     "build_model",
     "dtype_policy",
+    "feature_map_shape",
     "find_backbone",
+    "fitting_heads",
     "prepare_backbones",
     "set_unfreeze_depth",
+    "unfrozen_layer_count",
 ]
+
+SCRATCH_BN_MOMENTUM = 0.9
+"""BatchNormalization momentum of keras.applications backbones built from random weights: the moving
+statistics then follow the training within a few dozen steps (0.99-0.999 needs thousands)."""
+
+FLATTEN_HEAD_MAX_FEATURES = 4096
+"""The flatten head is offered only on feature maps of at most this many values (H x W x C): its dense
+layer then has at most ~1M weights at 256 units (7x7x1280 from MobileNetV2 at 224 px would give 16M).
+On larger maps it also overfits where objects move: a flatten head ties each feature to a place."""
 
 
 def _caffe(x: Any) -> Any:
@@ -64,18 +92,20 @@ class BackboneSpec:
     """x * scale + offset before the backbone; None when the backbone needs `preprocess` instead."""
     offset: float = 0.0
     preprocess: Callable[[Any], Any] | None = None
+    weighted_layers: int = 4
+    """Convolution and dense layers (BatchNormalization excluded): what unfreeze fractions count."""
 
 
 BACKBONE_SPECS: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec("small_cnn", 32, 8, None, 1 / 255.0),
-        BackboneSpec("mobilenet_v2", 224, 32, keras.applications.MobileNetV2, 1 / 127.5, -1.0),
+        BackboneSpec("mobilenet_v2", 224, 32, keras.applications.MobileNetV2, 1 / 127.5, -1.0, weighted_layers=52),
         # EfficientNet rescales and normalises inside the application model: feed 0..255 as is.
-        BackboneSpec("efficientnet_b0", 224, 32, keras.applications.EfficientNetB0, 1.0),
-        BackboneSpec("resnet50_v2", 224, 32, keras.applications.ResNet50V2, 1 / 127.5, -1.0),
-        BackboneSpec("vgg16", 224, 32, keras.applications.VGG16, None, preprocess=_caffe),
-        BackboneSpec("inception_v3", 299, 75, keras.applications.InceptionV3, 1 / 127.5, -1.0),
+        BackboneSpec("efficientnet_b0", 224, 32, keras.applications.EfficientNetB0, 1.0, weighted_layers=81),
+        BackboneSpec("resnet50_v2", 224, 32, keras.applications.ResNet50V2, 1 / 127.5, -1.0, weighted_layers=53),
+        BackboneSpec("vgg16", 224, 32, keras.applications.VGG16, None, preprocess=_caffe, weighted_layers=13),
+        BackboneSpec("inception_v3", 299, 75, keras.applications.InceptionV3, 1 / 127.5, -1.0, weighted_layers=94),
     )
 }
 
@@ -89,7 +119,8 @@ class ModelSpec:
     backbones: tuple[str, ...] = ("small_cnn",)
     weights: str = "none"
     heads: tuple[str, ...] = ("gap_dense", "gap_dense_dropout", "flatten_dense_dropout")
-    unfreeze_depths: tuple[int, ...] = (0, 20, 60)
+    unfreeze_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    """Fractions of a backbone's weighted layers to fine-tune (see `set_unfreeze_depth`)."""
     head_epochs: int = 4
     augmentation: tuple[tuple[str, Any], ...] = ()
     """(layer, argument) pairs: ("flip", "horizontal"), ("rotation", 0.05), ("zoom", 0.1)."""
@@ -99,6 +130,9 @@ class ModelSpec:
     """Passed to ``model.compile``; True when XLA was asked for (``--xla``)."""
     dtype_policy: str = "float32"
     """Keras dtype policy every model is built under (``mixed_float16`` / ``mixed_bfloat16`` / ``float32``)."""
+    backbone_sizes: tuple[tuple[str, int], ...] = ()
+    """(backbone, size) pairs: the size each backbone runs at (at most ``image_size``); others use
+    ``image_size``."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -107,10 +141,23 @@ class ModelSpec:
             spec = BACKBONE_SPECS.get(name)
             if spec is None:
                 raise ConfigError(f"Expected a backbone among {', '.join(BACKBONE_SPECS)}. Received: backbone={name!r}")
-            if self.image_size < spec.min_size:
+            size = self.size_of(name)
+            if size < spec.min_size or size > self.image_size:
                 raise ConfigError(
-                    f"Expected image_size >= {spec.min_size} for {name}. Received: image_size={self.image_size}"
+                    f"Expected image_size >= {spec.min_size} for {name} (and at most the input size "
+                    f"{self.image_size}). Received: image_size={size}"
                 )
+        if any(not 0.0 <= d <= 1.0 for d in self.unfreeze_depths):
+            raise ConfigError(f"Expected unfreeze depths in [0, 1]. Received: unfreeze_depths={self.unfreeze_depths}")
+        if self.pretrained:
+            for name in self.fine_tuned_backbones:
+                counts = [unfrozen_layer_count(d, BACKBONE_SPECS[name].weighted_layers) for d in self.unfreeze_depths]
+                if len(set(counts)) < len(counts):
+                    raise ConfigError(
+                        f"Expected unfreeze depths that unfreeze different numbers of {name}'s "
+                        f"{BACKBONE_SPECS[name].weighted_layers} weighted layers. Received: "
+                        f"unfreeze_depths={self.unfreeze_depths} -> {counts} layers"
+                    )
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise ConfigError(
                 f"Expected weights 'imagenet', 'none' or an existing weights file. Received: weights={self.weights!r}"
@@ -124,6 +171,44 @@ class ModelSpec:
     def pretrained(self) -> bool:
         return self.weights != "none"
 
+    @property
+    def fine_tuned_backbones(self) -> tuple[str, ...]:
+        """Backbones trained in two phases (pretrained keras.applications models)."""
+        if not self.pretrained:
+            return ()
+        return tuple(b for b in self.backbones if BACKBONE_SPECS[b].factory is not None)
+
+    def size_of(self, backbone: str) -> int:
+        """The input size `backbone` runs at."""
+        return dict(self.backbone_sizes).get(backbone, self.image_size)
+
+
+def unfrozen_layer_count(depth: float, weighted_layers: int) -> int:
+    """How many of `weighted_layers` a fractional unfreeze depth makes trainable (at least 1 when > 0)."""
+    if depth <= 0:
+        return 0
+    return max(1, min(weighted_layers, math.ceil(depth * weighted_layers - 1e-9)))
+
+
+@functools.lru_cache(maxsize=32)
+def feature_map_shape(backbone: str, image_size: int) -> tuple[int, int, int]:
+    """(H, W, C) of `backbone`'s output at `image_size` (built once with random weights, then cached)."""
+    spec = BACKBONE_SPECS[backbone]
+    model = _backbone(spec, image_size, "none", seed=0)
+    height, width, channels = model.output_shape[1:]
+    return int(height), int(width), int(channels)
+
+
+def fitting_heads(heads: tuple[str, ...], backbones: tuple[str, ...], sizes: dict[str, int]) -> tuple[str, ...]:
+    """`heads` less the flatten head when some backbone's feature map exceeds `FLATTEN_HEAD_MAX_FEATURES`."""
+    if "flatten_dense_dropout" not in heads:
+        return heads
+    for name in backbones:
+        height, width, channels = feature_map_shape(name, sizes[name])
+        if height * width * channels > FLATTEN_HEAD_MAX_FEATURES:
+            return tuple(h for h in heads if h != "flatten_dense_dropout")
+    return heads
+
 
 def find_backbone(model: keras.Model) -> keras.Model:
     """The backbone sub-model of a model built by `build_model`."""
@@ -133,20 +218,24 @@ def find_backbone(model: keras.Model) -> keras.Model:
     raise ValueError(f"Expected a layer named backbone_*. Received: {[layer.name for layer in model.layers]}")
 
 
-def set_unfreeze_depth(backbone: keras.Model, depth: int) -> list[str]:
-    """Make the top `depth` layers of `backbone` trainable and the rest frozen.
+def set_unfreeze_depth(backbone: keras.Model, depth: float) -> list[str]:
+    """Make the top `depth` (a fraction in [0, 1]) of `backbone`'s weighted layers trainable, the rest frozen.
 
-    Layers count in `backbone.layers` order (the input layer included); BatchNormalization layers
-    among the top `depth` stay frozen. Returns the names of the layers made trainable.
+    Weighted layers are those with weights other than BatchNormalization, in `backbone.layers` order;
+    the top ``unfrozen_layer_count(depth, n)`` of them become trainable. BatchNormalization layers
+    always stay frozen. Returns the names of the layers made trainable.
     """
-    if depth < 0:
-        raise ConfigError(f"Expected unfreeze depth >= 0. Received: depth={depth}")
-    backbone.trainable = depth > 0
-    layers = backbone.layers
-    top = layers[len(layers) - depth :] if depth else []
+    if not 0.0 <= depth <= 1.0:
+        raise ConfigError(f"Expected an unfreeze depth in [0, 1]. Received: depth={depth}")
+    # Normalization (EfficientNet's input statistics) has weights but nothing to train.
+    weighted = [layer for layer in backbone.layers if layer.weights
+                and not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization))]
+    count = unfrozen_layer_count(depth, len(weighted))
+    top = {id(layer) for layer in weighted[len(weighted) - count :]} if count else set()
+    backbone.trainable = count > 0
     unfrozen: list[str] = []
-    for layer in layers:
-        make_trainable = layer in top and not isinstance(layer, keras.layers.BatchNormalization)
+    for layer in backbone.layers:
+        make_trainable = id(layer) in top
         layer.trainable = make_trainable
         if make_trainable:
             unfrozen.append(layer.name)
@@ -168,13 +257,26 @@ def prepare_backbones(spec: ModelSpec) -> None:
 
 
 def _small_cnn(image_size: int, seed: int) -> keras.Model:
-    """The classic MNIST-style CNN: a scratch baseline that trains in seconds on a CPU."""
+    """A VGG-style CNN for training from scratch: it trains in seconds on a CPU and converges on small data.
+
+    Convolution -> BatchNormalization (momentum `SCRATCH_BN_MOMENTUM`, so the moving statistics used at
+    inference follow training within a few dozen steps; synchronized, so that under
+    MultiWorkerMirroredStrategy every worker normalises with the global batch's statistics and keeps
+    identical moving statistics) -> ReLU. Without normalisation the same network
+    sits on the chance-level loss plateau for many epochs on small folders, and early stopping ends the
+    trial there.
+    """
     init = keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input((image_size, image_size, 3))
     x = inputs
-    for filters, convolutions in ((32, 2), (64, 2), (128, 1)):
-        for _ in range(convolutions):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init)(x)
+    # Blocks that each halve the map down to 4x4 and end at 128 filters, doubling block by block
+    # (32-64-128 at 32 px, 16-32-64-128 at 64 px): the cost per image grows slowly with the input size.
+    blocks = max(1, round(math.log2(max(image_size, 8) / 4)))
+    for block in range(blocks):
+        filters = max(16, 128 >> (blocks - 1 - block))
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init)(x)
+        x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, synchronized=True)(x)
+        x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x) if x.shape[1] >= 2 else x
     return keras.Model(inputs, x, name="backbone_small_cnn")
 
@@ -189,6 +291,11 @@ def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int) -> k
         hint = " (no internet? pass --weights none or --weights PATH to a local file)" if weights == "imagenet" else ""
         raise ConfigError(f"Could not build {spec.name} with weights={weights!r}: {exc}{hint}") from exc
     model.name = f"backbone_{spec.name}"
+    if keras_weights is None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
+                layer.synchronized = True
     return model
 
 
@@ -239,12 +346,15 @@ def _build_model(spec: ModelSpec, *, backbone: str, head: str, units: int | None
             x = keras.layers.RandomRotation(argument, seed=spec.seed, name="augment_rotation")(x)
         elif kind == "zoom":
             x = keras.layers.RandomZoom(argument, seed=spec.seed, name="augment_zoom")(x)
+    size = spec.size_of(backbone)
+    if size != spec.image_size:
+        x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize_to_backbone")(x)
     if bspec.scale is not None:
         x = keras.layers.Rescaling(bspec.scale, bspec.offset, name="preprocess")(x)
     elif bspec.preprocess is not None:
         x = keras.layers.Lambda(bspec.preprocess, name="preprocess")(x)
 
-    base = _backbone(bspec, spec.image_size, spec.weights, spec.seed)
+    base = _backbone(bspec, size, spec.weights, spec.seed)
     from_scratch = bspec.factory is None or not spec.pretrained
     base.trainable = from_scratch
     x = base(x, training=False if not from_scratch else None)
@@ -305,13 +415,16 @@ class TransferHyperModel(kt.HyperModel):
             if head in ("gap_dense_dropout", "flatten_dense_dropout"):
                 dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
         hp.Float("learning_rate", 3e-4, 2e-3, sampling="log", default=1e-3)
-        if spec.pretrained:
-            depth = hp.Choice("unfreeze_depth", list(spec.unfreeze_depths))
-            fine_tuned = [d for d in spec.unfreeze_depths if d > 0]
-            if fine_tuned:
-                with hp.conditional_scope("unfreeze_depth", fine_tuned):
-                    if depth > 0:
-                        hp.Choice("fine_tune_factor", [0.1, 0.01], default=0.1)
+        if spec.fine_tuned_backbones:
+            # Only pretrained keras.applications backbones have a second phase (small_cnn trains from scratch).
+            with hp.conditional_scope("backbone", list(spec.fine_tuned_backbones)):
+                if backbone in spec.fine_tuned_backbones:
+                    depth = hp.Choice("unfreeze_depth", list(spec.unfreeze_depths))
+                    fine_tuned = [d for d in spec.unfreeze_depths if d > 0]
+                    if fine_tuned:
+                        with hp.conditional_scope("unfreeze_depth", fine_tuned):
+                            if depth > 0:
+                                hp.Choice("fine_tune_factor", [0.1, 0.01], default=0.1)
         model = build_model(spec, backbone=backbone, head=head, units=units, dropout=dropout)
         log.debug("built %s under dtype policy %s", model.name, model.dtype_policy.name)
         _compile(model, spec, hp.get("learning_rate"))
@@ -336,7 +449,7 @@ class TransferHyperModel(kt.HyperModel):
         def with_backup(phase: str) -> list[keras.callbacks.Callback]:
             return [*callbacks, *backup.callbacks(phase)] if backup is not None else callbacks
 
-        depth = hp.get("unfreeze_depth") if self.spec.pretrained else 0
+        depth = hp.values.get("unfreeze_depth", 0) if self.spec.pretrained else 0
         head_epochs = min(self.spec.head_epochs, epochs) if depth else epochs
         by_epoch: dict[int, dict[str, float]] = {}
 

@@ -33,10 +33,17 @@ import tensorflow as tf
 
 from trainer import data, distribute, plots
 from trainer.cluster import Cluster
-from trainer.config import SearchConfig
+from trainer.config import HEADS, SearchConfig
 from trainer.errors import PeerLostError, SearchError, TrainerError
 from trainer.export import ExportedModel, stage_export
-from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, TransferHyperModel, find_backbone, prepare_backbones
+from trainer.hypermodel import (
+    BACKBONE_SPECS,
+    ModelSpec,
+    TransferHyperModel,
+    find_backbone,
+    fitting_heads,
+    prepare_backbones,
+)
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.publish import Decision, gate_and_publish
 from trainer.watchdog import StallWatchdog
@@ -47,6 +54,7 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "auto_epochs",
+    "auto_image_size",
     "balanced_class_weights",
     "evaluate_best",
     "held_out_warnings",
@@ -83,10 +91,37 @@ class SearchResult:
     """The publish gate's decision (on the chief)."""
 
 
-def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32") -> ModelSpec:
-    """The fixed part of the search space for `config` and a data set of `num_classes`."""
+def auto_image_size(backbone: str, median_side: int | None) -> int:
+    """The input size a backbone runs at without ``--image-size``, from the data's median image side.
+
+    small_cnn: 32 for images up to 40 px (digits, icons), else 64 (enough for shapes and textures at the
+    scale of the image; 4x the compute of 32). keras.applications: their own size (224, 299), or for
+    small images the median side rounded up to a multiple of 32, at least 96 (upscaling a 28 px image to
+    224 px costs 60x the compute and adds no information).
+    """
+    spec = BACKBONE_SPECS[backbone]
+    if spec.factory is None:
+        return 32 if median_side is None or median_side <= 40 else 64
+    if median_side is None:
+        return spec.default_size
+    return max(spec.min_size, min(spec.default_size, max(96, 32 * math.ceil(median_side / 32))))
+
+
+def model_spec(
+    config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32", *,
+    median_side: int | None = None,
+) -> ModelSpec:
+    """The fixed part of the search space for `config` and a data set of `num_classes`.
+
+    `median_side` (the data's median image side in pixels) picks each backbone's input size when
+    ``config.image_size`` is not set (`auto_image_size`); the model input is the largest of them.
+    """
     backbones = config.backbones
-    image_size = config.image_size or max(BACKBONE_SPECS[b].default_size for b in backbones)
+    sizes = {b: config.image_size or auto_image_size(b, median_side) for b in backbones}
+    image_size = max(sizes.values())
+    heads = config.heads
+    if set(heads) == set(HEADS):  # the default: only the heads that fit every backbone's feature map
+        heads = fitting_heads(heads, backbones, sizes)
     augmentation: list[tuple[str, Any]] = []
     if config.flip != "none":
         augmentation.append(("flip", config.flip))
@@ -100,7 +135,7 @@ def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1, policy
         image_size=image_size,
         backbones=backbones,
         weights=config.weights if uses_pretrained else "none",
-        heads=config.heads,
+        heads=heads,
         unfreeze_depths=config.unfreeze_depths,
         head_epochs=config.head_epochs,
         augmentation=tuple(augmentation),
@@ -108,6 +143,7 @@ def model_spec(config: SearchConfig, num_classes: int, replicas: int = 1, policy
         seed=config.seed,
         jit_compile=True if config.xla else "auto",
         dtype_policy=policy,
+        backbone_sizes=tuple(sorted(sizes.items())),
     )
 
 
@@ -241,6 +277,9 @@ def make_tuner(
     }
     if config.tuner == "hyperband":
         common.update(max_epochs=config.epochs or epochs, factor=3, hyperband_iterations=1)
+    elif config.tuner == "bayesian":
+        # KerasTuner's default (3 x the number of hyperparameters, 21 for 7) would make any small budget random.
+        common.update(max_trials=config.max_trials, num_initial_points=config.bayesian_initial_trials)
     else:
         common.update(max_trials=config.max_trials)
     tuner_class = type(f"Tfstack{base.__name__}", (_SearchHooks, base), {})
@@ -349,7 +388,12 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
                                         formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
-    spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy)
+    spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy,
+                      median_side=data.median_image_side(splits.train))
+    log.info("search space: backbones %s at %s px, heads %s%s", ",".join(spec.backbones),
+             dict(spec.backbone_sizes), ",".join(spec.heads),
+             f", unfreeze depths {list(spec.unfreeze_depths)} (fractions of the backbone)"
+             if spec.fine_tuned_backbones else "")
     epochs = config.epochs or auto_epochs(len(splits.train), global_batch)
     if config.epochs is None:
         steps = math.ceil(len(splits.train) / global_batch)
@@ -595,6 +639,7 @@ def _check_resumable(
         "weights": spec.weights,
         "heads": list(spec.heads),
         "unfreeze_depths": list(spec.unfreeze_depths),
+        "backbone_sizes": [list(pair) for pair in spec.backbone_sizes],
         "tuner": config.tuner,
     }
     path = config.model_run_dir / _SEARCH_IDENTITY

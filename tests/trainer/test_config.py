@@ -25,6 +25,25 @@ def test_defaults_for_a_user_folder_use_transfer_learning() -> None:
     assert config.model_name == "photos", "a user's data set never resumes the digits search"
 
 
+def test_auto_backbone_trains_small_cnn_from_scratch_and_fine_tunes_mobilenet_with_weights(tmp_path: Path) -> None:
+    assert load({"data": "photos", "weights": "none"}, {}).backbones == ("small_cnn",)
+    assert load({"data": "photos", "weights": str(tmp_path / "w.weights.h5")}, {}).backbones == ("mobilenet_v2",)
+    assert load({"weights": "imagenet"}, {}).backbones == ("small_cnn",), "the 8x8 digits stay on small_cnn"
+
+
+@pytest.mark.parametrize(("trials", "initial"), [(8, 2), (9, 3), (30, 10), (1, 2)], ids=str)
+def test_bayesian_search_is_not_all_random_by_default(trials: int, initial: int) -> None:
+    config = load({"max_trials": str(trials)}, {})
+    assert config.bayesian_initial_trials == initial
+    assert load({"max_trials": str(trials), "initial_trials": "5"}, {}).bayesian_initial_trials == 5
+
+
+def test_unfreeze_depths_are_fractions_of_the_backbone() -> None:
+    assert load({}, {}).unfreeze_depths == (0.0, 0.25, 0.5, 1.0)
+    with pytest.raises(ConfigError, match="fractions of the backbone"):
+        load({"unfreeze_depths": "0,20,60"}, {})
+
+
 def test_precedence_is_file_then_env_then_cli(tmp_path: Path) -> None:
     settings = tmp_path / "search.json"
     settings.write_text(json.dumps({"max-trials": 3, "tuner": "random", "epochs": 7, "model_name": "a"}))
@@ -43,9 +62,9 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_lists_and_booleans_parse_from_strings() -> None:
-    config = load({}, {"TFSTACK_BACKBONE": "mobilenet_v2, vgg16", "TFSTACK_UNFREEZE_DEPTHS": "0,10",
+    config = load({}, {"TFSTACK_BACKBONE": "mobilenet_v2, vgg16", "TFSTACK_UNFREEZE_DEPTHS": "0,0.5",
                        "TFSTACK_OVERWRITE": "yes", "TFSTACK_METRICS_PORT": "9100"})
-    assert config.backbones == ("mobilenet_v2", "vgg16") and config.unfreeze_depths == (0, 10)
+    assert config.backbones == ("mobilenet_v2", "vgg16") and config.unfreeze_depths == (0.0, 0.5)
     assert config.overwrite is True and config.metrics_port == 9100
 
 

@@ -18,7 +18,7 @@ from trainer.config import load
 from trainer.data import DataSplits, ImageFile
 from trainer.errors import SearchError
 from trainer.progress import SearchMetrics
-from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, run_search
+from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, model_spec, run_search
 
 SINGLE = Cluster(peers=(), rank=0, source="single")
 
@@ -212,17 +212,37 @@ def test_a_restarted_worker_seeds_its_tuner_state_from_the_chief(tmp_path: Path,
     assert (copied / "trial_0001" / "checkpoint.weights.h5").exists() is hyperband
 
 
-@pytest.mark.slow
-def test_a_pretrained_search_runs_its_fine_tuning_phase(tmp_path: Path, folder: Path) -> None:
-    # Regression: KerasTuner's hparams callback (next to TensorBoard) is single-use, and phase 2 is a
-    # second fit: every trial with unfreeze_depth > 0 failed with "cannot be reused across training sessions".
+def test_each_backbone_gets_an_input_size_that_fits_the_data(tmp_path: Path) -> None:
+    config = load({"data": str(tmp_path), "backbone": "small_cnn,mobilenet_v2", "weights": "none"}, {})
+    spec = model_spec(config, 4, median_side=430)
+    assert dict(spec.backbone_sizes) == {"small_cnn": 64, "mobilenet_v2": 224} and spec.image_size == 224
+    assert "flatten_dense_dropout" not in spec.heads, "16M weights on mobilenet_v2's 7x7x1280 map"
+    small = model_spec(load({"data": str(tmp_path), "weights": "none"}, {}), 4, median_side=28)
+    assert small.backbones == ("small_cnn",) and small.image_size == 32 and not small.fine_tuned_backbones
+    assert dict(model_spec(config, 4, median_side=28).backbone_sizes) == {"small_cnn": 32, "mobilenet_v2": 96}
+    fixed = model_spec(load({"data": str(tmp_path), "backbone": "vgg16", "image_size": "48"}, {}), 4, median_side=500)
+    assert dict(fixed.backbone_sizes) == {"vgg16": 48}
+
+
+def test_bayesian_tuner_draws_a_third_of_the_budget_at_random(tmp_path: Path, folder: Path) -> None:
+    from trainer.hypermodel import ModelSpec, TransferHyperModel
+    from trainer.search import make_tuner
+
+    config = _config(tmp_path, folder, tuner="bayesian", max_trials="9")
+    tuner = make_tuner(config, TransferHyperModel(ModelSpec(num_classes=3, image_size=16)), directory=tmp_path / "t")
+    assert tuner.oracle.num_initial_points == 3 and tuner.oracle.max_trials == 9
+
+
+def test_a_pretrained_search_fine_tunes_in_a_second_phase(tmp_path: Path, folder: Path) -> None:
+    """Phase 2 runs inside the real search (KerasTuner adds TensorBoard callbacks that allow one session)."""
     import keras
 
-    weights = tmp_path / "mobilenet_v2_32.weights.h5"
+    weights = tmp_path / "mobilenet_v2.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
-    config = _config(tmp_path, folder, backbone="mobilenet_v2", image_size="32", weights=str(weights),
-                     unfreeze_depths="4", heads="gap_dense", max_trials="1", epochs="2", head_epochs="1")
+    config = _config(tmp_path, folder, backbone="auto", weights=str(weights), image_size="32", max_trials="1",
+                     epochs="2", unfreeze_depths="0.5", heads="gap_dense")
     result = run_search(config, SINGLE)
-    assert result.best_hyperparameters["unfreeze_depth"] == 4 and result.export is not None
+    assert result.best_hyperparameters["backbone"] == "mobilenet_v2"
+    assert result.best_hyperparameters["unfreeze_depth"] == 0.5
     history = json.loads(next((tmp_path / "runs" / "toy" / "histories").glob("trial_*/history.json")).read_text())
-    assert len(history["val_accuracy"]) == 2, "phase 1 and phase 2 each trained one epoch"
+    assert len(history["val_accuracy"]) == 2, "one epoch per phase"
