@@ -166,23 +166,10 @@ def discard_staged(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_model(
-    model: keras.Model,
-    *,
-    export_base: Path,
-    model_name: str,
-    class_names: Sequence[str],
-    image_size: int,
-    metadata: dict[str, Any],
-    warmup_images: Sequence[bytes] = (),
-) -> ExportedModel:
-    """Export `model` as the next version of `model_name` without a gate; returns the version and its path.
-
-    Raises:
-        ExportError: the model could not be written; nothing is left under the model directory.
-    """
-    staging = stage_export(model, export_base=export_base, model_name=model_name, class_names=class_names,
-                           image_size=image_size, metadata=metadata, warmup_images=warmup_images)
+def export_model(model: keras.Model, **options: Any) -> ExportedModel:
+    """`stage_export` (same keyword arguments) then `publish_staged`, without the publish gate: the next
+    version of the model, or ExportError with nothing left under the model directory."""
+    staging = stage_export(model, **options)
     try:
         return publish_staged(staging)
     except BaseException:
