@@ -50,10 +50,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     from serving.model_server import ModelServer, parse_flags
 
     root = tmp_path_factory.mktemp("binary")
-    folder = write_folder(root / "stripes", classes=2, per_class=30, size=24)
+    folder = write_folder(root / "stripes", classes=2, per_class=40, size=24)
     # The defaults a user gets offline: --backbone auto (small_cnn from scratch), the default heads.
     config = load({"data": str(folder), "weights": "none", "run_dir": str(root / "runs"),
-                   "export_base": str(root / "models"), "max_trials": "1", "epochs": "8", "tuner": "random"}, {})
+                   "export_base": str(root / "models"), "max_trials": "1", "epochs": "30", "tuner": "random"}, {})
     result = run_search(config, Cluster(peers=(), rank=0, source="single"))
     assert result.export is not None and result.report_dir is not None
     held_out = json.loads((result.report_dir / "held_out.json").read_text())

@@ -66,8 +66,19 @@ def three_classes(tmp_path: Path) -> Path:
 def test_public_names_are_exactly_the_documented_ones() -> None:
     assert data.__all__ == [
         "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "IMAGE_EXTENSIONS", "DataSplits", "ImageFile", "augmentation",
-        "decode_image", "ensure_digits", "global_batch_size", "load_arrays", "make_dataset", "scan",
+        "decode_image", "ensure_digits", "global_batch_size", "load_arrays", "make_dataset", "median_image_side",
+        "scan",
     ]
+
+
+def test_median_image_side_reads_the_shorter_side_of_each_file(tmp_path: Path) -> None:
+    files = []
+    for i, (width, height) in enumerate([(40, 30), (100, 500), (64, 64), (20, 90), (300, 200)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (width, height)).save(path)
+        files.append(data.ImageFile(path, 0))
+    assert data.median_image_side(files) == 64  # shorter sides 30, 100, 64, 20, 200
+    assert data.median_image_side([]) is None
     assert all(hasattr(data, name) for name in data.__all__)
 
 
