@@ -232,7 +232,7 @@ def test_a_restart_in_phase_2_resumes_phase_2_with_the_phase_1_result(
 
     monkeypatch.setitem(BACKBONE_SPECS, "tiny", BackboneSpec("tiny", 16, 8, _tiny_pretrained, 1 / 255.0))
     spec = ModelSpec(num_classes=3, image_size=16, backbones=("tiny",), weights="imagenet", heads=("gap_dense",),
-                     unfreeze_depths=(2,), head_epochs=2)
+                     unfreeze_depths=(1.0,), head_epochs=2)
     x, y = _pixels(16, 16, 3)
     hp = kt.HyperParameters()
     hypermodel = TransferHyperModel(spec)

@@ -151,18 +151,28 @@ def test_an_export_that_does_not_load_is_never_published(
 def test_cli_exits_3_and_keeps_the_served_version_when_the_gate_refuses(
     tmp_path: Path, data: tuple[Path, object], good_model: keras.Model
 ) -> None:
-    root, splits = data
-    # The served version 1 records a perfect held-out score on this very split (same fingerprint).
-    staging = _stage(good_model, tmp_path / "models", splits.fingerprint, 1.0)  # type: ignore[attr-defined]
-    staging.rename(tmp_path / "models" / "toy" / "1")
-    args = ["search", "--data", str(root), "--model-name", "toy", "--export-base", "models", "--run-dir", "runs",
+    """A search on a folder whose classes hold the very same image can only be at chance (identical inputs
+    get identical predictions: balanced accuracy exactly 1/3), so the gate must refuse it, whatever the
+    defaults train."""
+    from PIL import Image
+
+    _root, splits = data
+    staging = _stage(good_model, tmp_path / "models", splits.fingerprint)  # type: ignore[attr-defined]
+    staging.rename(tmp_path / "models" / "toy" / "1")  # the served version
+    same = tmp_path / "same"
+    image = Image.fromarray(np.full((SIZE, SIZE, 3), 128, np.uint8))
+    for name in CLASSES:
+        (same / name).mkdir(parents=True)
+        for i in range(12):
+            image.save(same / name / f"{i}.png")
+    args = ["search", "--data", str(same), "--model-name", "toy", "--export-base", "models", "--run-dir", "runs",
             "--backbone", "small_cnn", "--image-size", str(SIZE), "--tuner", "random", "--max-trials", "1",
-            "--epochs", "1", "--head-epochs", "1", "--batch-size", "8", "--val-fraction", "0.2",
-            "--test-fraction", "0.25"]
+            "--epochs", "1", "--head-epochs", "1", "--batch-size", "8"]
     result = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 3, result.stderr[-3000:]
-    assert "not published:" in result.stdout
+    assert "not published:" in result.stdout and "no better than chance" in result.stdout
     assert existing_versions(tmp_path / "models" / "toy") == [1]
     report = json.loads((tmp_path / "runs" / "toy" / "report" / "publish.json").read_text())
     assert report["publish"] is False and report["current_version"] == 1
+    assert report["candidate"]["balanced_accuracy"] == pytest.approx(1 / 3)
