@@ -211,7 +211,7 @@ def test_a_worker_killed_in_phase_2_resumes_phase_2_and_the_trial_completes_once
     tmp_path: Path, folder: Path, backbone_weights: Path, jobs: list[_Job]
 ) -> None:
     job = _Job(tmp_path, folder, "--backbone", "mobilenet_v2", "--image-size", "32", "--weights",
-               str(backbone_weights), "--unfreeze-depths", "4", "--head-epochs", "1", "--heads", "gap_dense",
+               str(backbone_weights), "--unfreeze-depths", "1.0", "--head-epochs", "1", "--heads", "gap_dense",
                "--publish", "always",  # random backbone weights: about resuming, not about quality
                max_trials=1, epochs=4, max_restarts=2)
     jobs.append(job)
