@@ -141,8 +141,11 @@ def encode(request: Request) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _served_version(spec: bytes) -> int | None:
     """The version in ``ModelSpec`` wire bytes (answers repeat the same few specs: cached)."""
-    parsed = model_pb2.ModelSpec.FromString(spec)
-    return int(parsed.version.value) if parsed.HasField("version") else None
+    return _version_of(model_pb2.ModelSpec.FromString(spec))
+
+
+def _version_of(spec: model_pb2.ModelSpec) -> int | None:
+    return int(spec.version.value) if spec.HasField("version") else None
 
 
 def decode(request: Request, data: bytes) -> tuple[Any, int | None]:
@@ -157,17 +160,17 @@ def decode(request: Request, data: bytes) -> tuple[Any, int | None]:
             [(c.label, float(c.score)) for c in item.classes]
             for item in classified.result.classifications
         ]
-        return labels, _served_version(classified.model_spec.SerializeToString())
+        return labels, _version_of(classified.model_spec)
     if request.method == "regress":
         regressed = regression_pb2.RegressionResponse.FromString(data)
         values = np.array([r.value for r in regressed.result.regressions], dtype=np.float32)
-        return values, _served_version(regressed.model_spec.SerializeToString())
+        return values, _version_of(regressed.model_spec)
     if request.method == "metadata":
         answer = get_model_metadata_pb2.GetModelMetadataResponse.FromString(data)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         if "signature_def" in answer.metadata:
             signatures.ParseFromString(answer.metadata["signature_def"].value)
-        version = answer.model_spec.version.value if answer.model_spec.HasField("version") else None
+        version = _version_of(answer.model_spec)
         return metadata_from_proto(answer.model_spec.name or request.model, version, signatures), version
     status = get_model_status_pb2.GetModelStatusResponse.FromString(data)
     return status_from_proto(request.model, status), None
