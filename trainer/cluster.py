@@ -15,10 +15,24 @@ Pure Python with no TensorFlow import, so chart tests can feed a rendered pod en
    ``TFSTACK_CLUSTER_PORT`` and optional ``TFSTACK_CLUSTER_DOMAIN``. Pod ``i`` is reachable as
    ``<job>-<i>.<service>[.<domain>]:<port>`` through the headless Service; index 0 is the chief.
 3. Neither: a single process.
+
+Parallel trials (``launch --groups G``, the chart's ``trainer.groups``): the search runs as G groups
+of W workers plus one oracle process. Each group is one synchronous job (its own TF_CONFIG or
+Indexed Job, as above) that takes one trial at a time from the oracle, KerasTuner's chief oracle
+served over gRPC. Four more variables say where a process sits:
+
+- ``TFSTACK_ROLE``: ``worker`` (default) or ``oracle`` (the one process that serves trials, then
+  evaluates and publishes the best model; it ignores the cluster variables above).
+- ``TFSTACK_GROUPS``: G, the number of groups (default 1: no oracle, the search as one job).
+- ``TFSTACK_GROUP``: this worker's group, ``0..G-1``. In an Indexed Job it also names the group's
+  Job: pod ``i`` of group ``g`` is ``<job>-<g>-<i>.<service>`` (a JobSet's child Jobs are named
+  ``<jobset>-<replicatedJob>-<g>``); Kubernetes sets it from the JobSet's job-index annotation.
+- ``TFSTACK_ORACLE``: ``host:port`` of the oracle (required with G > 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +42,7 @@ from typing import Any
 from trainer.errors import ClusterError
 
 __all__ = [
+    "GROUP_VARIABLES",
     "INDEXED_JOB_VARIABLES",
     "Cluster",
     "local_tf_configs",
@@ -41,6 +56,9 @@ INDEXED_JOB_VARIABLES = (
     "TFSTACK_CLUSTER_PORT",
     "TFSTACK_CLUSTER_DOMAIN",
 )
+GROUP_VARIABLES = ("TFSTACK_ROLE", "TFSTACK_GROUPS", "TFSTACK_GROUP", "TFSTACK_ORACLE")
+ORACLE_TUNER_ID = "chief"
+"""KerasTuner's tuner id of the chief oracle (``keras_tuner/src/distribute/utils.py``: ``is_chief_oracle``)."""
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ADDRESS = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[^:\s/]+):(?P<port>\d+)$")
 
@@ -57,10 +75,45 @@ class Cluster:
     """Where the settings came from: ``tf_config``, ``indexed_job`` or ``single``."""
     chief_in_tf_config: bool = False
     """TF_CONFIG named a separate ``chief`` task (then ``peers[0]`` is that chief)."""
+    role: str = "worker"
+    """``worker`` (trains) or ``oracle`` (serves trials to the groups, then publishes)."""
+    group: int = 0
+    """This worker's group (one synchronous job of `peers`), ``0..groups-1``."""
+    groups: int = 1
+    """How many groups train trials in parallel; 1 = no oracle process."""
+    oracle: str | None = None
+    """``host:port`` of the oracle process when ``groups > 1``."""
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.role == "oracle"
 
     @property
     def is_chief(self) -> bool:
-        return self.rank == 0
+        """Rank 0 of its group: writes its trials' checkpoints, backups and logs to the shared run directory."""
+        return self.rank == 0 and not self.is_oracle
+
+    @property
+    def publishes(self) -> bool:
+        """This process evaluates and exports the best model: the oracle, or the chief of the only group."""
+        return self.is_oracle or (self.groups == 1 and self.is_chief)
+
+    @property
+    def tuner_id(self) -> str:
+        """KerasTuner's tuner id: one per group (its workers run the same trial), ``chief`` for the oracle."""
+        return ORACLE_TUNER_ID if self.is_oracle else f"group{self.group}"
+
+    def kerastuner_env(self) -> dict[str, str]:
+        """The variables with which KerasTuner's tuners talk to the chief oracle (none with one group).
+
+        Not for the oracle itself: with them, ``BaseTuner.search`` would run KerasTuner's own server loop.
+        """
+        if self.groups == 1 or self.is_oracle or self.oracle is None:
+            return {}
+        match = _ADDRESS.match(self.oracle)
+        assert match is not None  # checked by resolve
+        return {"KERASTUNER_ORACLE_IP": match["host"].strip("[]"), "KERASTUNER_ORACLE_PORT": match["port"],
+                "KERASTUNER_TUNER_ID": self.tuner_id}
 
     @property
     def num_workers(self) -> int:
@@ -88,10 +141,13 @@ class Cluster:
 
     def describe(self) -> str:
         """One log line: who am I, among how many."""
+        if self.is_oracle:
+            return f"oracle of {self.groups} groups, serving trials on {self.oracle}"
+        in_group = f" of group {self.group} of {self.groups} (oracle {self.oracle})" if self.groups > 1 else ""
         if not self.peers:
-            return "single process (no TF_CONFIG, no Indexed-Job variables)"
+            return f"single process{in_group or ' (no TF_CONFIG, no Indexed-Job variables)'}"
         role = "chief" if self.is_chief else "worker"
-        return f"{role}, rank {self.rank} of {self.num_workers} (from {self.source}): {', '.join(self.peers)}"
+        return f"{role}, rank {self.rank} of {self.num_workers}{in_group} (from {self.source}): {', '.join(self.peers)}"
 
 
 def resolve(env: Mapping[str, str]) -> Cluster:
@@ -100,11 +156,50 @@ def resolve(env: Mapping[str, str]) -> Cluster:
     Raises:
         ClusterError: the settings are present but invalid; the message names the variable.
     """
+    role, group, groups, oracle = _group_settings(env)
+    placement = {"role": role, "group": group, "groups": groups, "oracle": oracle}
+    if role == "oracle":
+        return Cluster(peers=(), rank=0, source="oracle", **placement)
     if env.get("TF_CONFIG", "").strip():
-        return _from_tf_config(env["TF_CONFIG"])
+        return dataclasses.replace(_from_tf_config(env["TF_CONFIG"]), **placement)
     if "JOB_COMPLETION_INDEX" in env or any(name in env for name in INDEXED_JOB_VARIABLES):
-        return _from_indexed_job(env)
-    return Cluster(peers=(), rank=0, source="single")
+        return dataclasses.replace(_from_indexed_job(env, group if "TFSTACK_GROUP" in env else None), **placement)
+    return Cluster(peers=(), rank=0, source="single", **placement)
+
+
+def _group_settings(env: Mapping[str, str]) -> tuple[str, int, int, str | None]:
+    """(role, group, groups, oracle address) from the TFSTACK_ROLE/GROUPS/GROUP/ORACLE variables."""
+    role = env.get("TFSTACK_ROLE", "").strip() or "worker"
+    if role not in ("worker", "oracle"):
+        raise ClusterError(f"Expected TFSTACK_ROLE to be 'worker' or 'oracle'. Received: TFSTACK_ROLE={role!r}")
+    groups = _integer(env, "TFSTACK_GROUPS", 1) if env.get("TFSTACK_GROUPS", "").strip() else 1
+    group = _integer(env, "TFSTACK_GROUP", 0, groups - 1) if env.get("TFSTACK_GROUP", "").strip() else None
+    oracle = env.get("TFSTACK_ORACLE", "").strip() or None
+    if groups == 1:
+        if role == "oracle":
+            raise ClusterError("Expected TFSTACK_GROUPS > 1 with TFSTACK_ROLE=oracle (one group needs no oracle). "
+                               f"Received: TFSTACK_GROUPS={env.get('TFSTACK_GROUPS')!r}")
+        return role, group or 0, 1, None
+    if oracle is None:
+        raise ClusterError(f"Expected TFSTACK_ORACLE (the oracle's host:port) with TFSTACK_GROUPS={groups}. "
+                           "Received: TFSTACK_ORACLE unset")
+    _check_addresses([oracle], "TFSTACK_ORACLE")
+    if role == "worker" and group is None:
+        raise ClusterError(f"Expected TFSTACK_GROUP (this worker's group, 0..{groups - 1}) with "
+                           f"TFSTACK_GROUPS={groups}. Received: TFSTACK_GROUP unset")
+    return role, group or 0, groups, oracle
+
+
+def _integer(env: Mapping[str, str], name: str, low: int, high: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ClusterError(f"Expected {name} to be an integer. Received: {name}={raw!r}") from None
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ClusterError(f"Expected {name} {bound}. Received: {name}={value}")
+    return value
 
 
 def local_tf_configs(ports: Sequence[int], host: str = "127.0.0.1") -> list[dict[str, Any]]:
@@ -169,7 +264,7 @@ def _from_tf_config(raw: str) -> Cluster:
     return Cluster(peers=peers, rank=rank, source="tf_config", chief_in_tf_config=bool(chiefs))
 
 
-def _from_indexed_job(env: Mapping[str, str]) -> Cluster:
+def _from_indexed_job(env: Mapping[str, str], group: int | None) -> Cluster:
     def required(name: str) -> str:
         value = env.get(name, "").strip()
         if not value:
@@ -181,15 +276,8 @@ def _from_indexed_job(env: Mapping[str, str]) -> Cluster:
         return value
 
     def integer(name: str, low: int, high: int | None = None) -> int:
-        raw = required(name)
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ClusterError(f"Expected {name} to be an integer. Received: {name}={raw!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-            raise ClusterError(f"Expected {name} in {bound}. Received: {name}={value}")
-        return value
+        required(name)
+        return _integer(env, name, low, high)
 
     workers = integer("TFSTACK_CLUSTER_WORKERS", 1)
     index = integer("JOB_COMPLETION_INDEX", 0, workers - 1)
@@ -203,6 +291,8 @@ def _from_indexed_job(env: Mapping[str, str]) -> Cluster:
             )
     domain = env.get("TFSTACK_CLUSTER_DOMAIN", "").strip().strip(".")
     suffix = f".{service}.{domain}" if domain else f".{service}"
+    if group is not None:  # the group's own Job: a JobSet child Job "<jobset>-<replicatedJob>-<group>"
+        job = f"{job}-{group}"
     peers = tuple(f"{job}-{i}{suffix}:{port}" for i in range(workers))
     _check_addresses(peers, "TFSTACK_CLUSTER_*")
     return Cluster(peers=peers, rank=index, source="indexed_job")

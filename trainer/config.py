@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.cluster import INDEXED_JOB_VARIABLES
+from trainer.cluster import GROUP_VARIABLES, INDEXED_JOB_VARIABLES
 from trainer.errors import ConfigError
 
 __all__ = [
@@ -41,7 +41,7 @@ HEADS = ("gap_dense", "gap_dense_dropout", "flatten_dense_dropout")
 TUNERS = ("hyperband", "bayesian", "random")
 PRECISIONS = ("auto", "off", "mixed_float16", "mixed_bfloat16")
 # Variables that share the prefix but belong to other readers (the cluster resolver, the file option).
-_OTHER_VARIABLES = frozenset({*INDEXED_JOB_VARIABLES, "TFSTACK_CONFIG"})
+_OTHER_VARIABLES = frozenset({*INDEXED_JOB_VARIABLES, *GROUP_VARIABLES, "TFSTACK_CONFIG"})
 
 
 def _opt(help: str, *, choices: Sequence[str] | None = None, **kwargs: Any) -> Any:

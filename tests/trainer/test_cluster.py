@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -149,3 +150,66 @@ def test_local_tf_configs_wire_loopback_workers() -> None:
 def test_cluster_module_does_not_import_tensorflow() -> None:
     code = "import sys, trainer.cluster; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------ parallel trial groups
+
+_GROUPS = {"TFSTACK_GROUPS": "3", "TFSTACK_ORACLE": "digits-trainer-oracle-0-0.digits-trainer:2223"}
+
+
+def test_a_worker_of_a_group_talks_to_the_oracle_with_its_group_as_kerastuner_tuner_id() -> None:
+    spec = {"worker": ["127.0.0.1:5000", "127.0.0.1:5001"]}
+    clusters = [resolve({**_tf_config(spec, "worker", i), **_GROUPS, "TFSTACK_GROUP": "2"}) for i in range(2)]
+    assert [(c.rank, c.group, c.groups, c.is_chief, c.publishes) for c in clusters] == [
+        (0, 2, 3, True, False), (1, 2, 3, False, False)]
+    # Every worker of a group shares one tuner id: KerasTuner's create_trial returns the group's ongoing
+    # trial to each of them (keras_tuner/src/engine/oracle.py, "Allow for multi-worker DistributionStrategy").
+    assert {c.tuner_id for c in clusters} == {"group2"}
+    assert clusters[1].kerastuner_env() == {
+        "KERASTUNER_ORACLE_IP": "digits-trainer-oracle-0-0.digits-trainer", "KERASTUNER_ORACLE_PORT": "2223",
+        "KERASTUNER_TUNER_ID": "group2"}
+    assert clusters[0].tf_config() == json.loads(_tf_config(spec, "worker", 0)["TF_CONFIG"])
+
+
+def test_the_oracle_publishes_and_ignores_the_cluster_variables() -> None:
+    cluster = resolve({**_indexed_job(1), **_GROUPS, "TFSTACK_ROLE": "oracle"})
+    assert cluster.is_oracle and cluster.publishes and not cluster.is_chief
+    assert cluster.peers == () and cluster.tf_config() is None
+    assert cluster.tuner_id == "chief"  # KerasTuner's is_chief_oracle(): "chief" in KERASTUNER_TUNER_ID
+    assert cluster.kerastuner_env() == {}  # else BaseTuner.search would run KerasTuner's own server loop
+
+
+def test_one_group_needs_no_oracle_and_its_chief_publishes() -> None:
+    for env in ({}, {"TFSTACK_GROUPS": "1"}, {"TFSTACK_GROUPS": "1", "TFSTACK_GROUP": "0"}):
+        cluster = resolve({**_indexed_job(0), **env})
+        assert (cluster.groups, cluster.group, cluster.oracle, cluster.publishes) == (1, 0, None, True)
+        assert cluster.kerastuner_env() == {}
+
+
+def test_indexed_job_group_names_its_own_child_job() -> None:
+    """A JobSet child Job is <jobset>-<replicatedJob>-<job index>; pod i is <child job>-<i> (JobSet's naming)."""
+    env = {**_indexed_job(1, workers=2, TFSTACK_CLUSTER_JOB_NAME="digits-trainer-workers"), **_GROUPS,
+           "TFSTACK_GROUP": "2"}
+    cluster = resolve(env)
+    assert cluster.peers == ("digits-trainer-workers-2-0.digits-trainer-workers:2222",
+                             "digits-trainer-workers-2-1.digits-trainer-workers:2222")
+    assert (cluster.rank, cluster.group) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"TFSTACK_ROLE": "evaluator"}, "TFSTACK_ROLE"),
+        ({"TFSTACK_ROLE": "oracle"}, "TFSTACK_GROUPS > 1"),
+        ({"TFSTACK_GROUPS": "0"}, "TFSTACK_GROUPS >= 1"),
+        ({"TFSTACK_GROUPS": "two"}, "TFSTACK_GROUPS to be an integer"),
+        ({"TFSTACK_GROUPS": "2", "TFSTACK_GROUP": "0"}, "TFSTACK_ORACLE"),
+        ({"TFSTACK_GROUPS": "2", "TFSTACK_ORACLE": "oracle:2223"}, "TFSTACK_GROUP (this worker's group"),
+        ({"TFSTACK_GROUPS": "2", "TFSTACK_ORACLE": "oracle:2223", "TFSTACK_GROUP": "2"}, "TFSTACK_GROUP in [0, 1]"),
+        ({"TFSTACK_GROUPS": "2", "TFSTACK_ORACLE": "oracle", "TFSTACK_GROUP": "0"}, "TFSTACK_ORACLE"),
+        ({"TFSTACK_GROUP": "1"}, "TFSTACK_GROUP in [0, 0]"),
+    ],
+)
+def test_invalid_group_settings_name_the_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ClusterError, match=re.escape(fragment)):
+        resolve(env)
