@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from trainer.errors import DivergenceError
 
-__all__ = ["assert_workers_agree", "payload_hash"]
+__all__ = ["assert_workers_agree", "broadcast_text", "payload_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,20 @@ def assert_workers_agree(
 def _shorten(text: bytes | str, limit: int = 200) -> str:
     shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def broadcast_text(strategy: tf.distribute.Strategy, text: str, *, limit: int = 256) -> str:
+    """The chief's `text` on every worker (a collective: every worker calls it; others' `text` is ignored).
+
+    One all-gather of ``[length, byte...]`` rows, padded to `limit` bytes; row 0 is the chief's first replica.
+    """
+    data = text.encode("utf-8")
+    if len(data) > limit:
+        raise ValueError(f"Expected at most {limit} bytes to broadcast. Received: {len(data)}")
+    local = tf.constant([[len(data), *data.ljust(limit, b"\0")]], dtype=tf.int64)
+
+    def gather() -> tf.Tensor:
+        return tf.distribute.get_replica_context().all_gather(local, axis=0)
+
+    row = strategy.experimental_local_results(strategy.run(gather))[0].numpy()[0]
+    return bytes(int(b) for b in row[1 : 1 + int(row[0])]).decode("utf-8")

@@ -66,7 +66,7 @@ def search_command(args: argparse.Namespace) -> int:
     from trainer.search import run_search
 
     metrics = SearchMetrics()
-    if config.metrics_port is not None and cluster.is_chief:
+    if config.metrics_port is not None and cluster.publishes:
         metrics.serve(config.metrics_port)
     try:
         result = run_search(config, cluster, metrics=metrics)
@@ -106,9 +106,14 @@ def launch_command_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
         description="Start N local workers running `python -m trainer ARGS...`, stream their prefixed logs, and stop "
         "all of them if one fails for good.",
     )
-    parser.add_argument("--workers", type=int, default=2, help="Number of local worker processes (default 2).")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="Number of local worker processes, per group with --groups (default 2).")
+    parser.add_argument("--groups", type=int, default=1,
+                        help="Groups of --workers workers that train trials in parallel; above 1 an oracle process "
+                        "hands out the trials and publishes the best model (default 1).")
     parser.add_argument("--max-restarts", type=int, default=0,
-                        help="Restart a dead worker up to this many times, as Kubernetes restarts a pod (default 0).")
+                        help="Restart a failed group (a failed oracle: everything) up to this many times in all, as "
+                        "Kubernetes restarts pods (default 0).")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the trainer command, e.g. -- search ...")
     return parser
 
@@ -123,7 +128,10 @@ def launch_command(args: argparse.Namespace) -> int:
         raise ConfigError("Expected a trainer command after --, e.g. `launch --workers 2 -- search`")
     if args.workers < 1:
         raise ConfigError(f"Expected --workers >= 1. Received: --workers={args.workers}")
-    return launch(command, workers=args.workers, env=dict(os.environ), max_restarts=args.max_restarts)
+    if args.groups < 1:
+        raise ConfigError(f"Expected --groups >= 1. Received: --groups={args.groups}")
+    return launch(command, workers=args.workers, groups=args.groups, env=dict(os.environ),
+                  max_restarts=args.max_restarts)
 
 
 _COMMANDS = {

@@ -5,15 +5,22 @@
 environment (as accelerate's launcher builds ``(cmd, env)``): each gets ``TF_CONFIG`` from
 `trainer.cluster.local_tf_configs`, ``cluster: {"worker": [...]}`` with worker 0 the chief.
 
-- Output: every line a worker writes is echoed with a ``[worker N]`` prefix, stdout to stdout and
-  stderr to stderr.
+Parallel trials, ``launch --groups G --workers W``: G groups of W workers (each group its own
+TF_CONFIG, ``TFSTACK_GROUP=g``) and one oracle process (``TFSTACK_ROLE=oracle``) that hands out the
+trials and publishes the best model (`trainer.trials`, `trainer.cluster`). ``--groups 1`` is the
+plain launch above, with no oracle.
+
+- Output: every line a worker writes is echoed with a ``[worker N]`` prefix (``[group G worker N]``,
+  ``[oracle]`` with groups), stdout to stdout and stderr to stderr.
 - Failure: when a worker exits non-zero, the others get SIGTERM, then SIGKILL after `grace_period`
   seconds; `launch` logs which worker failed with its last error line.
 - Restarts follow the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): after
   exit code 4 (a peer was lost or the group could not form) or a crash (1, a signal, anything
-  else), ``max_restarts=n`` restarts the *whole group* together, up to n times, on fresh ports:
-  MultiWorkerMirroredStrategy cannot take one restarted worker back into a running group. The trial
-  then resumes from the chief's epoch backup. Exit codes 2 (bad input: do not retry) and 3 (not
+  else), ``max_restarts=n`` restarts the *whole group* together, up to n times in all, on fresh
+  ports: MultiWorkerMirroredStrategy cannot take one restarted worker back into a running group. The
+  trial then resumes from the chief's epoch backup. With several groups only the failed group is
+  restarted (the oracle gives it its trial back); a failed oracle restarts everything (it reloads
+  its state and hands the running trials out again). Exit codes 2 (bad input: do not retry) and 3 (not
   published) are final: everyone is stopped and `launch` returns that code.
 - Signals: Ctrl-C or SIGTERM to the launcher stops every worker and returns 130. The reader
   threads block SIGINT and SIGTERM, so the kernel delivers them to the main thread, which waits
@@ -38,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from trainer.cluster import local_tf_configs
+from trainer.cluster import GROUP_VARIABLES, local_tf_configs
 from trainer.errors import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, ConfigError
 
 __all__ = ["free_ports", "launch", "worker_command"]
@@ -65,11 +72,18 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def worker_command(
-    argv: Sequence[str], *, tf_config: Mapping[str, object], python: str, env: Mapping[str, str], module: str
+    argv: Sequence[str], *, tf_config: Mapping[str, object] | None, python: str, env: Mapping[str, str], module: str,
+    placement: Mapping[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The ``(cmd, env)`` of one worker: ``python -m module argv...`` with its own TF_CONFIG."""
-    child_env = {name: value for name, value in env.items() if name != "TF_CONFIG"}
-    child_env["TF_CONFIG"] = json.dumps(tf_config)
+    """The ``(cmd, env)`` of one process: ``python -m module argv...`` with its own TF_CONFIG (None: none).
+
+    `placement`: the group variables (`trainer.cluster.GROUP_VARIABLES`) this process gets; those of the
+    launcher's own environment are never passed on.
+    """
+    child_env = {name: value for name, value in env.items() if name != "TF_CONFIG" and name not in GROUP_VARIABLES}
+    if tf_config is not None:
+        child_env["TF_CONFIG"] = json.dumps(tf_config)
+    child_env.update(placement or {})
     child_env["PYTHONUNBUFFERED"] = "1"
     return [python, "-m", module, *argv], child_env
 
@@ -77,6 +91,8 @@ def worker_command(
 @dataclass
 class _Worker:
     rank: int
+    label: str
+    """The prefix of its output lines: ``worker 1``, ``group 0 worker 1``, ``oracle``."""
     cmd: list[str]
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
@@ -108,16 +124,23 @@ def _start_thread(target: Callable[..., None], *args: object) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-class _Group:
-    """One attempt: every worker started together; their exits arrive on `events`."""
+_ORACLE = -1
+"""The key of the oracle in `_Launch.running` (groups are 0..G-1)."""
 
-    def __init__(self, workers: list[_Worker], *, cwd: str | None, out: IO[str], err: IO[str]) -> None:
+
+class _Group:
+    """One attempt of what restarts together (a group's workers, or the oracle); exits go to `events`."""
+
+    def __init__(self, key: int, workers: list[_Worker], *, events: queue.Queue[tuple[_Group, int, int]],
+                 lock: threading.Lock, cwd: str | None, out: IO[str], err: IO[str]) -> None:
+        self.key = key
         self.workers = workers
+        self.events = events
+        self.lock = lock  # one per launch: lines from different processes never interleave
         self.cwd = cwd
         self.out = out
         self.err = err
-        self.lock = threading.Lock()
-        self.events: queue.Queue[tuple[int, int]] = queue.Queue()
+        self.finished = 0
 
     def start(self) -> None:
         for worker in self.workers:
@@ -125,48 +148,33 @@ class _Group:
                 worker.cmd, env=worker.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
-            log.info("started worker %d (pid %d): %s", worker.rank, worker.process.pid, " ".join(worker.cmd))
+            log.info("started %s (pid %d): %s", worker.label, worker.process.pid, " ".join(worker.cmd))
             _start_thread(self._watch, worker, worker.process)
 
     def _watch(self, worker: _Worker, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None and process.stderr is not None
-        stderr_reader = threading.Thread(target=self._pump, args=(process.stderr, self.err, worker.rank, worker.tail),
+        stderr_reader = threading.Thread(target=self._pump, args=(process.stderr, self.err, worker.label, worker.tail),
                                          daemon=True)  # inherits this thread's blocked signals
         stderr_reader.start()
-        self._pump(process.stdout, self.out, worker.rank, worker.stdout_tail)
+        self._pump(process.stdout, self.out, worker.label, worker.stdout_tail)
         code = process.wait()
         stderr_reader.join(timeout=5)
-        self.events.put((worker.rank, code))
+        self.events.put((self, worker.rank, code))
 
-    def _pump(self, pipe: IO[bytes], stream: IO[str], rank: int, tail: deque[str]) -> None:
+    def _pump(self, pipe: IO[bytes], stream: IO[str], label: str, tail: deque[str]) -> None:
         for raw in iter(pipe.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             tail.append(line)
             with self.lock:
-                stream.write(f"[worker {rank}] {line}\n")
+                stream.write(f"[{label}] {line}\n")
                 stream.flush()
         pipe.close()
-
-    def wait(self) -> tuple[int, int] | None:
-        """The first failure ``(rank, exit status)``, or None when every worker exited 0."""
-        done = 0
-        while done < len(self.workers):
-            try:
-                # A timeout, so the main thread returns to the interpreter and runs signal handlers.
-                rank, code = self.events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if code != 0:
-                return rank, _exit_status(code)
-            log.info("worker %d finished", rank)
-            done += 1
-        return None
 
     def stop(self, grace_period: float, *, reason: str) -> None:
         live = [w for w in self.workers if w.process is not None and w.process.poll() is None]
         if not live:
             return
-        log.warning("stopping %s (%s)", ", ".join(f"worker {w.rank}" for w in live), reason)
+        log.warning("stopping %s (%s)", ", ".join(w.label for w in live), reason)
         for worker in live:
             _signal_group(worker.process, signal.SIGTERM)  # type: ignore[arg-type]
         deadline = time.monotonic() + grace_period
@@ -175,7 +183,7 @@ class _Group:
             try:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker %d did not stop within %.0fs: SIGKILL", worker.rank, grace_period)
+                log.warning("%s did not stop within %.0fs: SIGKILL", worker.label, grace_period)
                 _signal_group(worker.process, signal.SIGKILL)
                 worker.process.wait()
 
@@ -206,16 +214,64 @@ def _exit_status(code: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N -> 128 + N, as a shell reports it
 
 
-def _new_group(argv: Sequence[str], workers: int, *, env: Mapping[str, str], python: str, module: str, host: str,
-               cwd: str | None, out: IO[str], err: IO[str]) -> _Group:
-    """Workers on fresh ports (a restarted group must not meet its predecessor's sockets)."""
-    configs = local_tf_configs(free_ports(workers, host), host)
-    pool = []
-    for rank, tf_config in enumerate(configs):
-        cmd, child_env = worker_command(argv, tf_config=tf_config, python=python, env=env, module=module)
-        pool.append(_Worker(rank, cmd, child_env))
-    log.info("launching %d workers on %s: %s", workers, host, ", ".join(configs[0]["cluster"]["worker"]))
-    return _Group(pool, cwd=cwd, out=out, err=err)
+class _Launch:
+    """The processes of one launch: G groups of W workers, and the oracle when G > 1."""
+
+    def __init__(self, argv: Sequence[str], *, workers: int, groups: int, env: Mapping[str, str], python: str,
+                 module: str, host: str, cwd: str | None, out: IO[str], err: IO[str]) -> None:
+        self.argv, self.workers, self.groups, self.env = argv, workers, groups, env
+        self.python, self.module, self.host, self.cwd, self.out, self.err = python, module, host, cwd, out, err
+        self.events: queue.Queue[tuple[_Group, int, int]] = queue.Queue()
+        self.lock = threading.Lock()
+        self.running: dict[int, _Group] = {}
+        self.oracle = ""
+
+    def start_all(self) -> None:
+        """Every process on fresh ports (a restarted oracle must not meet its predecessor's clients)."""
+        if self.groups > 1:
+            self.oracle = f"{self.host}:{free_ports(1, self.host)[0]}"
+            self.start(_ORACLE)
+        for group in range(self.groups):
+            self.start(group)
+
+    def start(self, key: int) -> None:
+        """Start the oracle or group `key` (replacing its previous attempt)."""
+        if key == _ORACLE:
+            placement = {"TFSTACK_ROLE": "oracle", "TFSTACK_GROUPS": str(self.groups), "TFSTACK_ORACLE": self.oracle}
+            cmd, env = worker_command(self.argv, tf_config=None, python=self.python, env=self.env,
+                                      module=self.module, placement=placement)
+            pool = [_Worker(0, "oracle", cmd, env)]
+            log.info("launching the oracle of %d groups on %s", self.groups, self.oracle)
+        else:
+            configs = local_tf_configs(free_ports(self.workers, self.host), self.host)
+            placement = ({"TFSTACK_GROUPS": str(self.groups), "TFSTACK_GROUP": str(key), "TFSTACK_ORACLE": self.oracle}
+                         if self.groups > 1 else {})
+            prefix = f"group {key} " if self.groups > 1 else ""
+            pool = []
+            for rank, tf_config in enumerate(configs):
+                cmd, env = worker_command(self.argv, tf_config=tf_config, python=self.python, env=self.env,
+                                          module=self.module, placement=placement)
+                pool.append(_Worker(rank, f"{prefix}worker {rank}", cmd, env))
+            log.info("launching %s%d workers on %s: %s", prefix, self.workers, self.host,
+                     ", ".join(configs[0]["cluster"]["worker"]))
+        group = _Group(key, pool, events=self.events, lock=self.lock, cwd=self.cwd, out=self.out, err=self.err)
+        self.running[key] = group
+        group.start()
+
+    def stop_all(self, grace_period: float, *, reason: str) -> None:
+        for group in self.running.values():
+            group.stop(grace_period, reason=reason)
+
+    def next_exit(self) -> tuple[_Group, int, int]:
+        """The next exit ``(group, rank, exit status)`` of a current attempt (not of a stopped one)."""
+        while True:
+            try:
+                # A timeout, so the main thread returns to the interpreter and runs signal handlers.
+                group, rank, code = self.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if self.running.get(group.key) is group:
+                return group, rank, _exit_status(code)
 
 
 def launch(
@@ -223,6 +279,7 @@ def launch(
     *,
     workers: int,
     env: Mapping[str, str],
+    groups: int = 1,
     python: str = sys.executable,
     module: str = "trainer",
     max_restarts: int = 0,
@@ -232,53 +289,67 @@ def launch(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> int:
-    """Run ``python -m <module> <argv...>`` as `workers` local processes; return 0 when all succeed.
+    """Run ``python -m <module> <argv...>`` as `groups` x `workers` local processes (+ an oracle); 0 when all succeed.
 
     Args:
         argv: the command for each worker, e.g. ``["search", "--max-trials", "2"]``.
-        workers: how many worker processes (worker 0 is the chief).
-        env: the base environment of every worker (the caller passes ``os.environ``); TF_CONFIG is
-            replaced by each worker's own.
+        workers: how many worker processes per group (worker 0 of each group is its chief).
+        env: the base environment of every worker (the caller passes ``os.environ``); TF_CONFIG and the
+            group variables are replaced by each process's own.
+        groups: how many groups train trials in parallel; above 1 an oracle process hands out the trials.
         python, module: the interpreter and module each worker runs.
-        max_restarts: how many times the whole group may be restarted after a worker exits with 4
-            (peer lost) or crashes; exit codes 2 and 3 are never retried.
+        max_restarts: how many restarts in all (of a group, or of everything when the oracle fails) after an
+            exit with 4 (peer lost) or a crash; exit codes 2 and 3 are never retried.
         grace_period: seconds between SIGTERM and SIGKILL when stopping workers.
         host: loopback address the workers listen on.
         cwd: working directory of the workers (default: this process's).
         stdout, stderr: where prefixed worker output goes (default: this process's).
 
     Returns:
-        0 when every worker exited 0; else the failed worker's exit status (128 + N when killed by
+        0 when every process exited 0; else the failed process's exit status (128 + N when killed by
         signal N), or 130 when interrupted.
     """
     if workers < 1:
         raise ConfigError(f"Expected workers >= 1. Received: workers={workers}")
+    if groups < 1:
+        raise ConfigError(f"Expected groups >= 1. Received: groups={groups}")
     if max_restarts < 0:
         raise ConfigError(f"Expected max_restarts >= 0. Received: max_restarts={max_restarts}")
+    run = _Launch(argv, workers=workers, groups=groups, env=env, python=python, module=module, host=host, cwd=cwd,
+                  out=stdout or sys.stdout, err=stderr or sys.stderr)
     restarts = 0
     with _sigterm_raises():
-        while True:
-            group = _new_group(argv, workers, env=env, python=python, module=module, host=host, cwd=cwd,
-                               out=stdout or sys.stdout, err=stderr or sys.stderr)
-            try:
-                group.start()
-                failure = group.wait()
-                if failure is None:
-                    log.info("all %d workers finished", workers)
-                    return 0
-                rank, status = failure
-                line = group.workers[rank].last_error_line()
+        try:
+            run.start_all()
+            while True:
+                group, rank, status = run.next_exit()
+                worker = group.workers[rank]
+                if status == 0:
+                    log.info("%s finished", worker.label)
+                    group.finished += 1
+                    if all(g.finished == len(g.workers) for g in run.running.values()):
+                        log.info("all %d processes finished", sum(len(g.workers) for g in run.running.values()))
+                        return 0
+                    continue
+                line = worker.last_error_line()
                 if status in _FINAL_CODES or restarts >= max_restarts:
-                    log.error("worker %d failed with exit status %d: %s", rank, status, line)
-                    group.stop(grace_period, reason=f"worker {rank} failed")
+                    log.error("%s failed with exit status %d: %s", worker.label, status, line)
+                    run.stop_all(grace_period, reason=f"{worker.label} failed")
                     return status
                 restarts += 1
-                log.warning("worker %d exited with status %d: %s; restarting the whole group (%d of %d)", rank,
-                            status, line, restarts, max_restarts)
-                group.stop(grace_period, reason="restarting the group")
-            except (KeyboardInterrupt, _Stop):
-                log.warning("interrupted")
-                group.stop(grace_period, reason="interrupted")
-                return 130
-            finally:
-                group.stop(grace_period, reason="launcher exiting")
+                if group.key == _ORACLE or groups == 1:
+                    log.warning("%s exited with status %d: %s; restarting %s (%d of %d)", worker.label, status, line,
+                                "everything" if groups > 1 else "the whole group", restarts, max_restarts)
+                    run.stop_all(grace_period, reason="restarting everything" if groups > 1 else "restarting the group")
+                    run.start_all()
+                else:
+                    log.warning("%s exited with status %d: %s; restarting group %d (%d of %d)", worker.label, status,
+                                line, group.key, restarts, max_restarts)
+                    group.stop(grace_period, reason=f"restarting group {group.key}")
+                    run.start(group.key)
+        except (KeyboardInterrupt, _Stop):
+            log.warning("interrupted")
+            run.stop_all(grace_period, reason="interrupted")
+            return 130
+        finally:
+            run.stop_all(grace_period, reason="launcher exiting")

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ import tensorflow as tf
 from trainer import data, distribute, plots
 from trainer.cluster import Cluster
 from trainer.config import HEADS, SearchConfig
-from trainer.errors import PeerLostError, SearchError, TrainerError
+from trainer.errors import ConfigError, PeerLostError, SearchError, TrainerError
 from trainer.export import ExportedModel, stage_export
 from trainer.hypermodel import (
     BACKBONE_SPECS,
@@ -176,7 +177,7 @@ class _SearchHooks:
                 "hyperparameters": dict(trial.hyperparameters.values),
                 "restored_epochs": self._tfstack_trial_backup(trial).restored_epochs(),
             }, f"trial {trial.trial_id}")
-        self.tfstack_metrics.trial.set(len(self.oracle.trials))  # type: ignore[attr-defined]
+        self.tfstack_metrics.trial.set(_trial_number(trial))
         self.tfstack_metrics.epoch.set(0)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
@@ -234,6 +235,14 @@ _PEER_ERRORS = (
 
 class _TrialInterrupted(kt.errors.FatalError):
     """Stops the search without marking the running trial failed (KerasTuner re-raises FatalError)."""
+
+
+def _trial_number(trial: kt.engine.trial.Trial) -> int:
+    """1 for the first trial: KerasTuner numbers trials from 0 in the order the oracle created them."""
+    try:
+        return int(trial.trial_id) + 1
+    except (TypeError, ValueError):
+        return 0
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -354,12 +363,23 @@ def run_search(
     metrics = metrics or SearchMetrics()
     metrics.workers.set(cluster.num_workers)
     metrics.trials_planned.set(config.max_trials)
+    if cluster.groups > 1 and config.tuner == "hyperband":
+        raise ConfigError(
+            "Expected --tuner bayesian or random with parallel trial groups. Received: --tuner hyperband with "
+            f"{cluster.groups} groups (a Hyperband trial continues another trial from its checkpoint, which "
+            "another group's workers cannot read; run Hyperband with one group)"
+        )
     root, splits = scan_data(config)
     plan = plan_search(config, cluster, root, splits)
-    outcome = search_trials(config, cluster, plan, metrics)
-    if not cluster.is_chief:
-        return SearchResult(dict(outcome.best.hyperparameters.values), float(outcome.best.score), None,
-                            len(splits.test), len(outcome.trials), None, None)
+    outcome: SearchOutcome | None
+    if cluster.is_oracle:
+        outcome = serve_search(config, cluster, plan, metrics)
+    else:
+        outcome = search_trials(config, cluster, plan, metrics)
+    if outcome is None or not cluster.publishes:  # a worker: the oracle or the chief publishes
+        best = outcome.best if outcome is not None else None
+        return SearchResult(dict(best.hyperparameters.values) if best else {}, float(best.score) if best else math.nan,
+                            None, len(splits.test), len(outcome.trials) if outcome else 0, None, None)
     evaluation = evaluate_best(config, plan, outcome)
     return publish(config, cluster, plan, outcome, evaluation, started=started, metrics=metrics)
 
@@ -407,7 +427,8 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
         log.warning("training ImageNet architectures from random weights needs far more data and epochs than "
                     "fine-tuning; with %d training images prefer pretrained weights or the small_cnn backbone",
                     len(splits.train))
-    _check_resumable(config, splits, spec, cluster, epochs)
+    _check_resumable(config, splits, spec, cluster, epochs,
+                     recorded={"replicas": replicas, "global_batch_size": global_batch})
     prepare_backbones(spec)
     size = (spec.image_size, spec.image_size)
     # Several workers must each run the same number of steps: pad to full global batches (weight 0).
@@ -419,13 +440,17 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
     return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)
 
 
-def search_trials(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metrics: SearchMetrics) -> SearchOutcome:
-    """Stage 3: the KerasTuner search, every trial a synchronous job over all workers."""
+def search_trials(
+    config: SearchConfig, cluster: Cluster, plan: SearchPlan, metrics: SearchMetrics
+) -> SearchOutcome | None:
+    """Stage 3: the KerasTuner search, every trial a synchronous job over all workers of this group.
+
+    With parallel groups the trials come from the oracle process (`trainer.trials`), which alone knows
+    the outcome: a group's workers return None.
+    """
     run_root = config.model_run_dir
-    if config.overwrite and cluster.is_chief:
-        for stale in ("histories", "backup"):
-            shutil.rmtree(run_root / stale, ignore_errors=True)
-        (run_root / _PUBLISHED).unlink(missing_ok=True)
+    if config.overwrite and cluster.publishes:
+        _clear_run(run_root)
     # With peers, a worker that makes no progress for --collective-timeout exits 4 (trainer.watchdog).
     watchdog = StallWatchdog(config.collective_timeout if cluster.num_workers > 1 else 0)
     with distribute.worker_dirs(run_root, cluster) as dirs:
@@ -447,26 +472,71 @@ def search_trials(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
             raise SearchError(f"The search stopped: {exc}") from exc
         finally:
             watchdog.close()
-        best_trials = tuner.oracle.get_best_trials(1)
-        if not best_trials or best_trials[0].score is None:
-            raise SearchError(
-                f"Expected at least one trial with a {OBJECTIVE}. "
-                f"Received: {len(tuner.oracle.trials)} trials, none scored"
-            )
-        best = best_trials[0]
-        checkpoint = Path(tuner._get_checkpoint_fname(best.trial_id))  # KerasTuner's own best-epoch weights
-        return SearchOutcome(best, checkpoint, _trial_rows(tuner))
+        return None if cluster.groups > 1 else _outcome(tuner)
+
+
+def serve_search(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metrics: SearchMetrics) -> SearchOutcome:
+    """Stage 3 on the oracle of parallel groups: hand out every trial (`trainer.trials.serve_trials`), then judge."""
+    from trainer.trials import serve_trials
+
+    run_root = config.model_run_dir
+    if config.overwrite:
+        _clear_run(run_root)  # before the port opens: no group writes before it has a trial
+    tuner = make_tuner(config, TransferHyperModel(plan.spec), directory=run_root / "tuner", epochs=plan.epochs)
+    already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
+    if already:
+        log.info("resuming the search in %s: %d trials already completed", run_root / "tuner", already)
+    serve_trials(tuner.oracle, cluster, on_trial_end=lambda: _note_trial_end(tuner.oracle, metrics))
+    return _outcome(tuner)
+
+
+def _note_trial_end(oracle: kt.Oracle, metrics: SearchMetrics) -> None:
+    metrics.trials_done.inc()
+    best = [t for t in oracle.get_best_trials(1) if t.score is not None]
+    if best:
+        metrics.best.set(best[0].score)
+
+
+def _clear_run(run_root: Path) -> None:
+    """What --overwrite removes besides the tuner state: histories, backups and the published record."""
+    for stale in ("histories", "backup"):
+        shutil.rmtree(run_root / stale, ignore_errors=True)
+    (run_root / _PUBLISHED).unlink(missing_ok=True)
+
+
+def _outcome(tuner: kt.Tuner) -> SearchOutcome:
+    """The best trial and its best-epoch weights, from a tuner holding the search's own oracle."""
+    best_trials = tuner.oracle.get_best_trials(1)
+    if not best_trials or best_trials[0].score is None:
+        raise SearchError(
+            f"Expected at least one trial with a {OBJECTIVE}. "
+            f"Received: {len(tuner.oracle.trials)} trials, none scored"
+        )
+    best = best_trials[0]
+    checkpoint = Path(tuner._get_checkpoint_fname(best.trial_id))  # KerasTuner's own best-epoch weights
+    return SearchOutcome(best, checkpoint, _trial_rows(tuner))
 
 
 def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metrics: SearchMetrics,
                   dirs: distribute.WorkerDirs, watchdog: StallWatchdog) -> kt.Tuner:
     """The tuner with this worker's directories and the hooks `_SearchHooks` reads."""
     run_root = config.model_run_dir
-    if not cluster.is_chief and not config.overwrite:
+    grouped = cluster.groups > 1
+    if not cluster.is_chief and not config.overwrite and not grouped:
         _seed_scratch_from_shared(run_root / "tuner", dirs.tuner_dir, config.model_name,
                                   checkpoints=config.tuner == "hyperband")
+    if grouped:
+        # KerasTuner's tuners become clients of the oracle process when these are set (BaseTuner.__init__);
+        # only the oracle may overwrite the shared tuner directory.
+        os.environ.update(cluster.kerastuner_env())
+        config = dataclasses.replace(config, overwrite=False)
     tuner = make_tuner(config, TransferHyperModel(plan.spec), directory=dirs.tuner_dir, strategy=plan.strategy,
                        epochs=plan.epochs)
+    if grouped:
+        from trainer.trials import GroupOracleClient
+
+        tuner.oracle = GroupOracleClient(tuner.oracle._oracle, cluster=cluster, strategy=plan.strategy,
+                                         timeout=config.cluster_formation_timeout)
     tuner.tfstack_cluster = cluster
     tuner.tfstack_strategy = plan.strategy
     tuner.tfstack_metrics = metrics
@@ -478,9 +548,10 @@ def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
         "train_steps_per_epoch": math.ceil(len(plan.splits.train) / plan.global_batch),
         "val_steps": math.ceil(len(plan.splits.val) / plan.global_batch),
     }
-    already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
-    if already:
-        log.info("resuming the search in %s: %d trials already completed", dirs.tuner_dir, already)
+    if not grouped:
+        already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
+        if already:
+            log.info("resuming the search in %s: %d trials already completed", dirs.tuner_dir, already)
     return tuner
 
 
@@ -571,8 +642,7 @@ def _metadata(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome:
         "data": {"root": str(plan.root), "fingerprint": splits.fingerprint, "train_class_counts": plan.train_counts,
                  "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
                  "skipped": [str(p) for p, _ in splits.skipped]},
-        "training": {"workers": cluster.num_workers, "replicas": plan.strategy.num_replicas_in_sync,
-                     "global_batch_size": plan.global_batch, "accelerator": dataclasses.asdict(plan.accelerator),
+        "training": {**_training_shape(config, cluster, plan), "accelerator": dataclasses.asdict(plan.accelerator),
                      "trials": len(outcome.trials), "tuner": config.tuner,
                      # What the model was really built under (the policy is applied per build: see hypermodel).
                      "dtype_policy": model.dtype_policy.name,
@@ -580,6 +650,19 @@ def _metadata(config: SearchConfig, cluster: Cluster, plan: SearchPlan, outcome:
         "config": config.to_dict(),
         "versions": _library_versions(),
     }
+def _training_shape(config: SearchConfig, cluster: Cluster, plan: SearchPlan) -> dict[str, Any]:
+    """Groups, workers, replicas and global batch of the trials: on the oracle, as group 0's chief recorded them."""
+    if not cluster.is_oracle:
+        return {"groups": 1, "workers": cluster.num_workers, "replicas": plan.strategy.num_replicas_in_sync,
+                "global_batch_size": plan.global_batch}
+    try:
+        recorded = json.loads((config.model_run_dir / _SEARCH_IDENTITY).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    return {"groups": cluster.groups, "workers": None, "replicas": recorded.get("replicas"),
+            "global_batch_size": recorded.get("global_batch_size")}
+
+
 def _record_decision(decision: Decision, metrics: SearchMetrics, report_dir: Path) -> None:
     """The publish gate's decision as metrics and as ``report/publish.json``."""
     metrics.published.set(1 if decision.publish else 0)
@@ -625,9 +708,17 @@ _SEARCH_IDENTITY = "search.json"
 
 
 def _check_resumable(
-    config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster, epochs: int
+    config: SearchConfig, splits: data.DataSplits, spec: ModelSpec, cluster: Cluster, epochs: int,
+    *, recorded: Mapping[str, Any],
 ) -> None:
-    """Refuse to resume a search that was run over other data, another search space or schedule."""
+    """Refuse to resume a search that was run over other data, another search space or schedule.
+
+    The record is written by the chief of group 0 (the one chief without groups); `recorded` values are
+    kept for the oracle's report, not compared. The oracle checks nothing: it trains nothing, and its
+    epochs (one replica) are not the groups'.
+    """
+    if cluster.is_oracle:
+        return
     identity = {
         "epochs": epochs,
         "head_epochs": config.head_epochs,
@@ -644,18 +735,18 @@ def _check_resumable(
     }
     path = config.model_run_dir / _SEARCH_IDENTITY
     if path.is_file() and not config.overwrite:
-        recorded = json.loads(path.read_text())
-        changed = sorted(key for key in identity if recorded.get(key) != identity[key])
+        previous = json.loads(path.read_text())
+        changed = sorted(key for key in identity if previous.get(key) != identity[key])
         if changed:
             raise SearchError(
                 f"Expected {config.model_run_dir} to hold a search over the same data and search space, so that it "
                 f"can resume. Received differences in: {', '.join(changed)}. Pass --overwrite to start afresh, or "
                 f"another --model-name or --run-dir"
             )
-    elif cluster.is_chief:
+    elif cluster.is_chief and cluster.group == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(identity, indent=1) + "\n")
+        temporary.write_text(json.dumps({**identity, **recorded}, indent=1) + "\n")
         temporary.replace(path)
 
 
