@@ -11,6 +11,10 @@ Modes:
 - ``exitN`` (e.g. ``exit4``): on the first run worker 1 waits for the others to be ready, then exits
   with status N while the others block; once ``DIR/exited`` exists every worker prints
   ``recovered at <address>`` and exits 0.
+- ``groups`` (``launch --groups``): every process prints the role `trainer.cluster.resolve` finds in
+  its environment (``role ...``) and exits 0.
+- ``groups-exit4``: like ``groups``, but worker 1 of group 1 exits 4 on its first run; every other
+  process waits until a restarted worker 1 of group 1 has written ``DIR/recovered``, then exits 0.
 """
 
 from __future__ import annotations
@@ -24,8 +28,32 @@ import time
 from pathlib import Path
 
 
+def _groups(mode: str, out: Path) -> int:
+    from trainer.cluster import resolve
+
+    cluster = resolve(os.environ)
+    where = "oracle" if cluster.is_oracle else f"group {cluster.group} rank {cluster.rank}"
+    print(f"role {where} of {cluster.groups} groups, oracle {cluster.oracle}, peers {','.join(cluster.peers)}",
+          flush=True)
+    if mode == "groups":
+        return 0
+    if (cluster.group, cluster.rank) == (1, 1) and not cluster.is_oracle:
+        if not (out / "exited").exists():
+            (out / "exited").write_text("1")
+            print("worker 1 of group 1 exits with 4", file=sys.stderr)
+            return 4
+        (out / "recovered").write_text("1")
+        return 0
+    deadline = time.monotonic() + 60
+    while not (out / "recovered").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the restarted group's marker file
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, out = argv[0], Path(argv[1])
+    if mode.startswith("groups"):
+        return _groups(mode, out)
     config = json.loads(os.environ["TF_CONFIG"])
     rank = config["task"]["index"]
     workers = len(config["cluster"]["worker"])

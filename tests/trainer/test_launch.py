@@ -56,8 +56,8 @@ def test_free_ports_are_distinct() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"workers": 0}, "workers=0"), ({"max_restarts": -1}, "max_restarts=-1")],
-    ids=["no-workers", "negative-restarts"],
+    [({"workers": 0}, "workers=0"), ({"max_restarts": -1}, "max_restarts=-1"), ({"groups": 0}, "groups=0")],
+    ids=["no-workers", "negative-restarts", "no-groups"],
 )
 def test_launch_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -162,3 +162,43 @@ def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
             launcher.kill()
             launcher.wait()
     assert not any(_alive(int((tmp_path / f"pid{r}").read_text())) for r in range(2))
+
+
+def _roles(out: str) -> list[tuple[str, str]]:
+    """(process prefix, its role line) for every ``role ...`` line the children printed."""
+    return [(line[1:].split("] ", 1)[0], line.split("] role ", 1)[1]) for line in out.splitlines() if "] role " in line]
+
+
+def test_groups_start_an_oracle_and_g_groups_of_w_workers_that_resolve_their_roles(tmp_path: Path) -> None:
+    code, out, _ = _launch("groups", tmp_path, groups=3, workers=2)
+    assert code == 0
+    roles = dict(_roles(out))
+    assert sorted(roles) == ["group 0 worker 0", "group 0 worker 1", "group 1 worker 0", "group 1 worker 1",
+                             "group 2 worker 0", "group 2 worker 1", "oracle"]
+    oracle = roles["oracle"].split(", oracle ")[1].split(",")[0]
+    assert roles["oracle"].startswith("oracle of 3 groups") and oracle.startswith("127.0.0.1:")
+    peers = {}
+    for label, role in roles.items():
+        if label != "oracle":
+            group, rank = int(label.split()[1]), int(label.split()[3])
+            assert role.startswith(f"group {group} rank {rank} of 3 groups, oracle {oracle},")
+            peers.setdefault(group, set()).add(role.split("peers ")[1])
+    # Each group is its own MWMS cluster: its two workers list the same peers, no two groups share one.
+    assert all(len(p) == 1 for p in peers.values())
+    addresses = [set(next(iter(p)).split(",")) for p in peers.values()]
+    assert all(len(a) == 2 for a in addresses) and not (addresses[0] & addresses[1] or addresses[1] & addresses[2])
+
+
+@pytest.mark.slow
+def test_a_failed_group_restarts_alone_while_the_others_and_the_oracle_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="trainer.launch"):
+        code, out, _ = _launch("groups-exit4", tmp_path, groups=2, workers=2, max_restarts=1)
+    assert code == 0, caplog.text
+    assert "group 1 worker 1 exited with status 4" in caplog.text and "restarting group 1 (1 of 1)" in caplog.text
+    started = [label for label, _ in _roles(out)]
+    assert sorted(started) == ["group 0 worker 0", "group 0 worker 1", "group 1 worker 0", "group 1 worker 0",
+                               "group 1 worker 1", "group 1 worker 1", "oracle"]
+    group1 = [role.split("peers ")[1] for label, role in _roles(out) if label == "group 1 worker 0"]
+    assert len(set(group1)) == 2, "the restarted group did not get fresh ports"
