@@ -153,6 +153,7 @@ class GroupOracleClient(OracleClient):  # type: ignore[misc]
         self._strategy = strategy
         self._timeout = timeout
         self._address = cluster.oracle
+        self._current: trial_module.Trial | None = None
 
     def create_trial(self, tuner_id: str) -> trial_module.Trial:
         self._current = self._create_trial(tuner_id)
@@ -176,9 +177,8 @@ class GroupOracleClient(OracleClient):  # type: ignore[misc]
     # A worker that does not report asks the oracle for nothing but its trial (see the module docstring).
 
     def get_trial(self, trial_id: str) -> trial_module.Trial:
-        current = getattr(self, "_current", None)
-        if not self.should_report and current is not None and current.trial_id == trial_id:
-            return current
+        if not self.should_report and self._current is not None and self._current.trial_id == trial_id:
+            return self._current
         return super().get_trial(trial_id)
 
     def update_trial(self, trial_id: str, metrics: dict[str, float], step: int = 0) -> trial_module.Trial:

@@ -38,9 +38,10 @@ class _Job:
     """A running launcher whose merged output is collected line by line in a thread."""
 
     def __init__(self, cwd: Path, folder: Path, *extra: str, max_trials: int = 2, epochs: int = 3,
-                 max_restarts: int = 0) -> None:
+                 max_restarts: int = 0, launch: tuple[str, ...] = ()) -> None:
         command = [
-            sys.executable, "-m", "trainer", "launch", "--workers", "2", "--max-restarts", str(max_restarts), "--",
+            sys.executable, "-m", "trainer", "launch", "--workers", "2", "--max-restarts", str(max_restarts), *launch,
+            "--",
             "search", "--data", str(folder), "--model-name", "toy", "--export-base", "models", "--run-dir", "runs",
             "--backbone", "small_cnn", "--image-size", "16", "--tuner", "random", "--max-trials", str(max_trials),
             "--epochs", str(epochs), "--batch-size", "4", "--patience", "10", *extra,

@@ -153,3 +153,15 @@ def test_broadcast_text_round_trips_on_one_replica() -> None:
     assert broadcast_text(strategy, "é" * 10) == "é" * 10
     with pytest.raises(ValueError, match="at most 256 bytes"):
         broadcast_text(strategy, "x" * 257)
+
+
+def test_hyperband_with_several_groups_is_refused_before_any_work(tmp_path: Path) -> None:
+    from trainer.config import load
+    from trainer.errors import ConfigError
+    from trainer.search import run_search
+
+    config = load({"tuner": "hyperband", "data": str(tmp_path / "absent"), "run_dir": str(tmp_path)}, {})
+    worker = Cluster(peers=(), rank=0, source="single", group=0, groups=2, oracle="127.0.0.1:1")
+    with pytest.raises(ConfigError, match="--tuner bayesian or random with parallel trial groups") as caught:
+        run_search(config, worker)  # the data folder does not exist: refused before the scan
+    assert caught.value.exit_code == 2

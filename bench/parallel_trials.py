@@ -1,0 +1,91 @@
+"""Benchmarks parallel trials: the same search with ``--groups 2 --workers 1`` vs ``--groups 1 --workers 1``.
+
+    .venv/bin/python bench/parallel_trials.py                 # 4 trials x 6 epochs on the digits, 2 rounds
+    .venv/bin/python bench/parallel_trials.py --rounds 3 --epochs 8 --max-trials 4
+
+Each run is ``python -m trainer launch --groups G --workers 1 -- search ...`` exactly as a user types it,
+on the embedded digits (1,797 images, small_cnn, random tuner with a fixed seed, so both settings search
+the same 4 hyperparameter sets), in a fresh run directory. The two settings alternate (1, 2, 1, 2, ...)
+so that noise from other programs hits both alike. Reported: wall time of the whole command (start-up,
+trials, evaluation, export), and the part until the last trial ended, per run; the ratio of medians
+groups-2 / groups-1 (goal <= 0.6 on this 2-core machine: two trials at a time, one core each, against
+one trial at a time on both cores). The load averages before and after are printed: compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAST_TRIAL = re.compile(r"trial \S+ COMPLETED")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="runs per setting (default 2)")
+    parser.add_argument("--max-trials", type=int, default=4, help="trials per search (default 4)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per trial (default 6)")
+    return parser.parse_args(argv)
+
+
+def _run(groups: int, args: argparse.Namespace, work: Path) -> tuple[float, float]:
+    """(wall seconds of the whole launch, seconds until its last trial completed) of one fresh search."""
+    run = Path(tempfile.mkdtemp(prefix=f"groups{groups}-", dir=work))
+    command = [
+        sys.executable, "-m", "trainer", "launch", "--groups", str(groups), "--workers", "1", "--",
+        "search", "--run-dir", str(run / "runs"), "--export-base", str(run / "models"), "--model-name", "digits",
+        "--backbone", "small_cnn", "--tuner", "random", "--max-trials", str(args.max_trials),
+        "--epochs", str(args.epochs), "--publish", "always", "--seed", "7",
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last_trial = start
+    assert process.stdout is not None
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if LAST_TRIAL.search(line):
+            last_trial = time.monotonic()
+    if process.wait() != 0:
+        sys.exit(f"groups={groups}: the search failed:\n{''.join(log[-40:])}")
+    wall = time.monotonic() - start
+    trials = len({m.group(0) for m in (re.search(r"trial (\S+) COMPLETED", x) for x in log) if m})
+    if trials != args.max_trials:
+        sys.exit(f"groups={groups}: expected {args.max_trials} completed trials, saw {trials}")
+    return wall, last_trial - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    print(f"machine: {os.cpu_count()} CPUs; load before {os.getloadavg()[0]:.2f}", flush=True)
+    results: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory(prefix="tfstack-parallel-") as work:
+        for round_ in range(args.rounds):
+            for groups in (1, 2):
+                wall, trials = _run(groups, args, Path(work))
+                results[groups].append((wall, trials))
+                print(f"round {round_ + 1} groups={groups}: {wall:6.1f} s wall, last trial ended at {trials:6.1f} s",
+                      flush=True)
+    medians = {g: (statistics.median(w for w, _ in r), statistics.median(t for _, t in r)) for g, r in results.items()}
+    print(f"\n{args.max_trials} trials x {args.epochs} epochs, {args.rounds} rounds; load after "
+          f"{os.getloadavg()[0]:.2f}")
+    print("| setting | wall (median) | until the last trial ended (median) |")
+    print("|---|---:|---:|")
+    for groups, (wall, trials) in medians.items():
+        print(f"| --groups {groups} --workers 1 | {wall:.1f} s | {trials:.1f} s |")
+    print(f"\nwall ratio groups 2 / groups 1: {medians[2][0] / medians[1][0]:.2f} (goal <= 0.6); "
+          f"until the last trial: {medians[2][1] / medians[1][1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
