@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,17 +100,6 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-@pytest.fixture
-def jobs() -> Iterator[list[_Job]]:
-    """Started jobs; whatever a failing test leaves running is killed with its process group."""
-    started: list[_Job] = []
-    yield started
-    for job in started:
-        if job.process.poll() is None:
-            os.killpg(job.process.pid, signal.SIGKILL)
-            job.process.wait()
-
-
 def test_two_workers_agree_on_every_trial_and_the_chief_exports_once(
     tmp_path: Path, folder: Path, jobs: list[_Job]
 ) -> None:
@@ -153,17 +141,19 @@ def test_two_workers_agree_on_every_trial_and_the_chief_exports_once(
     assert seen_completed[0] < 2 and max(seen_completed) >= 1, f"trial count did not advance: {seen_completed}"
 
 
-def _worker_pid(launcher_pid: int, rank: int) -> int | None:
-    """The pid of the launcher's child whose TF_CONFIG names task index `rank`."""
+def _worker_pid(launcher_pid: int, rank: int, group: int | None = None) -> int | None:
+    """The pid of the launcher's child whose TF_CONFIG names task index `rank` (in `group`, with --groups)."""
     children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children")
     for pid in children.read_text().split() if children.exists() else []:
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        for entry in environ:
-            if entry.startswith(b"TF_CONFIG=") and json.loads(entry[len(b"TF_CONFIG="):])["task"]["index"] == rank:
-                return int(pid)
+        environ = dict(entry.split(b"=", 1) for entry in entries if b"=" in entry)
+        if b"TF_CONFIG" not in environ or json.loads(environ[b"TF_CONFIG"])["task"]["index"] != rank:
+            continue
+        if group is None or environ.get(b"TFSTACK_GROUP") == str(group).encode():
+            return int(pid)
     return None
 
 

@@ -13,13 +13,12 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.images import write_folder
-from tests.trainer.test_multiworker_search import _Job
+from tests.trainer.test_multiworker_search import _Job, _worker_pid
 
 pytestmark = pytest.mark.slow
 
@@ -31,16 +30,6 @@ WEIGHTS = re.compile(r"^\[group (\d) worker (\d)\] .* trial (\S+) weights: (.*)$
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_folder(tmp_path_factory.mktemp("groups") / "images", classes=3, per_class=16)
-
-
-@pytest.fixture
-def jobs() -> Iterator[list[_Job]]:
-    started: list[_Job] = []
-    yield started
-    for job in started:
-        if job.process.poll() is None:
-            os.killpg(job.process.pid, signal.SIGKILL)
-            job.process.wait()
 
 
 def _grouped(tmp_path: Path, folder: Path, *, max_trials: int, epochs: int, max_restarts: int = 0) -> _Job:
@@ -98,24 +87,6 @@ def test_two_groups_run_trials_at_the_same_time_and_each_trial_completes_once(
     assert summary["training"]["trials"] == 4
 
 
-def _group_worker_pid(launcher: int, group: int, rank: int) -> int | None:
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        environ = dict(entry.split(b"=", 1) for entry in entries if b"=" in entry)
-        if int(stat.rsplit(")", 1)[1].split()[1]) != launcher:  # only the launcher's own children
-            continue
-        if environ.get(b"TFSTACK_GROUP") == str(group).encode() and b"TF_CONFIG" in environ and \
-                json.loads(environ[b"TF_CONFIG"])["task"]["index"] == rank:
-            return int(pid)
-    return None
-
-
 def test_a_group_killed_mid_trial_restarts_alone_and_resumes_its_trial(
     tmp_path: Path, folder: Path, jobs: list[_Job]
 ) -> None:
@@ -128,7 +99,7 @@ def test_a_group_killed_mid_trial_restarts_alone_and_resumes_its_trial(
         # Once group 1's chief has written an epoch backup of its trial, kill its worker 1 like a lost pod.
         group1 = [t for t, (g, _, end) in _spans(list(job.lines)).items() if g == 1 and end < 0]
         if group1 and list(backup.glob(f"trial_{group1[0]}/phase1/*.json")):
-            killed = _group_worker_pid(job.process.pid, 1, 1)
+            killed = _worker_pid(job.process.pid, 1, group=1)
             if killed is not None:
                 os.kill(killed, signal.SIGKILL)
                 trial = group1[0]
