@@ -465,6 +465,63 @@ spec:
     {{- include "tfstack.trainer.podTemplate" (dict "context" $ "mode" "jobset" "role" .role) | nindent 4 }}
 {{- end -}}
 
+{{/*
+An Indexed Job of the indexedJob mode: one group's workers, or the oracle (trainer-job.yaml,
+trainer-oracle-job.yaml). Call with (dict "context" $ "name" name "role" "worker"|"oracle" "group" g
+"completions" n).
+*/}}
+{{- define "tfstack.trainer.indexedJob" -}}
+{{- $ := .context -}}
+{{- $t := $.Values.trainer -}}
+{{- $codes := include "tfstack.trainer.exitCodes" $ | fromYaml -}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .name }}
+  namespace: {{ $.Release.Namespace }}
+  labels:
+    {{- include "tfstack.labels" (dict "context" $ "component" "trainer") | nindent 4 }}
+    {{- with $t.queueName }}
+    kueue.x-k8s.io/queue-name: {{ . }}
+    {{- end }}
+  annotations:
+    {{- include "tfstack.checkovSkips" (dict "probeSkips" false) | nindent 4 }}
+spec:
+  completionMode: Indexed
+  completions: {{ .completions }}
+  parallelism: {{ .completions }}
+  # Retries are counted per index; once one index has used up its retries the whole job fails:
+  # synchronous training needs every rank.
+  backoffLimitPerIndex: {{ $t.backoffLimitPerIndex }}
+  maxFailedIndexes: 0
+  podFailurePolicy:
+    rules:
+      # Bad input or configuration, or a model the publish gate refused: a retry cannot fix it.
+      - action: FailJob
+        onExitCodes:
+          containerName: tensorflow
+          operator: In
+          values: [{{ $codes.badInput }}, {{ $codes.notPublished }}]
+      # A peer was lost or the group could not form: this pod is recreated with the others (a group
+      # restart) without using a retry; the pod that failed first counts.
+      - action: Ignore
+        onExitCodes:
+          containerName: tensorflow
+          operator: In
+          values: [{{ $codes.peerLost }}]
+      # Evictions, preemptions and node drains are not the trainer's fault: recreate without counting.
+      - action: Ignore
+        onPodConditions:
+          - type: DisruptionTarget
+            status: "True"
+  activeDeadlineSeconds: {{ $t.activeDeadlineSeconds | default $t.indexedJobDeadlineSeconds }}
+  {{- if not (kindIs "invalid" $t.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ $t.ttlSecondsAfterFinished }}
+  {{- end }}
+  template:
+    {{- include "tfstack.trainer.podTemplate" (dict "context" $ "mode" "indexedJob" "role" .role "group" .group) | nindent 4 }}
+{{- end -}}
+
 {{/* TF Serving's metrics path, read from files/monitoring.config (the one place it is set). */}}
 {{- define "tfstack.serving.metricsPath" -}}
 {{- regexFind "path: *\"[^\"]+\"" (.Files.Get "files/monitoring.config") | trimPrefix "path:" | trim | trimAll "\"" -}}
