@@ -41,7 +41,8 @@ def test_should_show_how_to_start_a_new_search_when_installed() -> None:
 @pytest.mark.parametrize(
     ("value_set", "selectors"),
     [("groups", ["jobset.sigs.k8s.io/replicatedjob-name=oracle", "jobset.sigs.k8s.io/job-index=0,"]),
-     ("groups_indexed_job", ["-l job-name=digits-tfstack-trainer-p3-oracle\n", "-l job-name=digits-tfstack-trainer-p3-0,"])],
+     ("groups_indexed_job",
+      ["-l job-name=digits-tfstack-trainer-p3-oracle\n", "-l job-name=digits-tfstack-trainer-p3-0,"])],
     ids=["jobset", "indexed-job"],
 )
 def test_should_point_at_the_oracle_and_a_group_chief_when_groups_are_set(value_set: str, selectors: list[str]) -> None:
