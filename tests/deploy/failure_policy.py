@@ -11,11 +11,23 @@ tests ask "what happens when a worker exits 4?" instead of restating the failure
   the first counted failure; with ``backoffLimitPerIndex`` an index fails after that many counted
   failures plus one, and ``maxFailedIndexes`` 0 fails the Job with the first failed index.
 - A JobSet's ``failurePolicy`` (kubernetes-sigs/jobset, api/jobset/v1alpha2/jobset_types.go and
-  pkg/controllers/failure_policy.go at v0.12.0): when a child Job fails, the rules are evaluated in
-  order, the first whose ``onJobFailureReasons`` (empty: any) holds the Job's failure reason and whose
-  ``targetReplicatedJobs`` (empty: all) holds its replicatedJob applies; none: ``RestartJobSet``.
-  ``RestartJobSet`` recreates every child Job while the restarts so far are below ``maxRestarts``, and
-  fails the JobSet otherwise; ``FailJobSet`` fails it at once.
+  pkg/controllers/failure_policy.go at v0.12.0): when child Jobs have failed, the rules are evaluated in
+  order, and the first rule that matches one of the failed Jobs applies to the earliest failed Job it
+  matches (``findFirstFailedPolicyRuleAndJob``); a rule matches a Job whose failure reason is in its
+  ``onJobFailureReasons`` (empty: any) and whose replicatedJob is in its ``targetReplicatedJobs`` (empty:
+  all); no rule: ``RestartJobSet``. ``FailJobSet`` fails the JobSet at once. ``RestartJobSet`` recreates
+  every child Job (``status.restarts`` + 1) while the restarts that count are fewer than ``maxRestarts``
+  and fails the JobSet otherwise; ``RestartJob`` recreates only the failed child Job (its
+  ``jobRestarts[jobIndex]`` + 1) under the same check. Both count (``restartsCountTowardsMax``,
+  ``jobRestartsCountTowardsMax``), against ONE budget: ``totalRestartsCountTowardsMax`` = global restarts +
+  every child Job's own restarts; the ``...AndIgnoreMaxRestarts`` variants recreate without counting or
+  checking. ``RestartJob`` is behind JobSet's ``RestartJob`` feature gate (pkg/features/features.go:
+  alpha, off by default in v0.12.0); with the gate off, the webhook refuses a JobSet whose rules use it
+  (pkg/webhooks/jobset_webhook.go, validateFailurePolicy). ``restartStrategy`` (Recreate,
+  BlockingRecreate) only says when the new Jobs are created: with ``BlockingRecreate`` no Job is created
+  while any Job of an earlier attempt still exists (jobset_controller.go, constructJobsFromTemplate),
+  for ``RestartJob`` too. Success (``successPolicy``, operator ``All``, no targets): every child Job of
+  every replicatedJob has completed.
 """
 
 from __future__ import annotations
@@ -68,6 +80,15 @@ class IndexedJobRun:
     counted: dict[int, int] = field(default_factory=dict)
     failed: str | None = None
     """The Job's failure reason once it has failed."""
+    succeeded: set[int] = field(default_factory=set)
+    """Indexes whose pod exited 0."""
+
+    @property
+    def complete(self) -> bool:
+        return self.failed is None and len(self.succeeded) >= self.spec["completions"]
+
+    def pod_succeeded(self, index: int) -> None:
+        self.succeeded.add(index)
 
     def pod_failed(self, index: int, failure: PodFailure) -> str:
         action = pod_failure_action(self.spec, failure)
@@ -88,47 +109,138 @@ class IndexedJobRun:
         return action
 
 
+RESTART_JOB_ACTIONS = ("RestartJob", "RestartJobAndIgnoreMaxRestarts")
+
+
+class WebhookRefused(ValueError):
+    """JobSet's admission webhook would refuse the JobSet."""
+
+
 @dataclass
 class JobSetRun:
-    """A JobSet (the chart's jobset mode): child Job failures drive its failure policy."""
+    """A JobSet (the chart's jobset mode): child Job failures drive its failure policy.
+
+    Child Jobs are keyed by ``(replicatedJob, jobIndex)``; a replicatedJob with ``replicas: n`` has n of
+    them. `restart_job_gate` says whether the JobSet controller runs with ``--feature-gates=RestartJob=true``.
+    """
 
     jobset: Mapping[str, Any]
+    restart_job_gate: bool = True
     restarts: int = 0
+    """status.restarts: how many times every child Job was recreated."""
+    restarts_counted: int = 0
+    """status.restartsCountTowardsMax."""
+    job_restarts: dict[tuple[str, int], int] = field(default_factory=dict)
+    """status.replicatedJobsStatus[].jobRestarts: how many times one child Job was recreated alone."""
+    job_restarts_counted: dict[tuple[str, int], int] = field(default_factory=dict)
     failed: bool = False
-    children: dict[str, IndexedJobRun] = field(default_factory=dict)
+    completed: bool = False
+    children: dict[tuple[str, int], IndexedJobRun] = field(default_factory=dict)
+    attempts: dict[tuple[str, int], int] = field(default_factory=dict)
+    """How many times each child Job has been created (1 = never restarted)."""
+    _failed_order: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._recreate()
+        rules = (self.jobset["spec"].get("failurePolicy") or {}).get("rules", [])
+        if not self.restart_job_gate and any(rule["action"] in RESTART_JOB_ACTIONS for rule in rules):
+            raise WebhookRefused("RestartJob and RestartJobAndIgnoreMaxRestarts failure policy actions are not "
+                                 "allowed when RestartJob feature gate is disabled")
+        for key in self.child_keys():
+            self._create(key)
 
-    def _recreate(self) -> None:
-        self.children = {
-            rj["name"]: IndexedJobRun(rj["template"]["spec"]) for rj in self.jobset["spec"]["replicatedJobs"]
-        }
+    def child_keys(self) -> list[tuple[str, int]]:
+        return [(rj["name"], j) for rj in self.jobset["spec"]["replicatedJobs"] for j in range(rj.get("replicas", 1))]
 
-    def pod_failed(self, replicated_job: str, index: int, failure: PodFailure) -> str:
-        """Returns what the JobSet does: "running" (the Job absorbed it), "restart" or "failed"."""
-        child = self.children[replicated_job]
+    def _spec(self, replicated_job: str) -> Mapping[str, Any]:
+        (rj,) = [rj for rj in self.jobset["spec"]["replicatedJobs"] if rj["name"] == replicated_job]
+        return rj["template"]["spec"]
+
+    def _create(self, key: tuple[str, int]) -> None:
+        self.children[key] = IndexedJobRun(self._spec(key[0]))
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if key in self._failed_order:
+            self._failed_order.remove(key)
+
+    @property
+    def total_restarts_counted(self) -> int:
+        """totalRestartsCountTowardsMax: global restarts that count + every child Job's own that count."""
+        return self.restarts_counted + sum(self.job_restarts_counted.values())
+
+    @property
+    def state(self) -> str:
+        return "failed" if self.failed else "completed" if self.completed else "running"
+
+    # -- events -------------------------------------------------------------------------------------------
+    def pod_succeeded(self, replicated_job: str, index: int, job: int = 0) -> str:
+        """A pod exited 0. Returns "completed" once every child Job has completed, else "running"."""
+        if self.state == "running":
+            self.children[(replicated_job, job)].pod_succeeded(index)
+            if all(child.complete for child in self.children.values()):
+                self.completed = True
+        return self.state
+
+    def pod_failed(self, replicated_job: str, index: int, failure: PodFailure, job: int = 0,
+                   reconcile: bool = True) -> str:
+        """Returns what the JobSet does: "running" (the Job absorbed it), "restart" (every child Job
+        recreated), "restart-job" (only this child Job recreated) or "failed". With ``reconcile=False`` the
+        failure is only recorded, as when several Jobs fail before the controller's next reconcile."""
+        if self.state != "running":
+            return self.state
+        key = (replicated_job, job)
+        child = self.children[key]
         child.pod_failed(index, failure)
-        if child.failed is None:
-            return "running"
-        action = self.job_failure_action(replicated_job, child.failed)
+        if child.failed is not None and key not in self._failed_order:
+            self._failed_order.append(key)
+        return self.reconcile() if reconcile else "running"
+
+    def reconcile(self) -> str:
+        """executeFailurePolicy over the child Jobs that have failed (in the order they failed)."""
+        if self.state != "running" or not self._failed_order:
+            return self.state
+        action, key = self._first_matching_rule()
         policy = self.jobset["spec"].get("failurePolicy") or {}
-        if action == "FailJobSet" or (action == "RestartJobSet" and self.restarts >= policy.get("maxRestarts", 0)):
+        over_budget = self.total_restarts_counted >= policy.get("maxRestarts", 0)
+        if action == "FailJobSet" or (action in ("RestartJobSet", "RestartJob") and over_budget):
             self.failed = True
             return "failed"
-        if action == "RestartJobSetAndIgnoreMaxRestarts" or action == "RestartJobSet":
-            self.restarts += action == "RestartJobSet"
-            self._recreate()
+        if action in ("RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"):
+            self.restarts += 1
+            self.restarts_counted += action == "RestartJobSet"
+            for child in self.child_keys():
+                self._create(child)
+            self._failed_order.clear()
             return "restart"
+        if action in RESTART_JOB_ACTIONS:
+            if not self.restart_job_gate:  # the controller errors and retries; the webhook refuses it first
+                raise WebhookRefused(f"{action} cannot be used when the feature gate RestartJob is disabled")
+            self.job_restarts[key] = self.job_restarts.get(key, 0) + 1
+            if action == "RestartJob":
+                self.job_restarts_counted[key] = self.job_restarts_counted.get(key, 0) + 1
+            self._create(key)
+            return "restart-job" if not self._failed_order else self.reconcile()
         raise NotImplementedError(action)
+
+    def _first_matching_rule(self) -> tuple[str, tuple[str, int]]:
+        policy = self.jobset["spec"].get("failurePolicy")
+        if policy is None:
+            return "FailJobSet", self._failed_order[0]  # no failure policy: the first failed Job fails it
+        for rule in policy.get("rules", []):
+            for key in self._failed_order:
+                if self._rule_applies(rule, key[0], self.children[key].failed or ""):
+                    return str(rule["action"]), key
+        return "RestartJobSet", self._failed_order[0]
+
+    @staticmethod
+    def _rule_applies(rule: Mapping[str, Any], replicated_job: str, reason: str) -> bool:
+        reasons = rule.get("onJobFailureReasons") or []
+        targets = rule.get("targetReplicatedJobs") or []
+        return (not reasons or reason in reasons) and (not targets or replicated_job in targets)
 
     def job_failure_action(self, replicated_job: str, reason: str) -> str:
         policy = self.jobset["spec"].get("failurePolicy")
         if policy is None:
             return "FailJobSet"  # no failure policy: the JobSet fails with its first failed Job
         for rule in policy.get("rules", []):
-            reasons = rule.get("onJobFailureReasons") or []
-            targets = rule.get("targetReplicatedJobs") or []
-            if (not reasons or reason in reasons) and (not targets or replicated_job in targets):
+            if self._rule_applies(rule, replicated_job, reason):
                 return str(rule["action"])
         return "RestartJobSet"

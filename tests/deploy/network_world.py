@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.deploy.netpol import Cluster, Endpoint, Namespace, pod_from_template
+from tests.deploy.pods import workload_pods
 from tests.deploy.rendering import NAMESPACE, TRAINER_KINDS, Rendered, pod_template
 
 NAMESPACES = [
@@ -29,17 +30,33 @@ NCCL_PORTS = [32768, 40123, 60999]
 class World:
     cluster: Cluster
     trainers: list[Endpoint]
+    """Every trainer pod: the workers of every group (the first is a chief), then the oracle if any."""
     serving: Endpoint | None
     test_client: Endpoint | None
+    oracle: Endpoint | None = None
+    """The oracle pod (trainer.groups > 1)."""
 
 
 def world(rendered: Rendered) -> World:
     trainers: list[Endpoint] = []
+    oracle = None
     workloads = [obj for _, obj in rendered if obj["kind"] in TRAINER_KINDS]
     for workload in workloads:
-        template = pod_template(workload)
-        for index in range(rendered.values["trainer"]["workers"]):
-            trainers.append(pod_from_template(f"trainer-{index}", NAMESPACE, template, f"10.0.1.{index + 1}"))
+        if workload["kind"] == "TFJob":  # the operator's pods: the template, once per replica
+            template = pod_template(workload)
+            for index in range(rendered.values["trainer"]["workers"]):
+                trainers.append(pod_from_template(f"trainer-{index}", NAMESPACE, template, f"10.0.1.{index + 1}"))
+            continue
+        for pod in workload_pods(workload):
+            endpoint = pod_from_template(pod.hostname, NAMESPACE, {"metadata": pod.metadata, "spec": pod.spec},
+                                         f"10.0.1.{len(trainers) + 1}")
+            trainers.append(endpoint)
+            if any(item.get("value") == "oracle" for item in pod.container().get("env", [])
+                   if item["name"] == "TFSTACK_ROLE"):
+                oracle = endpoint
+    if oracle is not None:  # workers first: trainers[0] is a chief
+        trainers.remove(oracle)
+        trainers.append(oracle)
     serving = test_client = None
     deployments = rendered.by_template("serving-deployment.yaml")
     if deployments:
@@ -47,4 +64,4 @@ def world(rendered: Rendered) -> World:
         pod: dict[str, Any] = rendered.one("tests/client-test-pod.yaml")
         test_client = pod_from_template("test-client", NAMESPACE, pod, "10.0.3.1")
     policies = [obj for _, obj in rendered if obj["kind"] == "NetworkPolicy"]
-    return World(Cluster(NAMESPACES, policies), trainers, serving, test_client)
+    return World(Cluster(NAMESPACES, policies), trainers, serving, test_client, oracle)

@@ -16,6 +16,8 @@ from typing import Any
 import helm_python as helm
 import yaml
 
+from tests.deploy import pods
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "k8s" / "chart"
 RELEASE = "digits"
@@ -24,7 +26,8 @@ NAMESPACE = "ml"
 #: The values matrix: each set is rendered, validated against the Kubernetes schemas (and the JobSet and TFJob
 #: CRDs), linted and scanned by checkov. The trainer modes: defaults and gpus render a JobSet (more than one
 #: worker), jobset names it explicitly with the scheduling hooks, indexed_job/existing_claim/monitoring/
-#: single_worker an Indexed Job, tfjob a TFJob.
+#: single_worker an Indexed Job, tfjob a TFJob. groups and groups_indexed_job run parallel trials (3 groups of
+#: 2 workers and the oracle) as a JobSet and as Indexed Jobs.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "jobset": {
@@ -104,6 +107,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "serving_only": {"trainer": {"enabled": False}, "serving": {"batching": False}},
+    "groups": {
+        "trainer": {
+            "groups": 3,
+            "workers": 2,
+            "gpusPerWorker": 1,
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "runtimeClassName": "nvidia",
+            "priorityClassName": "training",
+            "oracle": {"nodeSelector": {"pool": "cpu"}},
+            "activeDeadlineSeconds": 86400,
+        },
+        "networkPolicy": {"allowExternalEgress": False},
+    },
+    "groups_indexed_job": {"trainer": {"mode": "indexedJob", "groups": 3, "workers": 2, "runId": "p3"}},
 }
 VALUE_SET_IDS = list(VALUE_SETS)
 
@@ -168,14 +186,20 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
-    """The pod template (metadata + spec) of a Deployment, Job, JobSet (its one replicatedJob) or TFJob."""
+    """The (workers') pod template (metadata + spec) of a Deployment, Job, JobSet (its first replicatedJob,
+    the workers) or TFJob."""
+    return pod_templates(obj)[0]
+
+
+def pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every pod template of a workload: a JobSet has one per replicatedJob (workers, and the oracle when
+    trainer.groups > 1)."""
     kind = obj["kind"]
     if kind == "TFJob":
-        return obj["spec"]["tfReplicaSpecs"]["Worker"]["template"]
+        return [spec["template"] for spec in obj["spec"]["tfReplicaSpecs"].values()]
     if kind == "JobSet":
-        (replicated_job,) = obj["spec"]["replicatedJobs"]
-        return replicated_job["template"]["spec"]["template"]
-    return obj["spec"]["template"]
+        return [rj["template"]["spec"]["template"] for rj in obj["spec"]["replicatedJobs"]]
+    return [obj["spec"]["template"]]
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -185,34 +209,34 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def jobset_child_jobs(jobset: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Jobs JobSet creates: "<jobset>-<replicatedJob>-<index>" with the replicatedJob's template as spec
-    (kubernetes-sigs/jobset, pkg/controllers/jobset_controller.go, constructJob)."""
-    return [
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {
-                "name": f"{jobset['metadata']['name']}-{replicated_job['name']}-{index}",
-                "namespace": jobset["metadata"]["namespace"],
-                "labels": dict(jobset["metadata"].get("labels", {})),
-                "annotations": dict(jobset["metadata"].get("annotations", {})),
-            },
-            "spec": replicated_job["template"]["spec"],
-        }
-        for replicated_job in jobset["spec"]["replicatedJobs"]
-        for index in range(replicated_job.get("replicas", 1))
-    ]
+    """The Jobs JobSet creates: "<jobset>-<replicatedJob>-<index>" with the replicatedJob's template as spec,
+    labelled and annotated as JobSet does (kubernetes-sigs/jobset, pkg/controllers/jobset_controller.go,
+    constructJob; tests/deploy/pods.py); the JobSet's own labels and annotations are added to the Job's (for
+    checkov's skips and the standard labels)."""
+    jobs = pods.jobset_child_jobs(jobset)
+    for job in jobs:
+        job["metadata"]["labels"] = {**jobset["metadata"].get("labels", {}), **job["metadata"]["labels"]}
+        job["metadata"]["annotations"] = {**jobset["metadata"].get("annotations", {}),
+                                          **job["metadata"]["annotations"]}
+    return jobs
+
+
+def trainer_workloads(rendered: Rendered) -> list[dict[str, Any]]:
+    """The trainer workloads of a rendering: a JobSet, a TFJob, or Indexed Jobs (one per group, and the
+    oracle's, when trainer.groups > 1)."""
+    return [obj for _, obj in rendered if obj["kind"] in TRAINER_KINDS]
 
 
 def trainer_workload(rendered: Rendered) -> dict[str, Any]:
     """The one trainer workload of a rendering (a JobSet, an Indexed Job or a TFJob)."""
-    (workload,) = [obj for _, obj in rendered if obj["kind"] in TRAINER_KINDS]
+    (workload,) = trainer_workloads(rendered)
     return workload
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    """Literal environment of a container (the chart sets no valueFrom variables of its own)."""
-    return {item["name"]: item["value"] for item in container.get("env", [])}
+    """Literal environment of a container: the variables with a ``value`` (with trainer.groups > 1 a JobSet's
+    workers also read TFSTACK_GROUP through the downward API: tests/deploy/pods.py resolves those)."""
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
 
 
 def restricted_violations(spec: dict[str, Any]) -> list[str]:

@@ -46,11 +46,17 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
         ({"model": {"name": "My Model"}}, ["/model/name"]),
         ({"serving": {"image": {"pullPolicy": "Sometimes"}}}, ["/serving/image/pullPolicy"]),
         ({"serving": {"extraArgs": ["port=1"]}}, ["/serving/extraArgs/0"]),
+        ({"trainer": {"groups": 0}}, ["/trainer/groups", "minimum"]),
+        ({"trainer": {"groups": 1025}}, ["/trainer/groups", "maximum"]),
+        ({"trainer": {"groupRestart": "group"}}, ["/trainer/groupRestart", "'job', 'jobSet'"]),
+        ({"trainer": {"containerPorts": {"oracle": 0}}}, ["/trainer/containerPorts/oracle", "minimum"]),
+        ({"trainer": {"oracle": {"gpus": 1}}}, ["/trainer/oracle", "'gpus' not allowed"]),
     ],
     ids=["workers-0", "bad-storage-mode", "existing-claim-without-name", "bad-trainer-mode", "run-id-not-dns",
          "run-id-too-long", "negative-max-restarts", "priority-class-not-dns", "pod-label-not-string",
          "gpu-image-without-gpu", "startup-success-threshold", "negative-gpus",
-         "misspelt-key", "bad-tuner", "bad-backbone", "model-name-not-dns", "bad-pull-policy", "extra-arg-not-flag"],
+         "misspelt-key", "bad-tuner", "bad-backbone", "model-name-not-dns", "bad-pull-policy", "extra-arg-not-flag",
+         "groups-0", "groups-over-restart-job-limit", "bad-group-restart", "oracle-port-0", "oracle-gpus"],
 )
 def test_should_reject_values_with_a_clear_message_when_a_value_is_broken(
     values: dict[str, Any], expected: list[str]

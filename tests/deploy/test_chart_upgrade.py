@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.rendering import CHART_DIR, pod_template, render_values, trainer_workload
+from tests.deploy.rendering import CHART_DIR, pod_template, render_values, trainer_workload, trainer_workloads
 
 MODES = ["jobset", "indexedJob", "tfjob"]
 
@@ -64,3 +64,16 @@ def test_should_not_restart_tf_serving_when_only_the_chart_version_changes(tmp_p
     before = render_values({}).one("serving-deployment.yaml")
     after = render_values({}, _bumped(tmp_path, "0.2.0")).one("serving-deployment.yaml")
     assert after["spec"]["template"] == before["spec"]["template"]
+
+
+def test_should_keep_every_trainer_spec_identical_when_groups_are_set_and_only_the_chart_version_changes(
+    tmp_path: Path,
+) -> None:
+    """With groups: the JobSet (workers and oracle), and each group's and the oracle's Indexed Job."""
+    for mode in ("jobset", "indexedJob"):
+        values = {"trainer": {"mode": mode, "groups": 3, "workers": 2}}
+        chart = _bumped(tmp_path / mode, "0.2.0")
+        before = trainer_workloads(render_values(values))
+        after = trainer_workloads(render_values(values, chart))
+        assert len(before) == (1 if mode == "jobset" else 4)
+        assert [w["spec"] for w in after] == [w["spec"] for w in before]

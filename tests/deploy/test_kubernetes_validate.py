@@ -59,6 +59,16 @@ def test_should_validate_the_child_job_jobset_creates_when_mode_is_jobset(value_
         _validate(job, version)
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: f"k8s-{v}")
+def test_should_validate_every_group_job_and_the_oracle_job_jobset_creates_when_groups_are_set(version: str) -> None:
+    (jobset,) = [obj for _, obj in render("groups") if obj["kind"] == "JobSet"]
+    jobs = jobset_child_jobs(jobset)
+    assert [job["metadata"]["name"] for job in jobs] == [f"digits-tfstack-trainer-{rj}" for rj in
+                                                         ("worker-0", "worker-1", "worker-2", "oracle-0")]
+    for job in jobs:
+        _validate(job, version)
+
+
 def test_should_reject_unknown_fields_when_validating_strictly() -> None:
     """The validator itself is strict: a misspelt field in a rendered Job fails (guards the tests above)."""
     job = next(obj for _, obj in render("indexed_job") if obj["kind"] == "Job")

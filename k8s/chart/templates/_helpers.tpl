@@ -80,13 +80,14 @@ peerLost: 4
 {{- end -}}
 
 {{/*
-The trainer's workload kind: trainer.mode, or when it is "" a JobSet for more than one worker and a
-plain Indexed Job for one (a single pod has no group to restart).
+The trainer's workload kind: trainer.mode, or when it is "" a JobSet for more than one pod (several
+workers, or several groups and their oracle) and a plain Indexed Job for one (a single pod has no group
+to restart).
 */}}
 {{- define "tfstack.trainer.mode" -}}
 {{- if .Values.trainer.mode -}}
 {{- .Values.trainer.mode -}}
-{{- else if gt (int .Values.trainer.workers) 1 -}}
+{{- else if or (gt (int .Values.trainer.workers) 1) (gt (int .Values.trainer.groups) 1) -}}
 jobset
 {{- else -}}
 indexedJob
@@ -129,16 +130,39 @@ topologySpreadConstraints:
 {{/*
 Object names. The trainer's workload is "<fullname>-trainer[-<runId>]": a new trainer.runId is a new
 Job/JobSet (a new search), as a Job's pod template cannot be changed in place. At most 44 characters:
-JobSet's webhook requires "<jobset>-worker-0-<index>-abcde" to be a DNS label (63) for up to 1000
-workers (jobset_webhook.go, "pod names generated for this JobSet will exceed 63 characters").
+JobSet's webhook requires "<jobset>-worker-<group>-<index>-abcde" to be a DNS label (63) for up to 1000
+workers (jobset_webhook.go, "pod names generated for this JobSet will exceed 63 characters"), one
+character less for each further digit of the last group (up to 10 groups: 44).
 */}}
 {{- define "tfstack.trainer.fullname" -}}
 {{- $suffix := "-trainer" -}}
 {{- with .Values.trainer.runId }}{{ $suffix = printf "-trainer-%s" (toString .) }}{{ end -}}
-{{- printf "%s%s" (include "tfstack.fullname" . | trunc (int (sub 44 (len $suffix))) | trimSuffix "-") $suffix -}}
+{{- $groupDigits := len (toString (sub (int .Values.trainer.groups) 1)) -}}
+{{- $limit := sub (sub 45 $groupDigits) (len $suffix) -}}
+{{- printf "%s%s" (include "tfstack.fullname" . | trunc (int $limit) | trimSuffix "-") $suffix -}}
 {{- end -}}
-{{/* The JobSet's one replicatedJob: its child Job is "<jobset>-worker-0" (placement.GenJobName). */}}
+{{/* The JobSet's workers: child Job g is "<jobset>-worker-<g>" (placement.GenJobName), one per group. */}}
 {{- define "tfstack.trainer.replicatedJob" -}}worker{{- end -}}
+{{/* The JobSet's oracle (groups > 1): one child Job "<jobset>-oracle-0" of one pod. */}}
+{{- define "tfstack.trainer.oracleReplicatedJob" -}}oracle{{- end -}}
+
+{{/*
+host:port of the oracle (groups > 1), as every worker reaches it and the oracle listens on it
+(TFSTACK_ORACLE). The oracle's Job is Indexed with one completion, so its pod has the stable hostname
+"<job>-0" (Kubernetes docs, Jobs, "Completion mode"):
+- jobset: "<jobset>-oracle-0-0.<subdomain>" (jobset_types.go: pods are
+  <jobSet.name>-<replicatedJob.name>-<job-index>-<pod-index>.<subdomain>);
+- indexedJob: "<fullname>-oracle-0.<headless service>".
+*/}}
+{{- define "tfstack.trainer.oracleAddress" -}}
+{{- $domain := printf "%s.svc.%s" .Release.Namespace .Values.clusterDomain -}}
+{{- $name := include "tfstack.trainer.fullname" . -}}
+{{- if eq (include "tfstack.trainer.mode" .) "jobset" -}}
+{{- printf "%s-%s-0-0.%s.%s:%v" $name (include "tfstack.trainer.oracleReplicatedJob" .) $name $domain .Values.trainer.containerPorts.oracle -}}
+{{- else -}}
+{{- printf "%s-oracle-0.%s.%s:%v" $name (include "tfstack.trainer.serviceName" .) $domain .Values.trainer.containerPorts.oracle -}}
+{{- end -}}
+{{- end -}}
 {{- define "tfstack.trainer.serviceName" -}}
 {{- printf "%s-trainer-workers" (include "tfstack.fullname" .) -}}
 {{- end -}}
@@ -183,7 +207,11 @@ checkov.io/skip4: CKV_K8S_9=The helm test pod runs one client call and exits; th
 {{/*
 The trainer's environment: the ONLY place that names TFSTACK_* variables. The trainer fails on a
 TFSTACK_* name it does not know (trainer/config.py), and a test feeds this list to trainer.config.load.
-Call with (dict "context" $ "mode" "jobset"|"indexedJob"|"tfjob").
+Call with (dict "context" $ "mode" "jobset"|"indexedJob"|"tfjob" "role" "worker"|"oracle" "group" g), where
+group is the indexedJob group (jobset: every pod reads its group from the job-index annotation JobSet
+puts on it, jobset_types.go JobIndexKey "jobset.sigs.k8s.io/job-index", set by labelAndAnnotateObject
+in jobset_controller.go on the child Job's pod template).
+With trainer.groups = 1 there is no TFSTACK_ROLE/GROUPS/GROUP/ORACLE and no oracle (one group, as before).
 The cluster variables describe pod i as <job>-<i>.<service>.<namespace>.svc.<clusterDomain>
 (trainer.cluster.resolve). An Indexed Job's pod i has the hostname "<job>-<i>" (Kubernetes docs, Jobs,
 "Completion mode": "the Pod hostname is set to $(job-name)-$(index)") under spec.subdomain:
@@ -192,10 +220,15 @@ The cluster variables describe pod i as <job>-<i>.<service>.<namespace>.svc.<clu
   sets the pods' subdomain to spec.network.subdomain (default: the JobSet's name) and creates a headless
   Service of that name when network.enableDNSHostnames is true (jobset_controller.go, GetSubdomain);
 - tfjob: Kubeflow's operator sets TF_CONFIG, which the resolver reads first: no cluster variables.
+With groups, JOB_NAME names the group's Job without its group: the resolver appends "-<TFSTACK_GROUP>"
+(jobset: child Job "<jobset>-worker-<g>"; indexedJob: the chart's Job "<fullname>-<g>"). The oracle gets
+no cluster variables (it joins no group).
 */}}
 {{- define "tfstack.trainer.env" -}}
 {{- $ := .context -}}
 {{- $search := $.Values.trainer.search -}}
+{{- $groups := int $.Values.trainer.groups -}}
+{{- $role := .role | default "worker" -}}
 - name: TFSTACK_MODEL_NAME
   value: {{ $.Values.model.name | quote }}
 - name: TFSTACK_EXPORT_BASE
@@ -220,10 +253,33 @@ The cluster variables describe pod i as <job>-<i>.<service>.<namespace>.svc.<clu
   value: {{ $search.batchSize | quote }}
 - name: TFSTACK_METRICS_PORT
   value: {{ $.Values.trainer.containerPorts.metrics | quote }}
-{{- if ne .mode "tfjob" }}
+{{- if gt $groups 1 }}
+- name: TFSTACK_ROLE
+  value: {{ $role | quote }}
+- name: TFSTACK_GROUPS
+  value: {{ $groups | quote }}
+{{- if eq $role "worker" }}
+- name: TFSTACK_GROUP
+{{- if eq .mode "jobset" }}
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.annotations['jobset.sigs.k8s.io/job-index']
+{{- else }}
+  value: {{ .group | quote }}
+{{- end }}
+{{- end }}
+- name: TFSTACK_ORACLE
+  value: {{ include "tfstack.trainer.oracleAddress" $ | quote }}
+{{- end }}
+{{- if and (ne .mode "tfjob") (eq $role "worker") }}
 - name: TFSTACK_CLUSTER_WORKERS
   value: {{ $.Values.trainer.workers | quote }}
-{{- if eq .mode "jobset" }}
+{{- if and (eq .mode "jobset") (gt $groups 1) }}
+- name: TFSTACK_CLUSTER_JOB_NAME
+  value: {{ printf "%s-%s" (include "tfstack.trainer.fullname" $) (include "tfstack.trainer.replicatedJob" $) | quote }}
+- name: TFSTACK_CLUSTER_SERVICE
+  value: {{ include "tfstack.trainer.fullname" $ | quote }}
+{{- else if eq .mode "jobset" }}
 - name: TFSTACK_CLUSTER_JOB_NAME
   value: {{ printf "%s-%s-0" (include "tfstack.trainer.fullname" $) (include "tfstack.trainer.replicatedJob" $) | quote }}
 - name: TFSTACK_CLUSTER_SERVICE
@@ -246,8 +302,12 @@ The cluster variables describe pod i as <job>-<i>.<service>.<namespace>.svc.<clu
 
 {{/*
 The trainer pod template (metadata and spec) shared by the JobSet, the Indexed Job and the TFJob.
-Call with (dict "context" $ "mode" "jobset"|"indexedJob"|"tfjob"). Only version-independent labels
-(tfstack.stableLabels) and no checksum annotation: the template is immutable once the Job exists.
+Call with (dict "context" $ "mode" "jobset"|"indexedJob"|"tfjob" "role" "worker"|"oracle" "group" g), as
+tfstack.trainer.env. Only version-independent labels (tfstack.stableLabels) and no checksum annotation: the
+template is immutable once the Job exists. The oracle (groups > 1) runs the same image and command with
+TFSTACK_ROLE=oracle, listens on the oracle port instead of the cluster port, requests no GPU and has its
+own resources and placement (trainer.oracle); it keeps the workers' priority class and scheduler (a gang
+scheduler must see every pod of the search).
 */}}
 {{- define "tfstack.trainer.podTemplate" -}}
 {{- $ := .context -}}
@@ -266,6 +326,7 @@ spec:
 {{- define "tfstack.trainer.podSpec" -}}
 {{- $ := .context -}}
 {{- $t := $.Values.trainer -}}
+{{- $oracle := eq (.role | default "worker") "oracle" -}}
 automountServiceAccountToken: false
 {{- if eq .mode "tfjob" }}
 restartPolicy: OnFailure
@@ -282,7 +343,11 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml $t.podSecurityContext | nindent 2 }}
+{{- if $oracle }}
+{{- include "tfstack.scheduling" (merge (pick $t "priorityClassName" "schedulerName") $t.oracle) }}
+{{- else }}
 {{- include "tfstack.scheduling" $t }}
+{{- end }}
 {{- /*
 Keras looks for (and downloads) ImageNet weights under KERAS_HOME (/opt/keras in the image) only while
 that directory is writable, else under /tmp/.keras. With a read-only root filesystem the weights baked
@@ -312,19 +377,25 @@ containers:
     imagePullPolicy: {{ $t.image.pullPolicy }}
     args: ["search"]
     env:
-      {{- include "tfstack.trainer.env" (dict "context" $ "mode" .mode) | nindent 6 }}
+      {{- include "tfstack.trainer.env" . | nindent 6 }}
     ports:
+      {{- if $oracle }}
+      - name: oracle
+        containerPort: {{ $t.containerPorts.oracle }}
+        protocol: TCP
+      {{- else }}
       - name: {{ ternary "tfjob-port" "cluster" (eq .mode "tfjob") }}
         containerPort: {{ $t.containerPorts.cluster }}
         protocol: TCP
+      {{- end }}
       - name: metrics
         containerPort: {{ $t.containerPorts.metrics }}
         protocol: TCP
     securityContext:
       {{- toYaml $t.containerSecurityContext | nindent 6 }}
     resources:
-      {{- $resources := deepCopy $t.resources -}}
-      {{- if gt (int $t.gpusPerWorker) 0 -}}
+      {{- $resources := deepCopy (ternary $t.oracle.resources $t.resources $oracle) -}}
+      {{- if and (gt (int $t.gpusPerWorker) 0) (not $oracle) -}}
       {{- $limits := merge (dict $t.gpuResourceName (int $t.gpusPerWorker)) ($resources.limits | default dict) -}}
       {{- $_ := set $resources "limits" $limits -}}
       {{- end }}
@@ -361,6 +432,94 @@ volumes:
       claimName: {{ $t.dataVolume.existingClaim }}
       readOnly: true
   {{- end }}
+{{- end -}}
+
+{{/*
+A child Job of the JobSet: Indexed (so each pod has the hostname "<job>-<index>"), failed by its first
+failed pod (backoffLimit 0, the JobSet decides what restarts), at once with reason PodFailurePolicy on the
+trainer's do-not-retry exits. Call with (dict "context" $ "role" "worker"|"oracle" "completions" n).
+*/}}
+{{- define "tfstack.trainer.jobsetJobSpec" -}}
+{{- $ := .context -}}
+{{- $t := $.Values.trainer -}}
+{{- $codes := include "tfstack.trainer.exitCodes" $ | fromYaml -}}
+spec:
+  completionMode: Indexed
+  completions: {{ .completions }}
+  parallelism: {{ .completions }}
+  # The first failed pod fails the child Job; the JobSet's failure policy decides what restarts.
+  backoffLimit: 0
+  podFailurePolicy:
+    rules:
+      # Bad input or configuration, or a model the publish gate refused: fail the JobSet.
+      - action: FailJob
+        onExitCodes:
+          containerName: tensorflow
+          operator: In
+          values: [{{ $codes.badInput }}, {{ $codes.notPublished }}]
+  {{- if not (kindIs "invalid" $t.activeDeadlineSeconds) }}
+  # Per attempt: a child Job past its deadline fails with DeadlineExceeded, which fails the JobSet.
+  activeDeadlineSeconds: {{ $t.activeDeadlineSeconds }}
+  {{- end }}
+  template:
+    {{- include "tfstack.trainer.podTemplate" (dict "context" $ "mode" "jobset" "role" .role) | nindent 4 }}
+{{- end -}}
+
+{{/*
+An Indexed Job of the indexedJob mode: one group's workers, or the oracle (trainer-job.yaml,
+trainer-oracle-job.yaml). Call with (dict "context" $ "name" name "role" "worker"|"oracle" "group" g
+"completions" n).
+*/}}
+{{- define "tfstack.trainer.indexedJob" -}}
+{{- $ := .context -}}
+{{- $t := $.Values.trainer -}}
+{{- $codes := include "tfstack.trainer.exitCodes" $ | fromYaml -}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .name }}
+  namespace: {{ $.Release.Namespace }}
+  labels:
+    {{- include "tfstack.labels" (dict "context" $ "component" "trainer") | nindent 4 }}
+    {{- with $t.queueName }}
+    kueue.x-k8s.io/queue-name: {{ . }}
+    {{- end }}
+  annotations:
+    {{- include "tfstack.checkovSkips" (dict "probeSkips" false) | nindent 4 }}
+spec:
+  completionMode: Indexed
+  completions: {{ .completions }}
+  parallelism: {{ .completions }}
+  # Retries are counted per index; once one index has used up its retries the whole job fails:
+  # synchronous training needs every rank.
+  backoffLimitPerIndex: {{ $t.backoffLimitPerIndex }}
+  maxFailedIndexes: 0
+  podFailurePolicy:
+    rules:
+      # Bad input or configuration, or a model the publish gate refused: a retry cannot fix it.
+      - action: FailJob
+        onExitCodes:
+          containerName: tensorflow
+          operator: In
+          values: [{{ $codes.badInput }}, {{ $codes.notPublished }}]
+      # A peer was lost or the group could not form: this pod is recreated with the others (a group
+      # restart) without using a retry; the pod that failed first counts.
+      - action: Ignore
+        onExitCodes:
+          containerName: tensorflow
+          operator: In
+          values: [{{ $codes.peerLost }}]
+      # Evictions, preemptions and node drains are not the trainer's fault: recreate without counting.
+      - action: Ignore
+        onPodConditions:
+          - type: DisruptionTarget
+            status: "True"
+  activeDeadlineSeconds: {{ $t.activeDeadlineSeconds | default $t.indexedJobDeadlineSeconds }}
+  {{- if not (kindIs "invalid" $t.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ $t.ttlSecondsAfterFinished }}
+  {{- end }}
+  template:
+    {{- include "tfstack.trainer.podTemplate" (dict "context" $ "mode" "indexedJob" "role" .role "group" .group) | nindent 4 }}
 {{- end -}}
 
 {{/* TF Serving's metrics path, read from files/monitoring.config (the one place it is set). */}}

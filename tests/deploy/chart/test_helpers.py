@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.rendering import CHART_DIR, VALUE_SET_IDS, pod_spec, pod_template, render, render_values
+from tests.deploy.rendering import CHART_DIR, VALUE_SET_IDS, pod_spec, pod_templates, render, render_values
 from tests.deploy.trainer_contract import EXIT_CODES
 
 STANDARD = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
@@ -60,9 +60,10 @@ def test_should_keep_version_labels_out_of_pod_templates_when_rendered(value_set
     would make `helm upgrade` fail; on the Deployment it would restart TF Serving for nothing."""
     for path, obj in render(value_set):
         if obj["kind"] in {"Job", "JobSet", "TFJob", "Deployment"}:
-            labels = pod_template(obj)["metadata"]["labels"]
-            assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(labels), path
-            assert set(labels) >= SELECTOR
+            for template in pod_templates(obj):  # a JobSet with groups: the workers' and the oracle's
+                labels = template["metadata"]["labels"]
+                assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(labels), path
+                assert set(labels) >= SELECTOR
 
 
 def test_should_name_the_exit_code_contract_once_when_helpers_are_read() -> None:

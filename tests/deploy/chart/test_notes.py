@@ -36,3 +36,16 @@ def test_should_name_the_workload_and_its_chief_when_mode_is_set(value_set: str,
 def test_should_show_how_to_start_a_new_search_when_installed() -> None:
     (line,) = [line for line in render("jobset").notes.splitlines() if "A new search" in line]
     assert "--set trainer.runId=" in line
+
+
+@pytest.mark.parametrize(
+    ("value_set", "selectors"),
+    [("groups", ["jobset.sigs.k8s.io/replicatedjob-name=oracle", "jobset.sigs.k8s.io/job-index=0,"]),
+     ("groups_indexed_job",
+      ["-l job-name=digits-tfstack-trainer-p3-oracle\n", "-l job-name=digits-tfstack-trainer-p3-0,"])],
+    ids=["jobset", "indexed-job"],
+)
+def test_should_point_at_the_oracle_and_a_group_chief_when_groups_are_set(value_set: str, selectors: list[str]) -> None:
+    notes = render(value_set).notes
+    assert "3 groups of 2 worker(s)" in notes and "oracle" in notes
+    assert all(selector in notes for selector in selectors), notes

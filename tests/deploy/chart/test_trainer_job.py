@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.deploy.failure_policy import DISRUPTED, IndexedJobRun, exit
+from tests.deploy.pods import indexed_job_pods
 from tests.deploy.rendering import (
     NAMESPACE,
     VALUE_SETS,
@@ -18,12 +19,14 @@ from tests.deploy.rendering import (
     restricted_violations,
     trainer_workload,
 )
-from tests.deploy.trainer_contract import EXIT_CODES
+from tests.deploy.trainer_contract import EXIT_CODES, resolve_search
 from trainer import config as trainer_config
 from trainer.cluster import resolve
 
 TEMPLATE = "trainer-job.yaml"
-INDEXED_SETS = [name for name in VALUE_SETS if render(name).by_template(TEMPLATE)]
+#: One group (trainer.groups = 1, no oracle); groups are tested in test_trainer_groups.py.
+INDEXED_SETS = [name for name in VALUE_SETS
+        if render(name).by_template(TEMPLATE) and render(name).values["trainer"]["groups"] == 1]
 
 
 def test_should_cover_the_indexed_job_in_several_value_sets() -> None:
@@ -86,8 +89,9 @@ def test_should_pass_the_trainer_config_when_the_pod_environment_is_loaded(value
 @pytest.mark.parametrize(
     ("values", "kind"),
     [({}, "JobSet"), ({"trainer": {"workers": 1}}, "Job"), ({"trainer": {"mode": "indexedJob"}}, "Job"),
-     ({"trainer": {"mode": "jobset", "workers": 1}}, "JobSet"), ({"trainer": {"mode": "tfjob"}}, "TFJob")],
-    ids=["default-2-workers", "default-1-worker", "indexed-job", "jobset-1-worker", "tfjob"],
+     ({"trainer": {"mode": "jobset", "workers": 1}}, "JobSet"), ({"trainer": {"mode": "tfjob"}}, "TFJob"),
+     ({"trainer": {"workers": 1, "groups": 2}}, "JobSet")],
+    ids=["default-2-workers", "default-1-worker", "indexed-job", "jobset-1-worker", "tfjob", "default-2-groups-of-1"],
 )
 def test_should_pick_the_workload_kind_when_mode_and_workers_are_set(values, kind: str) -> None:
     assert trainer_workload(render_values(values))["kind"] == kind
@@ -200,3 +204,49 @@ def test_should_give_keras_a_writable_home_with_the_baked_weights_when_root_fs_i
     assert {"name": "keras", "mountPath": "/keras-cache"} in init["volumeMounts"]
     assert {"name": "keras", "mountPath": "/opt/keras"} in spec["containers"][0]["volumeMounts"]
     assert {"name": "keras", "emptyDir": {}} in spec["volumes"]
+
+
+# -- parallel trials: trainer.groups = G > 1 -------------------------------------------------------------
+
+@pytest.mark.parametrize(("groups", "workers"), [(3, 2), (2, 1), (1, 3)], ids=["3x2", "2x1", "1x3"])
+def test_should_give_every_pod_its_group_rank_peers_and_oracle_when_groups_of_workers_are_set(
+    groups: int, workers: int
+) -> None:
+    rendered = render_values({"trainer": {"mode": "indexedJob", "groups": groups, "workers": workers}})
+    jobs = rendered.by_template(TEMPLATE) + rendered.by_template("trainer-oracle-job.yaml")
+    pods = [pod for job in jobs for pod in indexed_job_pods(job)]
+    assert len(pods) == groups * workers + (groups > 1)
+    search = resolve_search(pods)
+    name = "digits-tfstack-trainer"
+    expected_jobs = [f"{name}-{g}" for g in range(groups)] if groups > 1 else [name]
+    assert [job["metadata"]["name"] for job in rendered.by_template(TEMPLATE)] == expected_jobs
+    assert {g: members[0][0].job for g, members in search.groups.items()} == dict(enumerate(expected_jobs))
+    for job in rendered.by_template(TEMPLATE):
+        assert job["spec"]["completions"] == job["spec"]["parallelism"] == workers
+
+
+def test_should_set_each_jobs_group_literally_when_groups_are_set() -> None:
+    for group, job in enumerate(render("groups_indexed_job").by_template(TEMPLATE)):
+        env = env_of(containers(job)[0])
+        assert (env["TFSTACK_GROUP"], env["TFSTACK_GROUPS"], env["TFSTACK_ROLE"]) == (str(group), "3", "worker")
+        assert job["metadata"]["name"].endswith(f"-p3-{group}")
+
+
+def test_should_handle_each_groups_failures_in_its_own_job_when_groups_are_set() -> None:
+    """No Job restarts another: a group's crash restarts that group alone (its peers exit peer-lost, which
+    is ignored), and a do-not-retry exit fails that group's Job only. Documented (docs/deploy.md): the
+    oracle's failure does not restart the groups, and the deadline bounds every Job; JobSet does both."""
+    jobs = render("groups_indexed_job").by_template(TEMPLATE)
+    runs = [IndexedJobRun(job["spec"]) for job in jobs]
+    assert runs[1].pod_failed(0, exit(EXIT_CODES["crash"])) == "Count"
+    assert runs[1].pod_failed(1, exit(EXIT_CODES["peerLost"])) == "Ignore"
+    runs[2].pod_failed(1, exit(EXIT_CODES["badInput"]))
+    assert [run.failed for run in runs] == [None, None, "PodFailurePolicy"]
+    assert all(job["spec"]["activeDeadlineSeconds"] > 0 for job in jobs)
+
+
+def test_should_name_the_oracle_port_on_the_headless_service_only_when_groups_are_set() -> None:
+    ports = {p["name"] for p in render("groups_indexed_job").one("trainer-headless-service.yaml")["spec"]["ports"]}
+    assert ports == {"cluster", "metrics", "oracle"}
+    assert {p["name"] for p in render("indexed_job").one("trainer-headless-service.yaml")["spec"]["ports"]} == {
+        "cluster", "metrics"}

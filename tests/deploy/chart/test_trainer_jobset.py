@@ -4,7 +4,9 @@ Every pod's environment is fed to the trainer's own resolver with the names JobS
 (kubernetes-sigs/jobset v0.12.0: child Job "<jobset>-<replicatedJob>-<jobIndex>", placement.GenJobName;
 pod hostname "<job>-<index>", as for any Indexed Job; subdomain spec.network.subdomain, default the
 JobSet's name, GetSubdomain; a headless Service of that name when network.enableDNSHostnames), and
-failures are played through JobSet's failure policy (tests/deploy/failure_policy.py)."""
+failures are played through JobSet's failure policy (tests/deploy/failure_policy.py). With trainer.groups
+> 1 every pod JobSet would create (tests/deploy/pods.py) is resolved by the trainer
+(tests/deploy/trainer_contract.py, resolve_search)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.failure_policy import DISRUPTED, JobSetRun, exit
+from tests.deploy.failure_policy import DISRUPTED, JobSetRun, WebhookRefused, exit
+from tests.deploy.pods import workload_pods
 from tests.deploy.rendering import (
     NAMESPACE,
     VALUE_SETS,
@@ -23,12 +26,14 @@ from tests.deploy.rendering import (
     render_values,
     restricted_violations,
 )
-from tests.deploy.trainer_contract import EXIT_CODES
+from tests.deploy.trainer_contract import EXIT_CODES, resolve_search
 from trainer import config as trainer_config
 from trainer.cluster import resolve
 
 TEMPLATE = "trainer-jobset.yaml"
-JOBSET_SETS = [name for name in VALUE_SETS if render(name).by_template(TEMPLATE)]
+#: One group (trainer.groups = 1, no oracle); groups are tested in test_trainer_groups.py.
+JOBSET_SETS = [name for name in VALUE_SETS
+        if render(name).by_template(TEMPLATE) and render(name).values["trainer"]["groups"] == 1]
 
 
 def _pod_names(jobset: dict[str, Any]) -> tuple[str, list[str]]:
@@ -175,3 +180,170 @@ def test_should_run_restricted_when_security_contexts_are_default(value_set: str
     assert restricted_violations(spec) == []
     assert spec["restartPolicy"] == "Never"  # podFailurePolicy requires it
     assert "subdomain" not in spec  # JobSet sets it (GetSubdomain)
+
+
+# -- parallel trials: trainer.groups = G > 1 -------------------------------------------------------------
+
+GROUP_SETS = [name for name in VALUE_SETS if render(name).by_template(TEMPLATE)
+              and render(name).values["trainer"]["groups"] > 1]
+
+
+def test_should_cover_groups_of_workers_in_a_value_set() -> None:
+    assert GROUP_SETS == ["groups"]
+
+
+@pytest.mark.parametrize(("groups", "workers"), [(3, 2), (2, 1), (1, 2), (1, 3)], ids=["3x2", "2x1", "1x2", "1x3"])
+def test_should_give_every_pod_its_group_rank_peers_and_oracle_when_groups_of_workers_are_set(
+    groups: int, workers: int
+) -> None:
+    """Every pod JobSet creates (child Job "<jobset>-<replicatedJob>-<j>", its job-index annotation, the
+    Indexed Job's completion index and hostname, the JobSet's subdomain) resolved by the trainer."""
+    rendered = render_values({"trainer": {"mode": "jobset", "groups": groups, "workers": workers}})
+    jobset = rendered.one(TEMPLATE)
+    pods = workload_pods(jobset)
+    assert len(pods) == groups * workers + (groups > 1)
+    search = resolve_search(pods)
+    assert {g: len(members) for g, members in search.groups.items()} == dict.fromkeys(range(groups), workers)
+    for group, members in search.groups.items():
+        assert {pod.job for pod, _ in members} == {f"{jobset['metadata']['name']}-worker-{group}"}
+    if groups > 1:
+        ((oracle, _),) = search.oracles
+        assert oracle.hostname == f"{jobset['metadata']['name']}-oracle-0-0"
+        assert oracle.replicated_job == "oracle" and network_ready(jobset)
+
+
+def test_should_render_one_group_exactly_as_before_when_groups_is_one() -> None:
+    jobset = render("defaults").one(TEMPLATE)
+    assert [rj["name"] for rj in jobset["spec"]["replicatedJobs"]] == ["worker"]
+    env = env_of(containers(jobset)[0])
+    assert not {"TFSTACK_ROLE", "TFSTACK_GROUPS", "TFSTACK_GROUP", "TFSTACK_ORACLE"} & set(env)
+    assert env["TFSTACK_CLUSTER_JOB_NAME"] == f"{jobset['metadata']['name']}-worker-0"
+    assert [rule["action"] for rule in jobset["spec"]["failurePolicy"]["rules"]] == ["FailJobSet", "RestartJobSet"]
+    assert not any("targetReplicatedJobs" in rule for rule in jobset["spec"]["failurePolicy"]["rules"])
+
+
+def test_should_run_the_oracle_without_gpu_and_on_its_own_nodes_when_groups_are_set() -> None:
+    jobset = render("groups").one(TEMPLATE)
+    (workers, oracle) = jobset["spec"]["replicatedJobs"]
+    assert (workers["name"], workers["replicas"], oracle["name"], oracle["replicas"]) == ("worker", 3, "oracle", 1)
+    assert oracle["template"]["spec"]["completionMode"] == "Indexed"  # a stable hostname "<job>-0"
+    assert oracle["template"]["spec"]["completions"] == 1
+    worker_spec = workers["template"]["spec"]["template"]["spec"]
+    oracle_spec = oracle["template"]["spec"]["template"]["spec"]
+    (container,) = oracle_spec["containers"]
+    assert container["args"] == ["search"] and container["image"] == worker_spec["containers"][0]["image"]
+    assert not any("gpu" in name for part in container["resources"].values() for name in part)
+    assert worker_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"] == render("groups").values["trainer"]["oracle"]["resources"]
+    assert oracle_spec["nodeSelector"] == {"pool": "cpu"} and "tolerations" not in oracle_spec
+    assert "runtimeClassName" not in oracle_spec and worker_spec["runtimeClassName"] == "nvidia"
+    assert oracle_spec["priorityClassName"] == worker_spec["priorityClassName"] == "training"
+    assert restricted_violations(oracle_spec) == [] and oracle_spec["restartPolicy"] == "Never"
+    assert {p["name"] for p in container["ports"]} == {"oracle", "metrics"}
+
+
+@pytest.mark.parametrize(
+    ("values", "workers"),
+    [({"fullnameOverride": "a" * 40, "trainer": {"workers": 1000, "groups": 10, "runId": "abcdefgh"}}, 1000),
+     ({"fullnameOverride": "a" * 40, "trainer": {"workers": 1000, "groups": 1024, "runId": "abcdefgh"}}, 1000),
+     ({"nameOverride": "n" * 63, "trainer": {"workers": 999, "groups": 100}}, 999)],
+    ids=["10-groups", "1024-groups", "100-groups-long-name-override"],
+)
+def test_should_pass_jobset_name_length_validation_when_there_are_many_groups(values, workers: int) -> None:
+    """jobset_webhook.go (v0.12.0): for every replicatedJob, "<jobset>-<rj>-<last job>-<last pod>-abcde"
+    must be a DNS-1035 label of at most 63 characters."""
+    jobset = render_values(values).one(TEMPLATE)
+    for rj in jobset["spec"]["replicatedJobs"]:
+        last_job, last_pod = rj["replicas"] - 1, rj["template"]["spec"]["completions"] - 1
+        longest = f"{jobset['metadata']['name']}-{rj['name']}-{last_job}-{last_pod}-abcde"
+        assert len(longest) <= 63, longest
+    assert jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == workers
+
+
+def _groups_run(values: dict | None = None, **kwargs) -> JobSetRun:
+    jobset = render_values(values).one(TEMPLATE) if values is not None else render("groups").one(TEMPLATE)
+    return JobSetRun(jobset, **kwargs)
+
+
+@pytest.mark.parametrize("code", ["badInput", "notPublished"])
+@pytest.mark.parametrize(("replicated_job", "job"), [("worker", 1), ("oracle", 0)], ids=["worker", "oracle"])
+def test_should_fail_the_jobset_at_once_when_any_pod_of_the_search_exits_do_not_retry(
+    code: str, replicated_job: str, job: int
+) -> None:
+    run = _groups_run()
+    assert run.pod_failed(replicated_job, 0, exit(EXIT_CODES[code]), job=job) == "failed"
+    assert run.total_restarts_counted == 0
+
+
+@pytest.mark.parametrize("failure", [exit(EXIT_CODES["crash"]), exit(EXIT_CODES["peerLost"]), DISRUPTED, exit(137)],
+                         ids=["crash", "peer-lost", "disrupted", "oom-killed"])
+def test_should_restart_only_that_group_when_a_worker_of_one_group_fails(failure) -> None:
+    run = _groups_run()
+    assert run.pod_failed("worker", 1, failure, job=2) == "restart-job"
+    assert run.attempts == {("worker", 0): 1, ("worker", 1): 1, ("worker", 2): 2, ("oracle", 0): 1}
+    assert (run.restarts, run.total_restarts_counted) == (0, 1)  # RestartJob counts against maxRestarts
+
+
+@pytest.mark.parametrize("failure", [exit(EXIT_CODES["crash"]), exit(EXIT_CODES["peerLost"]), DISRUPTED, exit(137)],
+                         ids=["crash", "peer-lost", "disrupted", "oom-killed"])
+def test_should_restart_the_whole_search_when_the_oracle_fails(failure) -> None:
+    run = _groups_run()
+    assert run.pod_failed("oracle", 0, failure) == "restart"
+    assert set(run.attempts.values()) == {2}
+    assert (run.restarts, run.total_restarts_counted) == (1, 1)
+
+
+def test_should_restart_the_whole_search_once_when_the_oracle_and_the_groups_that_lost_it_fail_together() -> None:
+    """The oracle's rule comes before the groups': whichever failed Job the controller sees first, one
+    restart of everything, counted once."""
+    run = _groups_run()
+    run.pod_failed("worker", 0, exit(EXIT_CODES["crash"]), job=0, reconcile=False)  # lost the oracle first
+    run.pod_failed("oracle", 0, exit(137), reconcile=False)
+    run.pod_failed("worker", 1, exit(EXIT_CODES["crash"]), job=2, reconcile=False)
+    assert run.reconcile() == "restart"
+    assert set(run.attempts.values()) == {2} and run.total_restarts_counted == 1
+
+
+def test_should_share_one_restart_budget_between_groups_and_oracle_when_failures_repeat() -> None:
+    rendered = render("groups")
+    run = JobSetRun(rendered.one(TEMPLATE))
+    budget = rendered.values["trainer"]["maxRestarts"]
+    outcomes = [run.pod_failed("worker", 0, exit(EXIT_CODES["peerLost"]), job=i % 3) for i in range(budget - 1)]
+    outcomes.append(run.pod_failed("oracle", 0, exit(EXIT_CODES["crash"])))
+    assert outcomes == ["restart-job"] * (budget - 1) + ["restart"]
+    assert run.total_restarts_counted == budget
+    assert run.pod_failed("worker", 0, exit(EXIT_CODES["crash"]), job=1) == "failed"
+
+
+def test_should_complete_when_every_group_and_the_oracle_have_exited_zero() -> None:
+    rendered = render("groups")
+    run = JobSetRun(rendered.one(TEMPLATE))
+    workers = rendered.values["trainer"]["workers"]
+    run.pod_failed("worker", 1, exit(EXIT_CODES["crash"]), job=1)  # group 1 restarts once on the way
+    outcomes = [run.pod_succeeded("worker", index, job=group) for group in range(3) for index in range(workers)]
+    assert set(outcomes) == {"running"}  # the oracle is still evaluating and publishing
+    assert run.pod_succeeded("oracle", 0) == "completed"
+    assert rendered.one(TEMPLATE)["spec"]["successPolicy"] == {"operator": "All"}
+
+
+def test_should_fail_the_jobset_when_an_oracle_or_group_attempt_exceeds_its_deadline() -> None:
+    jobset = render("groups").one(TEMPLATE)
+    for rj in jobset["spec"]["replicatedJobs"]:
+        assert rj["template"]["spec"]["activeDeadlineSeconds"] == 86400
+        assert JobSetRun(jobset).job_failure_action(rj["name"], "DeadlineExceeded") == "FailJobSet"
+
+
+def test_should_restart_everything_when_group_restart_is_jobset() -> None:
+    """trainer.groupRestart=jobSet: for a JobSet controller without the RestartJob feature gate."""
+    values = {"trainer": {"groups": 3, "workers": 2, "groupRestart": "jobSet"}}
+    run = _groups_run(values, restart_job_gate=False)
+    assert run.pod_failed("worker", 0, exit(EXIT_CODES["peerLost"]), job=1) == "restart"
+    assert set(run.attempts.values()) == {2}
+
+
+def test_should_be_refused_by_a_jobset_without_the_restart_job_gate_when_group_restart_is_job() -> None:
+    """pkg/webhooks/jobset_webhook.go (v0.12.0) refuses RestartJob unless the controller runs with
+    --feature-gates=RestartJob=true (alpha, off by default: pkg/features/features.go)."""
+    with pytest.raises(WebhookRefused, match="RestartJob feature gate is disabled"):
+        _groups_run(restart_job_gate=False)
+    JobSetRun(render("defaults").one(TEMPLATE), restart_job_gate=False)  # one group: no RestartJob

@@ -60,3 +60,21 @@ def test_should_allow_everything_when_network_policy_is_disabled() -> None:
     w = world(render_values({"networkPolicy": {"enabled": False}}))
     assert w.cluster.policies == []
     assert w.cluster.allows(STRANGER, w.trainers[0], 2222) and w.cluster.allows(w.trainers[0], INTERNET, 443)
+
+
+GROUP_SETS = [name for name in TRAINER_SETS if render(name).values["trainer"]["groups"] > 1]
+
+
+@pytest.mark.parametrize("value_set", GROUP_SETS)
+def test_should_let_every_worker_reach_the_oracle_and_keep_others_out_when_groups_are_set(value_set: str) -> None:
+    rendered = render(value_set)
+    w = world(rendered)
+    assert w.oracle is not None and GROUP_SETS == ["groups", "groups_indexed_job"]
+    oracle_port = rendered.values["trainer"]["containerPorts"]["oracle"]
+    assert w.oracle.ports["oracle"] == (oracle_port, "TCP")
+    workers = [t for t in w.trainers if t is not w.oracle]
+    assert len(workers) == rendered.values["trainer"]["groups"] * rendered.values["trainer"]["workers"]
+    assert all(w.cluster.allows(worker, w.oracle, oracle_port) for worker in workers)
+    for outsider in (STRANGER, FRONTEND, PROMETHEUS):
+        assert not w.cluster.allows(outsider, w.oracle, oracle_port), outsider.name
+    assert w.cluster.allows(w.oracle, DNS, 53, "UDP")

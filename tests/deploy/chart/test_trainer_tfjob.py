@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
-from tests.deploy.rendering import NAMESPACE, containers, env_of, pod_spec, render, restricted_violations
+import helm_python as helm
+import pytest
+
+from tests.deploy.rendering import NAMESPACE, containers, env_of, pod_spec, render, render_values, restricted_violations
 from trainer import config as trainer_config
 from trainer.cluster import INDEXED_JOB_VARIABLES, resolve
 
@@ -61,3 +64,11 @@ def test_should_queue_with_kueue_and_keep_version_labels_off_pods_when_mode_is_t
     assert tfjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "tf-queue"
     labels = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
     assert "helm.sh/chart" not in labels and labels["app.kubernetes.io/component"] == "trainer"
+
+
+@pytest.mark.parametrize("groups", [2, 5])
+def test_should_refuse_to_render_when_groups_are_set_in_tfjob_mode(groups: int) -> None:
+    """A TFJob has one set of workers sharing one TF_CONFIG: it cannot express groups plus an oracle."""
+    with pytest.raises(helm.HelmRenderError, match=rf"trainer.groups={groups} needs trainer.mode jobset or indexedJob"):
+        render_values({"trainer": {"mode": "tfjob", "groups": groups}})
+    assert render_values({"trainer": {"mode": "tfjob", "groups": 1}}).one(TEMPLATE)["kind"] == "TFJob"
