@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAST_TRIAL = re.compile(r"trial \S+ COMPLETED")
+TRIAL_STARTED = re.compile(r"trial \S+ started")
+TRIAL_COMPLETED = re.compile(r"trial \S+ COMPLETED")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -36,8 +37,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _run(groups: int, args: argparse.Namespace, work: Path) -> tuple[float, float]:
-    """(wall seconds of the whole launch, seconds until its last trial completed) of one fresh search."""
+def _run(groups: int, args: argparse.Namespace, work: Path) -> tuple[float, float, float]:
+    """(wall seconds of the whole launch, first trial started, last trial completed) of one fresh search."""
     run = Path(tempfile.mkdtemp(prefix=f"groups{groups}-", dir=work))
     command = [
         sys.executable, "-m", "trainer", "launch", "--groups", str(groups), "--workers", "1", "--",
@@ -48,42 +49,45 @@ def _run(groups: int, args: argparse.Namespace, work: Path) -> tuple[float, floa
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
     process = subprocess.Popen(command, cwd=run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last_trial = start
+    first_trial = last_trial = 0.0
     assert process.stdout is not None
     log = []
     for line in process.stdout:
         log.append(line)
-        if LAST_TRIAL.search(line):
-            last_trial = time.monotonic()
+        if TRIAL_STARTED.search(line) and not first_trial:
+            first_trial = time.monotonic() - start
+        if TRIAL_COMPLETED.search(line):
+            last_trial = time.monotonic() - start
     if process.wait() != 0:
         sys.exit(f"groups={groups}: the search failed:\n{''.join(log[-40:])}")
     wall = time.monotonic() - start
     trials = len({m.group(0) for m in (re.search(r"trial (\S+) COMPLETED", x) for x in log) if m})
     if trials != args.max_trials:
         sys.exit(f"groups={groups}: expected {args.max_trials} completed trials, saw {trials}")
-    return wall, last_trial - start
+    return wall, first_trial, last_trial
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     print(f"machine: {os.cpu_count()} CPUs; load before {os.getloadavg()[0]:.2f}", flush=True)
-    results: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    results: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="tfstack-parallel-") as work:
         for round_ in range(args.rounds):
             for groups in (1, 2):
-                wall, trials = _run(groups, args, Path(work))
-                results[groups].append((wall, trials))
-                print(f"round {round_ + 1} groups={groups}: {wall:6.1f} s wall, last trial ended at {trials:6.1f} s",
-                      flush=True)
-    medians = {g: (statistics.median(w for w, _ in r), statistics.median(t for _, t in r)) for g, r in results.items()}
+                wall, first, last = _run(groups, args, Path(work))
+                results[groups].append((wall, first, last))
+                print(f"round {round_ + 1} groups={groups}: {wall:6.1f} s wall, trials from {first:5.1f} s to "
+                      f"{last:5.1f} s", flush=True)
+    medians = {g: (statistics.median(w for w, _, _ in r), statistics.median(last - first for _, first, last in r))
+               for g, r in results.items()}
     print(f"\n{args.max_trials} trials x {args.epochs} epochs, {args.rounds} rounds; load after "
           f"{os.getloadavg()[0]:.2f}")
-    print("| setting | wall (median) | until the last trial ended (median) |")
+    print("| setting | wall (median) | first trial started -> last trial ended (median) |")
     print("|---|---:|---:|")
     for groups, (wall, trials) in medians.items():
         print(f"| --groups {groups} --workers 1 | {wall:.1f} s | {trials:.1f} s |")
     print(f"\nwall ratio groups 2 / groups 1: {medians[2][0] / medians[1][0]:.2f} (goal <= 0.6); "
-          f"until the last trial: {medians[2][1] / medians[1][1]:.2f}")
+          f"trials only: {medians[2][1] / medians[1][1]:.2f}")
     return 0
 
 

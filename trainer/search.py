@@ -169,6 +169,9 @@ class _SearchHooks:
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         self.tfstack_watchdog.beat(f"trial {trial.trial_id}")
         super().on_trial_begin(trial)  # type: ignore[misc]
+        if self.tfstack_cluster.is_chief:
+            group = f" on group {self.tfstack_cluster.group}" if self.tfstack_cluster.groups > 1 else ""
+            log.info("trial %s started%s", trial.trial_id, group)
         if self.tfstack_cluster.num_workers > 1:
             # One all-gather: a file unreadable on one node changes its fingerprint and steps per epoch,
             # and a worker that cannot see the chief's backups would restore another epoch.
