@@ -220,6 +220,9 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
                      "gradient-sized all-reduces after training, the same collective the optimizer runs per step; "
                      "scalar: the same for one float (a collective's latency); chief CPU busy: the chief "
                      "process's CPU seconds (all threads) per wall second over the measured epochs.")
+    for n, r in zip(counts, results, strict=True):
+        lines.append(f"chief's busiest threads, {n} worker(s) (CPU s, whole run): "
+                     + ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["busiest_threads"]))
     lines.append(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")
     largest = max(counts)
     if largest > 1 and not args.pin:

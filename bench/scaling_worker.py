@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     timer = EpochTimer()
     history = model.fit(train_ds, epochs=config.epochs, verbose=0, callbacks=[timer],
                         steps_per_epoch=steps if args.repeat > 1 else None)
+    threads = busiest_threads()  # before the all-reduce timing: training and start-up only
     allreduce = scalar = []
     if cluster.num_workers > 1:
         allreduce = time_allreduce(strategy, [v.shape for v in model.trainable_variables], args.allreduce_steps)
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": statistics.median(images_per_epoch / seconds for seconds in measured),
         "images_per_s_mean": images_per_epoch * len(measured) / sum(measured),
         "step_seconds": median_epoch / steps,
+        "busiest_threads": threads,
         "cpu_share": sum(timer.cpu_seconds[1:]) / sum(measured),  # the chief's CPU seconds per wall second
         "allreduce_seconds": statistics.median(allreduce) if allreduce else 0.0,
         "scalar_allreduce_seconds": statistics.median(scalar) if scalar else 0.0,
@@ -197,6 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     staging.write_text(json.dumps(result, indent=1) + "\n")
     staging.replace(args.out / RESULT_FILE)
     return 0
+
+
+def busiest_threads(count: int = 6) -> list[tuple[str, float]]:
+    """This process's `count` busiest threads since they started: (name, CPU seconds), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads: dict[str, float] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{task}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return sorted(threads.items(), key=lambda item: -item[1])[:count]
 
 
 def time_allreduce(strategy: Any, shapes: list[Any], calls: int) -> list[float]:
