@@ -206,6 +206,7 @@ def run_config(kind: str, tuners: int, completed: int, args: argparse.Namespace)
         "end_median_ms": statistics.median(r["end"] for r in result["trials"]) * 1e3,
         "chief_cpu_ms_per_trial": cpu * 1e3 / len(totals),
         "trials_per_s": len(totals) / result["wall"], "trial_files": files,
+        "repeated": len(totals) - len({r["values"] for r in result["trials"]}),
     }
 
 
@@ -256,7 +257,8 @@ def client_main(args: argparse.Namespace) -> int:
             client.end_trial(trial)
             t2 = time.perf_counter()
             with lock:
-                records.append({"create": t1 - t0, "updates": updates, "end": t2 - e0, "total": t2 - t0})
+                records.append({"create": t1 - t0, "updates": updates, "end": t2 - e0, "total": t2 - t0,
+                                "values": json.dumps(trial.hyperparameters.values, sort_keys=True)})
 
     threads = [threading.Thread(target=tuner, args=(client,)) for client in clients]
     started = time.perf_counter()
@@ -280,20 +282,21 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, loads: tuple[st
         "",
         f"{'oracle':<9} {'tuners':>6} {'completed':>11} {'trials':>6} {'ms/trial p50':>12} {'p95':>8} "
         f"{'create p50':>10} {'create p95':>10} {'update p50':>10} {'end p50':>8} {'chief CPU ms/trial':>18} "
-        f"{'trials/s':>8}",
+        f"{'trials/s':>8} {'repeats':>7}",
     ]
     for r in rows:
         lines.append(
             f"{r['oracle']:<9} {r['tuners']:>6} {r['completed_before']:>5}..{r['completed_after']:<4} "
             f"{r['trials']:>6} {r['median_ms']:>12.1f} {r['p95_ms']:>8.1f} {r['create_median_ms']:>10.1f} "
             f"{r['create_p95_ms']:>10.1f} {r['update_median_ms']:>10.2f} {r['end_median_ms']:>8.2f} "
-            f"{r['chief_cpu_ms_per_trial']:>18.1f} {r['trials_per_s']:>8.1f}"
+            f"{r['chief_cpu_ms_per_trial']:>18.1f} {r['trials_per_s']:>8.1f} {r['repeated']:>7}"
         )
     lines += [
         "",
         "ms/trial: wall time a tuner waits on the oracle per trial (create + updates + end), queueing included; "
         "completed: completed trials in the oracle before..after the timed window; chief CPU ms/trial: the "
-        "oracle process's CPU time (all threads) per trial, its service demand.",
+        "oracle process's CPU time (all threads) per trial, its service demand; repeats: timed trials whose "
+        "values equal an earlier timed trial's (the same point proposed twice).",
         f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}",
     ]
     return "\n".join(lines)
