@@ -87,6 +87,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.epochs < 1 or args.batch_size < 1 or args.image_size < 8 or args.rounds < 1 or args.repeat < 1:
         parser.error(f"Expected epochs, batch size, rounds, repeat >= 1 and image size >= 8. Received: "
                      f"{args.epochs}, {args.batch_size}, {args.rounds}, {args.repeat}, {args.image_size}")
+    parts = args.tf_threads.split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        parser.error(f"Expected --tf-threads INTRA,INTER as two integers >= 0. Received: {args.tf_threads!r}")
     cpus = len(os.sched_getaffinity(0))
     if args.pin and max(args.workers) > cpus:
         parser.error(f"Expected at most one pinned worker per CPU. Received: --workers "
