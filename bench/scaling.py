@@ -82,6 +82,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                              "TensorFlow's choice)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per worker count, the order alternating every round (default 1)")
+    parser.add_argument("--step-times", action="store_true",
+                        help="also print percentiles of single step times (adds a host sync per step)")
     parser.add_argument("--repeat", type=int, default=1, help="passes over the training split per epoch (default 1)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.image_size < 8 or args.rounds < 1 or args.repeat < 1:
@@ -138,7 +140,9 @@ def run_one(workers: int, args: argparse.Namespace, digits: Path, scratch: Path)
     out = scratch / f"workers-{workers}"
     argv = ["--data", str(digits), "--out", str(out), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--seed", str(args.seed),
-            "--repeat", str(args.repeat)] + (["--pin", "--tf-threads", args.tf_threads] if args.pin else [])
+            "--repeat", str(args.repeat)]
+    argv += ["--step-times"] if args.step_times else []
+    argv += ["--pin", "--tf-threads", args.tf_threads] if args.pin else []
     output = io.StringIO()
     started = time.perf_counter()
     status = launch(argv, workers=workers, env=dict(os.environ), module=WORKER_MODULE, cwd=str(ROOT),
@@ -224,6 +228,12 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
                      "scalar: the same for one float (a collective's latency); chief CPU busy: the chief "
                      "process's CPU seconds (all threads) per wall second over the measured epochs.")
     for n, r in zip(counts, results, strict=True):
+        if r["step_times"]:
+            ordered = sorted(r["step_times"])
+            marks = ", ".join(f"p{q} {ordered[min(len(ordered) - 1, q * len(ordered) // 100)] * 1e3:.1f}"
+                              for q in (5, 25, 50, 75, 95))
+            lines.append(f"single steps, {n} worker(s), ms ({len(ordered)} steps): {marks}, "
+                         f"max {ordered[-1] * 1e3:.1f}")
         lines.append(f"chief's busiest threads, {n} worker(s) (CPU s, whole run): "
                      + ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["busiest_threads"]))
     lines.append(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")

@@ -67,6 +67,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="pin worker i to the i-th allowed CPU, one TensorFlow thread per pool")
     parser.add_argument("--tf-threads", type=str, default="1,1",
                         help="with --pin: TensorFlow's intra-op,inter-op pool sizes (0 = TensorFlow's choice)")
+    parser.add_argument("--step-times", action="store_true",
+                        help="also time every training step (adds a host sync per step: Keras converts the logs)")
     parser.add_argument("--repeat", type=int, default=1, help="passes over the training split per epoch")
     parser.add_argument("--allreduce-steps", type=int, default=30,
                         help="timed gradient all-reduces after training (several workers only)")
@@ -151,8 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             self.seconds.append(time.perf_counter() - self._started)
             self.cpu_seconds.append(time.process_time() - self._cpu_started)  # all threads of this process
 
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self._started = 0.0
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self._started = time.perf_counter()
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self.seconds.append(time.perf_counter() - self._started)
+
     timer = EpochTimer()
-    history = model.fit(train_ds, epochs=config.epochs, verbose=0, callbacks=[timer],
+    step_timer = StepTimer()
+    history = model.fit(train_ds, epochs=config.epochs, verbose=0,
+                        callbacks=[timer, step_timer] if args.step_times else [timer],
                         steps_per_epoch=steps if args.repeat > 1 else None)
     threads = busiest_threads()  # before the all-reduce timing: training and start-up only
     allreduce = scalar = []
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s_mean": images_per_epoch * len(measured) / sum(measured),
         "step_seconds": median_epoch / steps,
         "busiest_threads": threads,
+        "step_times": step_timer.seconds[steps:],  # after the warm-up epoch
         "cpu_share": sum(timer.cpu_seconds[1:]) / sum(measured),  # the chief's CPU seconds per wall second
         "allreduce_seconds": statistics.median(allreduce) if allreduce else 0.0,
         "scalar_allreduce_seconds": statistics.median(scalar) if scalar else 0.0,
