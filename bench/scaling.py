@@ -234,6 +234,14 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
                               for q in (5, 25, 50, 75, 95))
             lines.append(f"single steps, {n} worker(s), ms ({len(ordered)} steps): {marks}, "
                          f"max {ordered[-1] * 1e3:.1f}")
+            median = ordered[len(ordered) // 2]
+            slow = [(i, t) for i, t in enumerate(r["step_times"]) if t > 5 * median]
+            per_epoch = r["steps_per_epoch"]
+            lines.append(f"  steps over 5x the median: {len(slow)}, {sum(t for _, t in slow):.2f} s in all; "
+                         "(epoch, step in epoch, ms): "
+                         + ", ".join(f"({i // per_epoch + 2}, {i % per_epoch}, {t * 1e3:.0f})" for i, t in slow[:12]))
+            lines.append(f"  measured epochs {sum(r['epoch_seconds'][1:]):.2f} s, of which in steps "
+                         f"{sum(r['step_times']):.2f} s")
         lines.append(f"chief's busiest threads, {n} worker(s) (CPU s, whole run): "
                      + ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["busiest_threads"]))
     lines.append(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")
