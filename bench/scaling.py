@@ -241,7 +241,9 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
                          "(epoch, step in epoch, ms): "
                          + ", ".join(f"({i // per_epoch + 2}, {i % per_epoch}, {t * 1e3:.0f})" for i, t in slow[:12]))
             lines.append(f"  measured epochs {sum(r['epoch_seconds'][1:]):.2f} s, of which in steps "
-                         f"{sum(r['step_times']):.2f} s")
+                         f"{sum(r['step_times']):.2f} s; per epoch, before the first step: "
+                         + ", ".join(f"{t:.2f}" for t in r["epoch_heads"]) + " s; after the last: "
+                         + ", ".join(f"{t:.2f}" for t in r["epoch_tails"]) + " s")
         lines.append(f"chief's busiest threads, {n} worker(s) (CPU s, whole run): "
                      + ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["busiest_threads"]))
     lines.append(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")

@@ -154,16 +154,30 @@ def main(argv: list[str] | None = None) -> int:
             self.cpu_seconds.append(time.process_time() - self._cpu_started)  # all threads of this process
 
     class StepTimer(keras.callbacks.Callback):
+        """Every step's seconds, and per epoch the time before its first step and after its last."""
+
         def __init__(self) -> None:
             super().__init__()
             self.seconds: list[float] = []
-            self._started = 0.0
+            self.heads: list[float] = []  # epoch begin -> first step begins (iterator creation, ...)
+            self.tails: list[float] = []  # last step ends -> epoch end (metric results, ...)
+            self._started = self._epoch_started = self._last_end = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self._epoch_started = time.perf_counter()
+            self.heads.append(float("nan"))
 
         def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self._started = time.perf_counter()
+            if batch == 0:
+                self.heads[-1] = self._started - self._epoch_started
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            self.seconds.append(time.perf_counter() - self._started)
+            self._last_end = time.perf_counter()
+            self.seconds.append(self._last_end - self._started)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.tails.append(time.perf_counter() - self._last_end)
 
     timer = EpochTimer()
     step_timer = StepTimer()
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "step_seconds": median_epoch / steps,
         "busiest_threads": threads,
         "step_times": step_timer.seconds[steps:],  # after the warm-up epoch
+        "epoch_heads": step_timer.heads[1:],
+        "epoch_tails": step_timer.tails[1:],
         "cpu_share": sum(timer.cpu_seconds[1:]) / sum(measured),  # the chief's CPU seconds per wall second
         "allreduce_seconds": statistics.median(allreduce) if allreduce else 0.0,
         "scalar_allreduce_seconds": statistics.median(scalar) if scalar else 0.0,
