@@ -14,11 +14,28 @@ Every worker trains; the chief (rank 0) writes ``<out>/result.json``: the second
 over the epochs after it: the median epoch's (robust to bursts of load from other programs) and
 the mean (all measured images over all measured seconds). MWMS steps are synchronous, so the
 chief's epoch time is the job's.
+
+``--pin``: before TensorFlow starts, worker *i* pins every thread of its process to the *i*-th CPU
+it may run on (``os.sched_setaffinity``), and TensorFlow's intra-op and inter-op pools get one
+thread each. One core per worker, so N workers use N cores: the only set-up on a shared machine in
+which adding a worker adds compute. One thread per pool because the worker owns exactly one core:
+more threads on it can only take turns (Eigen's spinning intra-op threads then steal the core from
+the thread with work, and from the gRPC and collective threads that move the all-reduce), and a
+pinned process must not depend on TensorFlow guessing its pool sizes from the affinity mask.
+
+``--repeat R`` makes each epoch R passes over the training split (more steps per epoch at large
+batches). With several workers, after training, the chief also times the all-reduce the optimizer
+runs every step: `ReplicaContext.all_reduce` ("SUM") of one tensor per trainable variable, as
+Keras 3's TensorFlow optimizer does (``_all_reduce_sum_gradients``), inside a ``tf.function``
+(``--allreduce-steps`` calls after 3 warm-up calls; every worker runs them, it is a collective),
+and the same for one scalar: the latency of a collective, which a step pays for each of the
+reductions of its loss and metrics too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,9 +47,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from trainer import data, distribute
-from trainer.cluster import resolve
-from trainer.config import SearchConfig
+from trainer.cluster import Cluster, resolve  # pure Python: no TensorFlow before the pinning
 
 RESULT_FILE = "result.json"
 HYPERPARAMETERS = {"backbone": "small_cnn", "head": "flatten_dense_dropout", "units": 128, "dropout": 0.2,
@@ -48,13 +63,44 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, required=True, help="batch size per replica")
     parser.add_argument("--image-size", type=int, required=True, help="square input size")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--pin", action="store_true",
+                        help="pin worker i to the i-th allowed CPU, one TensorFlow thread per pool")
+    parser.add_argument("--tf-threads", type=str, default="1,1",
+                        help="with --pin: TensorFlow's intra-op,inter-op pool sizes (0 = TensorFlow's choice)")
+    parser.add_argument("--step-times", action="store_true",
+                        help="also time every training step (adds a host sync per step: Keras converts the logs)")
+    parser.add_argument("--repeat", type=int, default=1, help="passes over the training split per epoch")
+    parser.add_argument("--allreduce-steps", type=int, default=30,
+                        help="timed gradient all-reduces after training (several workers only)")
     return parser.parse_args(argv)
+
+
+def pin_to_core(cluster: Cluster) -> int:
+    """Pin every thread of this process to the CPU of index `cluster.rank` among those allowed; return it.
+
+    ``sched_setaffinity(0, ...)`` moves only the calling thread (threads created later inherit its
+    mask), so each thread already running (numpy's BLAS pool, ...) is moved by its id too.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if cluster.rank >= len(allowed):
+        raise SystemExit(f"error: Expected a CPU per pinned worker. Received: rank {cluster.rank}, "
+                         f"allowed CPUs {allowed}")
+    core = allowed[cluster.rank]
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+            os.sched_setaffinity(int(task), {core})
+    return core
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cluster = resolve(os.environ)
+    core = pin_to_core(cluster) if args.pin else None
+
+    from trainer import data, distribute  # imports TensorFlow: after the pinning
+    from trainer.config import SearchConfig
+
     config = SearchConfig(
         backbone=(HYPERPARAMETERS["backbone"],), heads=(HYPERPARAMETERS["head"],), weights="none",
         image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs + 1, seed=args.seed,
@@ -69,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.hypermodel import TransferHyperModel
     from trainer.search import model_spec
 
+    if args.pin:
+        intra, inter = (int(n) for n in args.tf_threads.split(","))
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     accelerator = distribute.choose_accelerator(tf.config.list_physical_devices(),
                                                 mixed_precision=config.mixed_precision, xla=config.xla)
     distribute.apply(accelerator)
@@ -79,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     size = (spec.image_size, spec.image_size)
     train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
                                  pad_to_full_batches=True)
-    steps = -(-len(splits.train) // global_batch)
+    steps = -(-len(splits.train) // global_batch) * args.repeat
     images_per_epoch = steps * global_batch  # padded to whole global batches (padding has weight 0)
+    if args.repeat > 1:
+        train_ds = train_ds.repeat()
 
     hp = kt.HyperParameters()
     hp.values.update(HYPERPARAMETERS)  # registered values win over the defaults when build() declares them
@@ -91,19 +143,56 @@ def main(argv: list[str] | None = None) -> int:
         def __init__(self) -> None:
             super().__init__()
             self.seconds: list[float] = []
-            self._started = 0.0
+            self.cpu_seconds: list[float] = []
+            self._started = self._cpu_started = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self._started = time.perf_counter()
+            self._started, self._cpu_started = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self.seconds.append(time.perf_counter() - self._started)
+            self.cpu_seconds.append(time.process_time() - self._cpu_started)  # all threads of this process
+
+    class StepTimer(keras.callbacks.Callback):
+        """Every step's seconds, and per epoch the time before its first step and after its last."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self.heads: list[float] = []  # epoch begin -> first step begins (iterator creation, ...)
+            self.tails: list[float] = []  # last step ends -> epoch end (metric results, ...)
+            self._started = self._epoch_started = self._last_end = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self._epoch_started = time.perf_counter()
+            self.heads.append(float("nan"))
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self._started = time.perf_counter()
+            if batch == 0:
+                self.heads[-1] = self._started - self._epoch_started
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self._last_end = time.perf_counter()
+            self.seconds.append(self._last_end - self._started)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.tails.append(time.perf_counter() - self._last_end)
 
     timer = EpochTimer()
-    history = model.fit(train_ds, epochs=config.epochs, verbose=0, callbacks=[timer])
+    step_timer = StepTimer()
+    history = model.fit(train_ds, epochs=config.epochs, verbose=0,
+                        callbacks=[timer, step_timer] if args.step_times else [timer],
+                        steps_per_epoch=steps if args.repeat > 1 else None)
+    threads = busiest_threads()  # before the all-reduce timing: training and start-up only
+    allreduce = scalar = []
+    if cluster.num_workers > 1:
+        allreduce = time_allreduce(strategy, [v.shape for v in model.trainable_variables], args.allreduce_steps)
+        scalar = time_allreduce(strategy, [()], args.allreduce_steps)
     if not cluster.is_chief:
         return 0
     measured = timer.seconds[1:]
+    median_epoch = statistics.median(measured)
     result = {
         "workers": cluster.num_workers,
         "replicas": replicas,
@@ -118,6 +207,19 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_seconds": timer.seconds[0],
         "images_per_s": statistics.median(images_per_epoch / seconds for seconds in measured),
         "images_per_s_mean": images_per_epoch * len(measured) / sum(measured),
+        "step_seconds": median_epoch / steps,
+        "busiest_threads": threads,
+        "step_times": step_timer.seconds[steps:],  # after the warm-up epoch
+        "epoch_heads": step_timer.heads[1:],
+        "epoch_tails": step_timer.tails[1:],
+        "cpu_share": sum(timer.cpu_seconds[1:]) / sum(measured),  # the chief's CPU seconds per wall second
+        "allreduce_seconds": statistics.median(allreduce) if allreduce else 0.0,
+        "scalar_allreduce_seconds": statistics.median(scalar) if scalar else 0.0,
+        "allreduce_bytes": int(sum(int(v.numpy().nbytes) for v in model.trainable_variables)),
+        "pinned_cores": sorted(os.sched_getaffinity(0)),
+        "pinned_core": core,
+        "tf_threads": [tf.config.threading.get_intra_op_parallelism_threads(),
+                       tf.config.threading.get_inter_op_parallelism_threads()],
         "final_loss": float(history.history["loss"][-1]),
         "model": model.name,
         "params": int(model.count_params()),
@@ -130,6 +232,41 @@ def main(argv: list[str] | None = None) -> int:
     staging.write_text(json.dumps(result, indent=1) + "\n")
     staging.replace(args.out / RESULT_FILE)
     return 0
+
+
+def busiest_threads(count: int = 6) -> list[tuple[str, float]]:
+    """This process's `count` busiest threads since they started: (name, CPU seconds), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads: dict[str, float] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{task}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return sorted(threads.items(), key=lambda item: -item[1])[:count]
+
+
+def time_allreduce(strategy: Any, shapes: list[Any], calls: int) -> list[float]:
+    """Seconds of each of `calls` all-reduces of tensors of `shapes`, after 3 warm-up calls (a collective)."""
+    import tensorflow as tf
+
+    def replica_fn() -> Any:
+        return tf.distribute.get_replica_context().all_reduce("SUM", [tf.ones(shape) for shape in shapes])
+
+    @tf.function
+    def step() -> Any:
+        return strategy.run(replica_fn)
+
+    seconds = []
+    for call in range(3 + calls):
+        started = time.perf_counter()
+        out = step()
+        tf.nest.flatten(strategy.experimental_local_results(out))[0].numpy()  # wait for the result
+        if call >= 3:
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 if __name__ == "__main__":
