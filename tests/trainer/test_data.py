@@ -65,9 +65,11 @@ def three_classes(tmp_path: Path) -> Path:
 
 def test_public_names_are_exactly_the_documented_ones() -> None:
     assert data.__all__ == [
-        "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "IMAGE_EXTENSIONS", "DataSplits", "ImageFile", "augmentation",
-        "decode_image", "ensure_digits", "global_batch_size", "load_arrays", "make_dataset", "median_image_side",
-        "scan",
+        "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "DISK_SHUFFLE_BUFFER_BYTES", "IMAGE_EXTENSIONS",
+        "MEMORY_CACHE_CAP_BYTES", "MEMORY_CACHE_FRACTION", "DataSplits", "ImageFile", "Shard", "augmentation",
+        "available_memory", "choose_cache", "decode_image", "decoded_bytes", "distributed_dataset", "ensure_digits",
+        "global_batch_size", "load_arrays", "make_dataset", "median_image_side", "memory_cache_budget", "scan",
+        "shard_files",
     ]
 
 
@@ -441,13 +443,14 @@ def test_ensure_digits_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None
 # ------------------------------------------------------------------------------ pipelines
 
 
-def test_pipeline_yields_float_pixels_and_int_labels_in_order(three_classes: Path) -> None:
+def test_pipeline_yields_uint8_pixels_and_int_labels_in_order(three_classes: Path) -> None:
     import tensorflow as tf
 
     splits = scan(three_classes)
     dataset = data.make_dataset(splits.val, (8, 8), 4, training=False, seed=0)
     assert dataset.element_spec[0].shape.as_list() == [None, 8, 8, 3]
-    assert dataset.element_spec[0].dtype == tf.float32 and dataset.element_spec[1].dtype == tf.int32
+    # uint8 to the device (a quarter of float32's bytes); the model casts at its input.
+    assert dataset.element_spec[0].dtype == tf.uint8 and dataset.element_spec[1].dtype == tf.int32
     batches = list(dataset.as_numpy_iterator())
     assert [len(y) for _, y in batches] == [4, 2]
     pixels = np.concatenate([x for x, _ in batches])
@@ -531,7 +534,7 @@ def test_decode_image_is_the_serving_path(three_classes: Path) -> None:
     batch = next(iter(data.make_dataset(files, (4, 5), 3, training=False, seed=0)))[0].numpy()
     served = tf.map_fn(lambda b: data.decode_image(b, (4, 5)), tf.constant([f.path.read_bytes() for f in files]),
                        fn_output_signature=tf.TensorSpec([4, 5, 3], tf.float32))
-    np.testing.assert_array_equal(served.numpy(), batch)
+    np.testing.assert_array_equal(served.numpy(), batch.astype(np.float32))
 
 
 @pytest.mark.parametrize(
