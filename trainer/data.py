@@ -20,24 +20,39 @@ with different classes raise `DataError` naming the path.
 of every file used, plus the split seed and fractions: stable across copies of the folder,
 different as soon as one used file is added, removed, moved or edited.
 
-Pipelines (`make_dataset`) decode with `decode_image`, the same function the exported
-``serving_default`` signature runs: ``tf.io.decode_image(channels=3, expand_animations=False)``
-(grayscale and RGBA become RGB, a GIF gives its first frame), bilinear resize with antialiasing
-to ``(H, W)``, rounded to whole 0..255 values, float32. Per-backbone preprocessing lives inside
-the model, not here. Each element is cached in memory as uint8 after decode + resize (a quarter
-of the float32 size), then shuffled (training only, seeded, reshuffled each epoch in the same
-order on every worker), batched with the *global* batch size (`global_batch_size`), cast to
-float32 and prefetched. Labels are int32 class indices (sparse); binary data sets give 0/1.
+Pipelines decode with `decode_image`, the same function the exported ``serving_default``
+signature runs: ``tf.io.decode_image(channels=3, expand_animations=False)`` (grayscale and RGBA
+become RGB, a GIF gives its first frame), bilinear resize with antialiasing to ``(H, W)``, rounded
+to whole 0..255 values. Elements are kept and batched as uint8 (a quarter of float32's bytes, to
+cache and to copy to the device): the model's float32 ``Input`` casts them inside the compiled step
+(Keras converts inputs to the Input's dtype), and per-backbone preprocessing lives inside the model
+too. Labels are int32 class indices (sparse); binary data sets give 0/1.
 
-Distribution: the data set is a list of file names, so FILE auto-sharding cannot apply (there
-is no file-reader dataset to split and tf.data refuses it); the options set ``DATA`` explicitly.
-Under ``MultiWorkerMirroredStrategy`` each worker then runs the (cached) pipeline and keeps its
-share of every global batch, which is why the shuffle order must be the same on every worker:
-it is, because the seed is the same and every worker opens its iterators in the same order (one
-per epoch, in lockstep, as Keras does; a seeded shuffle moves on with each new iterator). The
-memory cache belongs to the data set, so the clones tf.distribute makes for each ``fit`` reuse
-it: files are decoded once per process. Tests check, in process and with two real
-``MultiWorkerMirroredStrategy`` workers, that the shares are disjoint and cover the data.
+Sharding (`distributed_dataset`, what the search trains on): files are sharded per worker *before*
+decoding. ``strategy.distribute_datasets_from_function`` calls the pipeline function once per worker
+with its ``InputContext``; `shard_files` (pure Python) pads the file list to a whole number of global
+batches (copies of its first images, sample weight 0; always with several workers, so every shard
+has the same length and every worker runs ``ceil(len(files) / global_batch)`` steps), permutes it
+with the seed for training, and gives worker ``i`` every N-th entry from ``i``: a static, disjoint,
+deterministic partition that every worker computes alike. Each worker then reads, decodes and caches
+only its shard, reshuffles it each epoch with the seed, and batches it by the per-replica batch. One
+process gets one pipeline over all files (a plain ``tf.data.Dataset`` of global batches), as does
+`make_dataset`, which `model.predict` users and the benches call directly. Before, every worker
+decoded every file, built the global batch, cast it to float32 and kept 1/N of it (DATA
+auto-sharding: a list of file names has no file reader to shard by FILE); `make_dataset` still sets
+that policy for callers that hand its single pipeline to ``experimental_distribute_dataset``.
+
+Cache (`--cache`, resolved by `choose_cache`): ``memory`` decodes once and shuffles the cached
+tensors; ``none`` shuffles file names before decoding, so no pixels wait in a buffer; a directory is
+a tf.data file cache per split and shard (`_disk_cache_prefix`: named by a digest of the shard's
+files, sizes, mtimes, labels, weights, image size and seed; held by an ``flock`` for the process's
+life, so a ``.lockfile`` left by a killed writer is recognised as stale and its partial files are
+removed; tf.data writes the ``.index`` that makes a cache complete only at the end of a full pass),
+shuffled within `DISK_SHUFFLE_BUFFER_BYTES` after the first epoch. All three give the same batches
+while the shard fits that buffer. ``auto`` is ``memory`` when this worker's decoded shards fit
+`memory_cache_budget` (min(`MEMORY_CACHE_CAP_BYTES`, `MEMORY_CACHE_FRACTION` of `available_memory`,
+which honours cgroup limits)), else ``none``. A memory or file cache belongs to the data set, so the
+iterators Keras opens for each ``fit`` (every epoch, phase and trial) reuse it.
 
 Augmentation is built by `augmentation` as Keras preprocessing layers for the *model* to
 include (the hypermodel does the same from its spec): inside the model they run on the
