@@ -837,21 +837,26 @@ def test_the_model_casts_uint8_batches_and_trains_as_on_float32(three_classes: P
     from trainer.hypermodel import ModelSpec, TransferHyperModel
 
     files = scan(three_classes).train
-    # Two data sets built alike before any model (a model build sets the global seed the shuffle reads).
-    pixels = data.make_dataset(files, (16, 16), 8, training=True, seed=1)
-    floats = data.make_dataset(files, (16, 16), 8, training=True, seed=1).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    assert pixels.element_spec[0].dtype == tf.uint8 and floats.element_spec[0].dtype == tf.float32
+
+    def as_float(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.cast(x, tf.float32), y
+
+    # Each fit gets its own, identically seeded data set: a shuffled data set moves on with every iterator.
+    train = {"uint8": data.make_dataset(files, (16, 16), 8, training=True, seed=1),
+             "float32": data.make_dataset(files, (16, 16), 8, training=True, seed=1).map(as_float)}
+    pixels = data.make_dataset(files, (16, 16), 8, training=False, seed=1)
+    assert train["uint8"].element_spec[0].dtype == tf.uint8 and train["float32"].element_spec[0].dtype == tf.float32
     spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",), augmentation=(("rotation", 0.05),))
-    trained = []
-    for dataset in (pixels, floats):
+    trained = {}
+    for name, dataset in train.items():
         model = TransferHyperModel(spec).build(kt.HyperParameters())
         model.fit(dataset, epochs=2, verbose=0)
-        trained.append((model.get_weights(), model.predict(pixels, verbose=0), model.predict(floats, verbose=0)))
-    (w_uint8, p_uint8, p_both), (w_float, _, p_float) = trained
-    for a, b in zip(w_uint8, w_float, strict=True):
+        trained[name] = (model.get_weights(), model.predict(pixels, verbose=0),
+                         model.predict(pixels.map(as_float), verbose=0))
+    for a, b in zip(trained["uint8"][0], trained["float32"][0], strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(p_uint8, p_both)
-    np.testing.assert_array_equal(p_uint8, p_float)
+    np.testing.assert_array_equal(trained["uint8"][1], trained["uint8"][2])  # predict casts too
+    np.testing.assert_array_equal(trained["uint8"][1], trained["float32"][2])
 
 
 def _epochs(files: list[ImageFile] | tuple[ImageFile, ...], cache: object, count: int = 2) -> list[list[np.ndarray]]:
