@@ -43,16 +43,18 @@ auto-sharding: a list of file names has no file reader to shard by FILE); `make_
 that policy for callers that hand its single pipeline to ``experimental_distribute_dataset``.
 
 Cache (`--cache`, resolved by `choose_cache`): ``memory`` decodes once and shuffles the cached
-tensors; ``none`` shuffles file names before decoding, so no pixels wait in a buffer; a directory is
-a tf.data file cache per split and shard (`_disk_cache_prefix`: named by a digest of the shard's
-files, sizes, mtimes, labels, weights, image size and seed; held by an ``flock`` for the process's
-life, so a ``.lockfile`` left by a killed writer is recognised as stale and its partial files are
-removed; tf.data writes the ``.index`` that makes a cache complete only at the end of a full pass),
-shuffled within `DISK_SHUFFLE_BUFFER_BYTES` after the first epoch. All three give the same batches
-while the shard fits that buffer. ``auto`` is ``memory`` when this worker's decoded shards fit
-`memory_cache_budget` (min(`MEMORY_CACHE_CAP_BYTES`, `MEMORY_CACHE_FRACTION` of `available_memory`,
-which honours cgroup limits)), else ``none``. A memory or file cache belongs to the data set, so the
-iterators Keras opens for each ``fit`` (every epoch, phase and trial) reuse it.
+tensors; ``none`` shuffles file names before decoding, so no pixels wait in a buffer; a directory
+is a tf.data file cache per split and shard (`_disk_cache_prefix`: named by a digest of the
+shard's files, labels and weights, the data fingerprint (or each file's size and mtime), image
+size and seed; held by an ``flock`` for the process's life, so a ``.lockfile`` left by a killed
+writer is recognised as stale and its partial files are removed; tf.data writes the ``.index``
+that makes a cache complete only at the end of a full pass), shuffled within
+`DISK_SHUFFLE_BUFFER_BYTES` after the first epoch. All three give the same batches while the
+shard fits that buffer. ``auto`` is ``memory`` when this worker's decoded shards fit
+`memory_cache_budget` (min(`MEMORY_CACHE_CAP_BYTES`, `MEMORY_CACHE_FRACTION` of
+`available_memory`, which honours cgroup limits)), else ``none``. A memory or file cache belongs
+to the data set, so the iterators Keras opens for each ``fit`` (every epoch, phase and trial)
+reuse it.
 
 Augmentation is built by `augmentation` as Keras preprocessing layers for the *model* to
 include (the hypermodel does the same from its spec): inside the model they run on the
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
@@ -668,25 +671,27 @@ def _cache_mode(cache: bool | str | Path) -> str:
 
 
 def _disk_cache_prefix(root: Path, name: str, shard: Shard, image_size: tuple[int, int], training: bool,
-                       seed: int) -> str:
+                       seed: int, fingerprint: str | None = None) -> str:
     """The tf.data cache file prefix for this shard, in a directory no other live process writes.
 
-    The directory name is a digest of what the cache holds (each file's path, size and mtime, label and
-    weight, in reading order; image size; shard; seed), so another shard, split, size or edited folder
-    never reads it. An ``flock`` held for the life of the process marks it in use: a directory whose
-    lock nobody holds but whose tf.data ``.lockfile`` remains was left by a killed process, and its
-    partial files are removed (tf.data writes the ``.index`` that makes a cache complete last).
+    The directory name is a digest of what the cache holds (each file's path, label and weight, in
+    reading order; image size; shard; seed) and of the data's content: `fingerprint` (the scan's
+    `DataSplits.fingerprint`) when given, else each file's size and mtime, so another shard, split,
+    size or edited folder never reads it. An ``flock`` held for the life of the process marks it in
+    use: a directory whose lock nobody holds but whose tf.data ``.lockfile`` remains was left by a
+    killed process, and its partial files are removed (tf.data writes the ``.index`` that makes a cache complete last).
     """
     import fcntl
 
     digest = hashlib.sha256()
-    digest.update(json.dumps([_CACHE_FORMAT, list(image_size), shard.index, shard.count, training, seed]).encode())
+    digest.update(json.dumps([_CACHE_FORMAT, list(image_size), shard.index, shard.count, training, seed,
+                              fingerprint]).encode())
     for f, weight in zip(shard.files, shard.weights, strict=True):
-        try:
-            stat = f.path.stat()
-            identity = [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            identity = [-1, -1]  # unreadable now: reading it will fail and say so
+        identity = [-1, -1]
+        if fingerprint is None:  # the scan's fingerprint saves a stat per file (slow on network volumes)
+            with contextlib.suppress(OSError):  # unreadable now: reading it will fail and say so
+                stat = f.path.stat()
+                identity = [stat.st_size, stat.st_mtime_ns]
         digest.update(json.dumps([str(f.path), f.label, weight, *identity]).encode())
     folder = root / f"tfstack-{name}-shard{shard.index}of{shard.count}-{digest.hexdigest()[:20]}"
     try:
@@ -709,7 +714,7 @@ def _disk_cache_prefix(root: Path, name: str, shard: Shard, image_size: tuple[in
         atexit.register(shutil.rmtree, private, ignore_errors=True)  # nobody could find it again
         log.warning("disk cache %s is being written by another live process: caching this pipeline in %s",
                     folder, private)
-        return _disk_cache_prefix(private, name, shard, image_size, training, seed)
+        return _disk_cache_prefix(private, name, shard, image_size, training, seed, fingerprint)
     _cache_locks[key] = fd
     if not (folder / "cache.index").is_file():
         stale = [p for p in folder.iterdir() if p.name.startswith("cache")]
@@ -732,6 +737,7 @@ def make_dataset(
     pad_to_full_batches: bool = False,
     class_weights: Sequence[float] | None = None,
     name: str = "data",
+    fingerprint: str | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 ``[B, H, W, 3]`` pixels 0..255, int32 ``[B]`` labels) from all of `files`.
 
@@ -739,7 +745,8 @@ def make_dataset(
     one per worker, each over its own shard. `batch_size` is the batch this pipeline yields;
     ``training`` shuffles with `seed`, in a new but reproducible order each epoch. The last batch may
     be smaller. `cache`: ``"memory"`` (or True), ``"none"`` (or False), or a directory for a disk
-    cache (see the module docstring); `name` names the disk cache (``train``, ``val``).
+    cache (see the module docstring); `name` names the disk cache (``train``, ``val``) and
+    `fingerprint` (`DataSplits.fingerprint`) keys it by the data's content.
 
     ``pad_to_full_batches`` (for multi-worker training): the set is padded with copies of its first
     images to a whole number of batches and each element gets a sample weight, 1 for real images and
@@ -755,7 +762,7 @@ def make_dataset(
                         class_weights=class_weights)
     weighted = pad_to_full_batches or class_weights is not None
     dataset = _pipeline(shard, size, batch_size, training=training, seed=seed, cache=cache, weighted=weighted,
-                        name=name)
+                        name=name, fingerprint=fingerprint)
     import tensorflow as tf
 
     # Handed to tf.distribute as one pipeline (experimental_distribute_dataset), every worker would run
@@ -777,6 +784,7 @@ def distributed_dataset(
     pad_to_full_batches: bool = False,
     class_weights: Sequence[float] | None = None,
     name: str = "data",
+    fingerprint: str | None = None,
 ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """What ``model.fit`` trains on under `strategy`: one pipeline per worker, each over its own shard.
 
@@ -802,7 +810,7 @@ def distributed_dataset(
                  "cache %s", name, shard.index, shard.count, len(shard.files), shard.padded_total,
                  shard.padded_total - len(files), batch, _cache_mode(cache))
         dataset = _pipeline(shard, size, batch, training=training, seed=seed, cache=cache, weighted=weighted,
-                            name=name)
+                            name=name, fingerprint=fingerprint)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded
         return dataset.with_options(options)
@@ -811,7 +819,7 @@ def distributed_dataset(
 
 
 def _pipeline(shard: Shard, size: tuple[int, int], batch_size: int, *, training: bool, seed: int,
-              cache: bool | str | Path, weighted: bool, name: str) -> tf.data.Dataset:
+              cache: bool | str | Path, weighted: bool, name: str, fingerprint: str | None = None) -> tf.data.Dataset:
     """read -> decode + resize -> uint8 (-> cache) -> shuffle -> batch -> prefetch, for one shard.
 
     Where the shuffle goes depends on the cache: after a memory cache (its buffer holds references to
@@ -849,7 +857,7 @@ def _pipeline(shard: Shard, size: tuple[int, int], batch_size: int, *, training:
         if training:
             dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     else:
-        prefix = _disk_cache_prefix(Path(mode), name, shard, size, training, seed)
+        prefix = _disk_cache_prefix(Path(mode), name, shard, size, training, seed, fingerprint)
         dataset = decode(dataset).cache(prefix)
         if training:
             buffer = max(batch_size, DISK_SHUFFLE_BUFFER_BYTES // decoded_bytes(1, size))

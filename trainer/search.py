@@ -417,9 +417,9 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
     padded = cluster.num_workers > 1
     train = data.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
                                      cache=cache, pad_to_full_batches=padded, class_weights=class_weights,
-                                     name="train")
+                                     name="train", fingerprint=splits.fingerprint)
     val = data.distributed_dataset(strategy, splits.val, size, global_batch, training=False, seed=config.seed,
-                                   cache=cache, pad_to_full_batches=padded, name="val")
+                                   cache=cache, pad_to_full_batches=padded, name="val", fingerprint=splits.fingerprint)
     return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)
 
 

@@ -917,12 +917,16 @@ def test_disk_caches_of_other_shards_sizes_or_splits_never_share_a_directory(thr
                                                                             tmp_path: Path) -> None:
     files = scan(three_classes).train
     cache = tmp_path / "cache"
-    for size, name, shard in [((8, 8), "train", 0), ((8, 8), "train", 1), ((6, 6), "train", 0), ((8, 8), "val", 0)]:
+    runs = [((8, 8), "train", 0, None), ((8, 8), "train", 1, None), ((6, 6), "train", 0, None),
+            ((8, 8), "val", 0, None), ((8, 8), "train", 0, "f1"), ((8, 8), "train", 1, "f1"),
+            ((8, 8), "train", 0, "f2")]
+    for size, name, shard, fingerprint in runs:
         pipelines = data.distributed_dataset(_Pipelines(2), files, size, 10, training=True, seed=3, cache=cache,
-                                             name=name)
+                                             name=name, fingerprint=fingerprint)
         list(pipelines[shard].as_numpy_iterator())
-    assert len(list(cache.iterdir())) == 6  # 4 runs x 2 pipelines; the second run's pipelines are the first's
-    assert sorted(p.name.split("-")[2] for p in cache.iterdir()).count("shard1of2") == 3
+    # 7 runs x 2 pipelines, of which runs 2 and 6 build the same pipelines as runs 1 and 5: 10 directories.
+    assert len(list(cache.iterdir())) == 10
+    assert sorted(p.name.split("-")[2] for p in cache.iterdir()).count("shard1of2") == 5
 
 
 _KILLED_WRITER = """
