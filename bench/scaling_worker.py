@@ -5,9 +5,10 @@ with its own ``TF_CONFIG``; with one worker the strategy is TensorFlow's default
 more it is ``MultiWorkerMirroredStrategy`` from `trainer.distribute.make_strategy` (which installs
 the Keras MWMS shim). The model is the search's: `trainer.search.model_spec` for the embedded
 digits with the ``small_cnn`` backbone and the ``flatten_dense_dropout`` head, built and compiled by
-`trainer.hypermodel.TransferHyperModel` with fixed hyperparameters. The training set is
-`trainer.data.make_dataset` with ``pad_to_full_batches=True`` at every worker count, so each epoch
-runs whole global batches and the same number of images whatever the count.
+`trainer.hypermodel.TransferHyperModel` with fixed hyperparameters. The training set is the
+search's, `trainer.data.distributed_dataset` (each worker decodes its own shard of the files) with
+``pad_to_full_batches=True`` at every worker count, so each epoch runs whole global batches and the
+same number of images whatever the count.
 
 Every worker trains; the chief (rank 0) writes ``<out>/result.json``: the seconds of each epoch
 (the first is the warm-up: tracing and the decode that fills the cache) and the global images/s
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     global_batch = data.global_batch_size(config.batch_size, replicas)
     spec = model_spec(config, splits.num_classes, replicas)
     size = (spec.image_size, spec.image_size)
+    # One pipeline of global batches sharded by DATA (not the search's per-worker shards, which have no
+    # .repeat()): the recorded figures were measured so.
     train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
                                  pad_to_full_batches=True)
     steps = -(-len(splits.train) // global_batch) * args.repeat

@@ -131,6 +131,13 @@ class SearchConfig:
     )
     publish_tolerance: float = _opt("How much lower a new model's held-out balanced accuracy may be than the "
                                     "served version's and still be published.", default=0.02)
+    cache: str = _opt(
+        "Where each worker keeps its decoded training and validation images (uint8, H x W x 3 bytes each) "
+        "between epochs: 'memory', 'none' (decode every epoch), or a local directory for a disk cache (one "
+        "sub-directory per split, shard and data). 'auto': memory when this worker's shards fit in min(32 GiB, "
+        "half of the memory available to it, container limits included), else none.",
+        default="auto",
+    )
     mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
     xla: bool = _opt("Compile training steps with XLA.", default=False)
@@ -175,6 +182,7 @@ class SearchConfig:
             problems.append(f"Expected publish_tolerance in [0, 1). Received: {self.publish_tolerance}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append(f"Expected metrics_port in [0, 65535]. Received: metrics_port={self.metrics_port}")
+        problems.extend(_cache_problems(self.cache))
         if not self.model_name:
             object.__setattr__(self, "model_name", _default_model_name(self.data))
         if any(c in self.model_name for c in "/\\ ") or self.model_name.startswith("."):
@@ -225,6 +233,25 @@ class SearchConfig:
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out
+
+
+CACHE_MODES = ("auto", "memory", "none")
+
+
+def _cache_problems(cache: str) -> list[str]:
+    """Why `cache` is neither a cache mode nor a directory this process can create or write to."""
+    if cache in CACHE_MODES:
+        return []
+    expected = "Expected --cache (TFSTACK_CACHE) to be auto, memory, none or a writable local directory"
+    if not cache.strip():
+        return [f"{expected}. Received: cache={cache!r}"]
+    path = Path(cache)
+    if path.exists() and not path.is_dir():
+        return [f"{expected}. Received: cache={cache!r} (a file, not a directory)"]
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{expected}. Received: cache={cache!r} ({existing} is not a writable directory)"]
+    return []
 
 
 def _default_model_name(data: Path | None) -> str:

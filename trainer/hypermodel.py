@@ -1,6 +1,9 @@
 """The search space: backbone x classification head x unfreeze depth, and its two-phase training.
 
-A model maps float pixels ``[batch, H, W, 3]`` in 0..255 to logits. Everything a backbone needs
+A model maps pixels ``[batch, H, W, 3]`` in 0..255 to logits. Its ``Input`` is float32: the uint8
+batches of the training pipeline are converted by Keras to the Input's dtype inside the compiled
+step (tests/trainer/test_data.py checks that training on uint8 and on float32 batches gives the same
+weights), and the export's ``predict_pixels`` signature takes float32. Everything a backbone needs
 (scaling, channel order, mean subtraction) happens inside the model, so serving sends raw pixels or
 encoded images and never preprocesses. The backbone is called with ``training=False``, so its
 BatchNormalization layers stay in inference mode (moving statistics frozen) even when fine-tuned,

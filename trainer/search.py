@@ -323,8 +323,9 @@ class SearchPlan:
     spec: ModelSpec
     epochs: int
     global_batch: int
-    train: tf.data.Dataset
-    val: tf.data.Dataset
+    train: tf.data.Dataset | tf.distribute.DistributedDataset
+    """One pipeline per worker over its shard (`trainer.data.distributed_dataset`); a plain Dataset in one process."""
+    val: tf.data.Dataset | tf.distribute.DistributedDataset
 
     @property
     def train_counts(self) -> dict[str, int]:
@@ -434,13 +435,39 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
                      recorded={"replicas": replicas, "global_batch_size": global_batch})
     prepare_backbones(spec)
     size = (spec.image_size, spec.image_size)
-    # Several workers must each run the same number of steps: pad to full global batches (weight 0).
+    cache = _choose_cache(config, cluster, splits, size, global_batch)
+    # Each worker reads and decodes only its shard (trainer.data.distributed_dataset). Several workers must
+    # each run the same number of steps: the lists are padded to full global batches (weight 0).
     padded = cluster.num_workers > 1
-    train = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
-                              pad_to_full_batches=padded, class_weights=class_weights)
-    val = data.make_dataset(splits.val, size, global_batch, training=False, seed=config.seed,
-                            pad_to_full_batches=padded)
+    train = data.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
+                                     cache=cache, pad_to_full_batches=padded, class_weights=class_weights,
+                                     name="train", fingerprint=splits.fingerprint)
+    val = data.distributed_dataset(strategy, splits.val, size, global_batch, training=False, seed=config.seed,
+                                   cache=cache, pad_to_full_batches=padded, name="val", fingerprint=splits.fingerprint)
     return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)
+
+
+def _choose_cache(config: SearchConfig, cluster: Cluster, splits: data.DataSplits, size: tuple[int, int],
+                  global_batch: int) -> str:
+    """``--cache`` resolved for this worker's shards of train and val (logged with the numbers behind it)."""
+    workers = cluster.num_workers
+    images = sum(math.ceil(len(files) / global_batch) * global_batch // workers if workers > 1 else len(files)
+                 for files in (splits.train, splits.val))
+    needed = data.decoded_bytes(images, size)
+    available = data.available_memory() if config.cache == "auto" else None
+    cache = data.choose_cache(config.cache, needed, available)
+    gib = 1 << 30
+    if config.cache == "auto":
+        budget = data.memory_cache_budget(available)
+        log.info("cache: %s (auto): this worker's %d decoded images take %.2f GiB; memory budget %.2f GiB = "
+                 "min(%.0f GiB, %.0f%% of %s available)%s", cache, images, needed / gib, budget / gib,
+                 data.MEMORY_CACHE_CAP_BYTES / gib, 100 * data.MEMORY_CACHE_FRACTION,
+                 "unknown" if available is None else f"{available / gib:.1f} GiB",
+                 "" if cache == "memory" else "; images are decoded every epoch: pass --cache DIR (a local SSD "
+                 "with room for them) to cache on disk")
+    else:
+        log.info("cache: %s (--cache): this worker's %d decoded images take %.2f GiB", cache, images, needed / gib)
+    return cache
 
 
 def search_trials(
@@ -780,7 +807,7 @@ def _predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     if not files:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    dataset = data.make_dataset(files, size, batch, training=False, seed=0)
+    dataset = data.make_dataset(files, size, batch, training=False, seed=0, cache="none")  # one pass: no cache
     logits = model.predict(dataset, verbose=0)
     predictions = (logits[:, 0] > 0).astype(np.int64) if binary else np.argmax(logits, axis=-1)
     labels = np.array([f.label for f in files], dtype=np.int64)

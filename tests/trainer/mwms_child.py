@@ -12,10 +12,12 @@ Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
 - ``fault``: like ``fit`` for 4 epochs, but worker 1 dies at the start of epoch 2 on its first run;
   run under the launcher with restarts, the workers resume from the chief's epoch backup.
 - ``disagree``: `assert_workers_agree` on a payload that differs per worker; records the error.
-- ``padded``: the search's own model and datasets (`trainer.data.make_dataset` padded to full
-  global batches with weight-0 copies, 12 validation images over a global batch of 8: the last
-  batch is 4 real images on worker 0 and 4 padded copies on worker 1); records ``val_accuracy``
-  from fit and the accuracy over the real validation images computed with ``model.predict``.
+- ``padded``: the search's own model and datasets (`trainer.data.distributed_dataset`: each
+  worker reads and decodes its own shard, padded to full global batches with weight-0 copies;
+  36 training images and 12 validation images over a global batch of 8 become 40 and 16);
+  records ``val_accuracy`` from fit, the accuracy over the real validation images computed with
+  ``model.predict``, the final weights, and every file this worker's pipelines read (counted by
+  wrapping ``tf.io.read_file``).
 - ``stuck``: ``fit`` under a 5 s `StallWatchdog`; worker 1 blocks forever after its first batch
   (alive but stuck), so both workers' watchdogs end them with exit code 4.
 """
@@ -170,22 +172,44 @@ def _padded(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, o
     from trainer import data
     from trainer.hypermodel import ModelSpec, TransferHyperModel
 
+    reads: list[str] = []  # every file this worker's pipelines read (one read per decode)
+    read_file = tf.io.read_file
+
+    def counting_read_file(path: tf.Tensor, name: str | None = None) -> tf.Tensor:
+        def record(p: tf.Tensor) -> tf.Tensor:
+            reads.append(p.numpy().decode())
+            return p
+
+        recorded = tf.py_function(record, [path], Tout=tf.string)
+        recorded.set_shape([])
+        return read_file(recorded, name=name)
+
+    tf.io.read_file = counting_read_file  # looked up when trainer.data traces its decode function
     splits = data.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
                        test_fraction=0.0, seed=1)
     assert len(splits.val) == 12, len(splits.val)
     spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",))
-    train = data.make_dataset(splits.train, (16, 16), 8, training=True, seed=1, pad_to_full_batches=True)
-    val = data.make_dataset(splits.val, (16, 16), 8, training=False, seed=1, pad_to_full_batches=True)
+    train = data.distributed_dataset(strategy, splits.train, (16, 16), 8, training=True, seed=1,
+                                     pad_to_full_batches=True, name="train")
+    val = data.distributed_dataset(strategy, splits.val, (16, 16), 8, training=False, seed=1,
+                                   pad_to_full_batches=True, name="val")
     with strategy.scope():
         model = TransferHyperModel(spec).build(kt.HyperParameters())
     history = model.fit(train, validation_data=val, epochs=2, verbose=0)
+    decoded = list(reads)
     weights = model.get_weights()
+    np.savez(out / f"padded_{cluster.rank}.npz", *[np.asarray(w) for w in weights])
     fresh = TransferHyperModel(spec).build(kt.HyperParameters())  # outside the strategy: plain predict
     fresh.set_weights(weights)
     pixels, labels = data.load_arrays(splits.val, (16, 16))
     real = float(np.mean(np.argmax(fresh.predict(pixels, verbose=0), axis=-1) == labels))
+    root = out / f"images{cluster.rank}"
     (out / f"padded_{cluster.rank}.json").write_text(json.dumps(
-        {"val_accuracy": [float(v) for v in history.history["val_accuracy"]], "real_accuracy": real}
+        {"val_accuracy": [float(v) for v in history.history["val_accuracy"]], "real_accuracy": real,
+         "pixels_spec": repr(train.element_spec[0]),
+         "reads": [str(Path(p).relative_to(root)) for p in decoded],
+         "train": [str(f.path.relative_to(root)) for f in splits.train],
+         "val": [str(f.path.relative_to(root)) for f in splits.val]}
     ))
 
 

@@ -115,3 +115,23 @@ def test_cli_flags_cover_every_field() -> None:
     config = from_namespace(args, env={"TFSTACK_OVERWRITE": "true"})
     assert config.max_trials == 2 and config.overwrite is False and config.backbones == ("vgg16",)
     assert config.image_size == 64
+
+
+def test_cache_defaults_to_auto_and_reads_the_flag_and_the_environment(tmp_path: Path) -> None:
+    assert load({}, {}).cache == "auto"
+    assert load({}, {"TFSTACK_CACHE": "none"}).cache == "none"
+    assert load({"cache": "memory"}, {"TFSTACK_CACHE": "none"}).cache == "memory"
+    target = tmp_path / "not-yet" / "cache"  # created when the pipeline is built
+    assert load({"cache": str(target)}, {}).cache == str(target)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_namespace(parser.parse_args(["--cache", str(tmp_path)]), {}).cache == str(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-file", "empty"], ids=str)
+def test_a_cache_that_is_no_usable_directory_names_the_flag(tmp_path: Path, case: str) -> None:
+    blocker = tmp_path / "cache.bin"
+    blocker.write_text("")
+    value = {"file": str(blocker), "under-a-file": str(blocker / "sub"), "empty": " "}[case]
+    with pytest.raises(ConfigError, match=r"--cache \(TFSTACK_CACHE\).*auto, memory, none or a writable"):
+        load({}, {"TFSTACK_CACHE": value})

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -65,9 +65,11 @@ def three_classes(tmp_path: Path) -> Path:
 
 def test_public_names_are_exactly_the_documented_ones() -> None:
     assert data.__all__ == [
-        "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "IMAGE_EXTENSIONS", "DataSplits", "ImageFile", "augmentation",
-        "decode_image", "ensure_digits", "global_batch_size", "load_arrays", "make_dataset", "median_image_side",
-        "scan",
+        "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "DISK_SHUFFLE_BUFFER_BYTES", "IMAGE_EXTENSIONS",
+        "MEMORY_CACHE_CAP_BYTES", "MEMORY_CACHE_FRACTION", "DataSplits", "ImageFile", "Shard", "augmentation",
+        "available_memory", "choose_cache", "decode_image", "decoded_bytes", "distributed_dataset", "ensure_digits",
+        "global_batch_size", "load_arrays", "make_dataset", "median_image_side", "memory_cache_budget", "scan",
+        "shard_files",
     ]
 
 
@@ -441,13 +443,14 @@ def test_ensure_digits_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None
 # ------------------------------------------------------------------------------ pipelines
 
 
-def test_pipeline_yields_float_pixels_and_int_labels_in_order(three_classes: Path) -> None:
+def test_pipeline_yields_uint8_pixels_and_int_labels_in_order(three_classes: Path) -> None:
     import tensorflow as tf
 
     splits = scan(three_classes)
     dataset = data.make_dataset(splits.val, (8, 8), 4, training=False, seed=0)
     assert dataset.element_spec[0].shape.as_list() == [None, 8, 8, 3]
-    assert dataset.element_spec[0].dtype == tf.float32 and dataset.element_spec[1].dtype == tf.int32
+    # uint8 to the device (a quarter of float32's bytes); the model casts at its input.
+    assert dataset.element_spec[0].dtype == tf.uint8 and dataset.element_spec[1].dtype == tf.int32
     batches = list(dataset.as_numpy_iterator())
     assert [len(y) for _, y in batches] == [4, 2]
     pixels = np.concatenate([x for x, _ in batches])
@@ -531,7 +534,7 @@ def test_decode_image_is_the_serving_path(three_classes: Path) -> None:
     batch = next(iter(data.make_dataset(files, (4, 5), 3, training=False, seed=0)))[0].numpy()
     served = tf.map_fn(lambda b: data.decode_image(b, (4, 5)), tf.constant([f.path.read_bytes() for f in files]),
                        fn_output_signature=tf.TensorSpec([4, 5, 3], tf.float32))
-    np.testing.assert_array_equal(served.numpy(), batch)
+    np.testing.assert_array_equal(served.numpy(), batch.astype(np.float32))
 
 
 @pytest.mark.parametrize(
@@ -726,3 +729,279 @@ def test_class_weights_become_sample_weights(digits: Path) -> None:
     labels = np.concatenate([y for _x, y, _w in batches])
     weights = np.concatenate([w for _x, _y, w in batches])
     np.testing.assert_array_equal(weights, np.where(labels == 1, 3.0, 1.0))
+
+
+# ---------------------------------------------------------------------- per-worker shards, uint8, cache
+
+
+def _files(count: int, classes: int = 3) -> list[ImageFile]:
+    return [ImageFile(Path(f"/data/{i % classes}/{i:04d}.png"), i % classes) for i in range(count)]
+
+
+SHARDINGS = [(24, 10, 2, True), (24, 10, 2, False), (30, 10, 2, True), (7, 8, 4, True), (101, 12, 3, False),
+             (5, 6, 1, True)]
+
+
+@pytest.mark.parametrize(("count", "global_batch", "shards", "training"), SHARDINGS,
+                         ids=[f"{n}files-b{b}-{s}shards-{'train' if t else 'eval'}" for n, b, s, t in SHARDINGS])
+def test_shards_are_disjoint_equal_and_cover_every_real_file_once(count: int, global_batch: int, shards: int,
+                                                                  training: bool) -> None:
+    files = _files(count)
+    parts = [data.shard_files(files, global_batch, num_shards=shards, index=i, training=training, seed=7)
+             for i in range(shards)]
+    steps = -(-count // global_batch)
+    padded = steps * global_batch if shards > 1 else count
+    assert [len(p.files) for p in parts] == [padded // shards] * shards  # equal: same steps on every worker
+    assert all(len(p.files) == len(p.weights) and p.padded_total == padded for p in parts)
+    real = [f for p in parts for f, w in zip(p.files, p.weights, strict=True) if w > 0]
+    assert sorted(f.path for f in real) == sorted(f.path for f in files)  # every real file exactly once
+    weights = [w for p in parts for w in p.weights]
+    assert sum(w == 0 for w in weights) == padded - count and set(weights) <= {0.0, 1.0}
+    again = [data.shard_files(files, global_batch, num_shards=shards, index=i, training=training, seed=7)
+             for i in range(shards)]
+    assert again == parts  # deterministic: every worker computes the same partition on its own
+
+
+def test_training_shards_are_a_seeded_sample_and_eval_shards_keep_the_order() -> None:
+    files = _files(40)
+    train = [data.shard_files(files, 8, num_shards=2, index=i, training=True, seed=1).files for i in range(2)]
+    other = [data.shard_files(files, 8, num_shards=2, index=i, training=True, seed=2).files for i in range(2)]
+    assert train != other and sorted(train[0] + train[1], key=str) == sorted(other[0] + other[1], key=str)
+    assert {f.label for f in train[0]} == {0, 1, 2}  # a sample of every class, not a block of the sorted list
+    evaluation = data.shard_files(files, 8, training=False, seed=1).files
+    assert list(evaluation) == files  # one eval pipeline keeps the order: model.predict lines up with the labels
+
+
+def test_class_weights_follow_their_files_into_the_shards() -> None:
+    files = _files(10, classes=2)
+    parts = [data.shard_files(files, 4, num_shards=2, index=i, training=True, seed=3, class_weights=[1.0, 2.5])
+             for i in range(2)]
+    real = [(f.label, w) for p in parts for f, w in zip(p.files, p.weights, strict=True) if w > 0]
+    assert sorted(real) == sorted((f.label, 2.5 if f.label else 1.0) for f in files)
+
+
+def test_bad_shard_arguments_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="index=2"):
+        data.shard_files(_files(4), 4, num_shards=2, index=2, training=False, seed=0)
+    with pytest.raises(ConfigError, match="divisible"):
+        data.shard_files(_files(3), 3, num_shards=2, index=0, training=False, seed=0)
+
+
+class _Pipelines:
+    """A strategy stand-in that calls the pipeline function with explicit input contexts (N workers, 1 replica each)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def distribute_datasets_from_function(self, fn: Any) -> list[Any]:
+        import tensorflow as tf
+
+        return [fn(tf.distribute.InputContext(self.workers, i, self.workers)) for i in range(self.workers)]
+
+
+def _values(batches: list[tuple[np.ndarray, ...]]) -> list[int]:
+    return [int(v) for x, *_ in batches for v in x[:, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_each_worker_pipeline_decodes_only_its_shard(three_classes: Path, training: bool) -> None:
+    files = scan(three_classes, val_fraction=0.2).train  # 24 files, global batch 10: padded to 30
+    pipelines = data.distributed_dataset(_Pipelines(2), files, (8, 8), 10, training=training, seed=3,
+                                         pad_to_full_batches=True)
+    for _ in range(2):
+        runs = [list(p.as_numpy_iterator()) for p in pipelines]
+        assert [len(r) for r in runs] == [3, 3] and all(len(x) == 5 for r in runs for x, _, _ in r)  # per replica
+        real = [[v for (x, _, w) in r for v, weight in zip(x[:, 0, 0, 0], w, strict=True) if weight > 0]
+                for r in runs]
+        assert not set(real[0]) & set(real[1])
+        expected = sorted(8 * i + 1 for i in range(30) if _in(files, i))  # each file is a flat gray 8 * index + 1
+        assert sorted(real[0] + real[1]) == expected
+
+
+def test_one_process_gets_one_pipeline_batched_by_the_global_batch(three_classes: Path) -> None:
+    import tensorflow as tf
+
+    files = scan(three_classes).train
+    dataset = data.distributed_dataset(tf.distribute.get_strategy(), files, (8, 8), 4, training=False, seed=0)
+    plain = data.make_dataset(files, (8, 8), 4, training=False, seed=0)
+    assert isinstance(dataset, tf.data.Dataset) and dataset.element_spec[0].dtype == tf.uint8
+    for (x, y), (x2, y2) in zip(dataset.as_numpy_iterator(), plain.as_numpy_iterator(), strict=True):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+
+
+def test_the_model_casts_uint8_batches_and_trains_as_on_float32(three_classes: Path) -> None:
+    import keras_tuner as kt
+    import tensorflow as tf
+
+    from trainer.hypermodel import ModelSpec, TransferHyperModel
+
+    files = scan(three_classes).train
+
+    def as_float(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.cast(x, tf.float32), y
+
+    # Each fit gets its own, identically seeded data set: a shuffled data set moves on with every iterator.
+    train = {"uint8": data.make_dataset(files, (16, 16), 8, training=True, seed=1),
+             "float32": data.make_dataset(files, (16, 16), 8, training=True, seed=1).map(as_float)}
+    pixels = data.make_dataset(files, (16, 16), 8, training=False, seed=1)
+    assert train["uint8"].element_spec[0].dtype == tf.uint8 and train["float32"].element_spec[0].dtype == tf.float32
+    spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",), augmentation=(("rotation", 0.05),))
+    trained = {}
+    for name, dataset in train.items():
+        model = TransferHyperModel(spec).build(kt.HyperParameters())
+        model.fit(dataset, epochs=2, verbose=0)
+        trained[name] = (model.get_weights(), model.predict(pixels, verbose=0),
+                         model.predict(pixels.map(as_float), verbose=0))
+    for a, b in zip(trained["uint8"][0], trained["float32"][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(trained["uint8"][1], trained["uint8"][2])  # predict casts too
+    np.testing.assert_array_equal(trained["uint8"][1], trained["float32"][2])
+
+
+def _epochs(files: list[ImageFile] | tuple[ImageFile, ...], cache: object, count: int = 2) -> list[list[np.ndarray]]:
+    dataset = data.make_dataset(files, (8, 8), 5, training=True, seed=4, cache=cache, name="train",
+                                pad_to_full_batches=True)
+    return [[np.concatenate([x.reshape(len(x), -1), w[:, None]], axis=1) for x, _, w in dataset.as_numpy_iterator()]
+            for _ in range(count)]
+
+
+def _same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
+        return False
+    return all(np.array_equal(u, v) for x, y in zip(a, b, strict=True) for u, v in zip(x, y, strict=True))
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every file the pipelines built from now on read (one read per decode)."""
+    import tensorflow as tf
+
+    reads: list[str] = []
+    read_file = tf.io.read_file
+
+    def counting(path: tf.Tensor, name: str | None = None) -> tf.Tensor:
+        def record(p: tf.Tensor) -> tf.Tensor:
+            reads.append(p.numpy().decode())
+            return p
+
+        recorded = tf.py_function(record, [path], Tout=tf.string)
+        recorded.set_shape([])
+        return read_file(recorded, name=name)
+
+    monkeypatch.setattr(tf.io, "read_file", counting)
+    return reads
+
+
+def test_cache_modes_give_the_same_batches_and_a_disk_cache_is_read_back(
+    three_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = scan(three_classes).train  # 24 images, padded to 25 for batches of 5
+    reads = _count_reads(monkeypatch)
+    counts = {}
+    results = {}
+    for mode, cache in [("memory", "memory"), ("none", "none"), ("disk", tmp_path / "cache"),
+                        ("disk again", tmp_path / "cache")]:
+        before = len(reads)
+        results[mode] = _epochs(files, cache)
+        counts[mode] = len(reads) - before
+    assert counts == {"memory": 25, "none": 50, "disk": 25, "disk again": 0}  # 2 epochs; the second pass is cached
+    assert _same(results["memory"], results["none"]) and _same(results["memory"], results["disk"])
+    assert _same(results["memory"], results["disk again"])
+    assert not np.array_equal(results["memory"][0][0], results["memory"][1][0])  # reshuffled each epoch
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("tfstack-train-shard0of1-")
+    assert (folders[0] / "cache.index").is_file() and not list(folders[0].glob("*.lockfile"))
+
+
+def test_disk_caches_of_other_shards_sizes_or_splits_never_share_a_directory(three_classes: Path,
+                                                                            tmp_path: Path) -> None:
+    files = scan(three_classes).train
+    cache = tmp_path / "cache"
+    runs = [((8, 8), "train", 0, None), ((8, 8), "train", 1, None), ((6, 6), "train", 0, None),
+            ((8, 8), "val", 0, None), ((8, 8), "train", 0, "f1"), ((8, 8), "train", 1, "f1"),
+            ((8, 8), "train", 0, "f2")]
+    for size, name, shard, fingerprint in runs:
+        pipelines = data.distributed_dataset(_Pipelines(2), files, size, 10, training=True, seed=3, cache=cache,
+                                             name=name, fingerprint=fingerprint)
+        list(pipelines[shard].as_numpy_iterator())
+    # 7 runs x 2 pipelines, of which runs 2 and 6 build the same pipelines as runs 1 and 5: 10 directories.
+    assert len(list(cache.iterdir())) == 10
+    assert sorted(p.name.split("-")[2] for p in cache.iterdir()).count("shard1of2") == 5
+
+
+_KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from trainer import data
+files = data.scan(sys.argv[1]).train
+dataset = data.make_dataset(files, (32, 32), 5, training=False, seed=4, cache=Path(sys.argv[2]), name="train")
+iterator = iter(dataset)
+next(iterator)
+print("partial", sorted(p.name for d in Path(sys.argv[2]).iterdir() for p in d.iterdir()), flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_restarted_worker_ignores_the_lockfile_of_a_killed_cache_writer(digits: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(_KILLED_WRITER))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run([sys.executable, str(script), str(digits), str(cache)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (folder,) = cache.iterdir()
+    assert list(folder.glob("*.lockfile")), killed.stdout  # what tf.data refuses to start on
+    assert not (folder / "cache.index").exists()  # the partial cache does not pass for a complete one
+    files = scan(digits).train  # 1,257 images: the killed run read a few batches ahead, not all of them
+
+    def batches(cache: object) -> list[np.ndarray]:
+        dataset = data.make_dataset(files, (32, 32), 5, training=False, seed=4, cache=cache, name="train")
+        return [x for x, _ in dataset.as_numpy_iterator()]
+
+    restarted, expected = batches(cache), batches("none")
+    assert len(restarted) == len(expected) == -(-len(files) // 5)  # every image, none lost to the killed run
+    assert all(np.array_equal(a, b) for a, b in zip(restarted, expected, strict=True))
+    assert (folder / "cache.index").is_file() and not list(folder.glob("*.lockfile"))
+
+
+def test_decoded_bytes_counts_uint8_pixels() -> None:
+    assert data.decoded_bytes(100_000, (224, 224)) == 15_052_800_000  # the issue's "15 GB per 100,000 images"
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("setting", "needed", "available", "expected"),
+    [
+        ("auto", 1 * GIB, 16 * GIB, "memory"),  # digits-sized data on any machine
+        ("auto", 8 * GIB, 16 * GIB, "memory"),  # exactly half of what is available
+        ("auto", 8 * GIB + 1, 16 * GIB, "none"),
+        ("auto", 15_052_800_000, 64 * GIB, "memory"),  # 100k images at 224 px on a 64 GiB worker
+        ("auto", 40 * GIB, 512 * GIB, "none"),  # a big node: the 32 GiB cap still applies
+        ("auto", 1 * GIB, None, "memory"),  # memory unknown: up to 4 GiB
+        ("auto", 5 * GIB, None, "none"),
+        ("memory", 40 * GIB, 1 * GIB, "memory"),  # an explicit choice is kept
+        ("none", 1, 64 * GIB, "none"),
+        ("/scratch/cache", 1, 64 * GIB, "/scratch/cache"),
+    ],
+    ids=["small", "half", "over-half", "imagenet-sized", "cap", "unknown-small", "unknown-large", "memory", "none",
+         "dir"],
+)
+def test_choose_cache(setting: str, needed: int, available: int | None, expected: str) -> None:
+    assert data.choose_cache(setting, needed, available) == expected
+
+
+def test_memory_cache_budget_is_the_smaller_of_the_cap_and_half_the_memory() -> None:
+    assert data.memory_cache_budget(16 * GIB) == 8 * GIB
+    assert data.memory_cache_budget(1024 * GIB) == data.MEMORY_CACHE_CAP_BYTES == 32 * GIB
+    available = data.available_memory()
+    assert available is None or 0 < available < 1 << 50
+
+
+def test_a_cache_directory_that_cannot_be_created_is_a_config_error(three_classes: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"--cache.*a-file"):
+        data.make_dataset(scan(three_classes).train, (8, 8), 4, training=False, seed=0, cache=blocker)

@@ -263,12 +263,30 @@ def test_two_worker_keras_tuner_search_agrees(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_val_accuracy_on_an_uneven_padded_split_counts_only_real_images(tmp_path: Path) -> None:
-    # 12 validation images, global batch 8: worker 0's last share is 4 real images, worker 1's is 4
-    # weight-0 copies. val_accuracy must equal the accuracy over the 12 real images.
+def test_each_worker_decodes_only_its_shard_and_padding_does_not_count(tmp_path: Path) -> None:
+    # The search's datasets (trainer.data.distributed_dataset). 36 training and 12 validation images,
+    # global batch 8 over 2 workers: padded to 40 and 16 (copies of each list's first images), so each
+    # worker must read 20 + 8 files over both epochs (the second epoch comes from its memory cache),
+    # where DATA auto-sharding read all 40 + 16 on each. Both must end with identical weights.
     _run_two_workers("padded", tmp_path)
     results = [json.loads((tmp_path / f"padded_{rank}.json").read_text()) for rank in range(2)]
-    assert results[0] == results[1]
+    train, val = results[0]["train"], results[0]["val"]
+    assert len(train) == 36 and len(val) == 12 and results[1]["train"] == train
+    reads = [r["reads"] for r in results]
+    for split, files, padded in (("train", train, 40), ("val", val, 16)):
+        mine = [[p for p in worker if p in set(files)] for worker in reads]
+        assert [len(m) for m in mine] == [padded // 2] * 2, (split, mine)
+        assert sorted(mine[0] + mine[1]) == sorted(files + files[: padded - len(files)]), split
+        copies = set(files[: padded - len(files)])
+        assert not (set(mine[0]) & set(mine[1])) - copies, split  # only a padding copy may be read by both
+    assert all("uint8" in r["pixels_spec"] for r in results), results[0]["pixels_spec"]
+    weights = [np.load(tmp_path / f"padded_{rank}.npz") for rank in range(2)]
+    assert len(weights[0].files) > 4
+    for name in weights[0].files:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name])
+    # 12 validation images padded with 4 weight-0 copies: val_accuracy must be the accuracy over the 12.
+    accuracy = [{k: r[k] for k in ("val_accuracy", "real_accuracy")} for r in results]
+    assert accuracy[0] == accuracy[1]
     assert results[0]["val_accuracy"][-1] == pytest.approx(results[0]["real_accuracy"], abs=1e-6), results[0]
 
 
