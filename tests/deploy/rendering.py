@@ -111,6 +111,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "trainer": {
             "groups": 3,
             "workers": 2,
+            "groupRestart": "job",  # a failed group restarts alone (JobSet's RestartJob gate on)
             "gpusPerWorker": 1,
             "nodeSelector": {"nvidia.com/gpu.present": "true"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],

@@ -333,9 +333,11 @@ def test_should_fail_the_jobset_when_an_oracle_or_group_attempt_exceeds_its_dead
         assert JobSetRun(jobset).job_failure_action(rj["name"], "DeadlineExceeded") == "FailJobSet"
 
 
-def test_should_restart_everything_when_group_restart_is_jobset() -> None:
-    """trainer.groupRestart=jobSet: for a JobSet controller without the RestartJob feature gate."""
-    values = {"trainer": {"groups": 3, "workers": 2, "groupRestart": "jobSet"}}
+@pytest.mark.parametrize("values", [{"trainer": {"groups": 3, "workers": 2}},
+                                    {"trainer": {"groups": 3, "workers": 2, "groupRestart": "jobSet"}}],
+                         ids=["default", "jobSet"])
+def test_should_restart_everything_when_group_restart_is_jobset(values: dict) -> None:
+    """trainer.groupRestart=jobSet, the default: a JobSet controller without the RestartJob feature gate accepts it."""
     run = _groups_run(values, restart_job_gate=False)
     assert run.pod_failed("worker", 0, exit(EXIT_CODES["peerLost"]), job=1) == "restart"
     assert set(run.attempts.values()) == {2}
