@@ -137,11 +137,33 @@ def _bind(server: grpc.Server, host: str, port: str) -> str:
     raise OSError(f"Expected to listen for the groups on port {port}. Received: could not bind {candidates}")
 
 
+class _BoundedStub:
+    """KerasTuner's gRPC stub with our deadline on every call, and an oracle out of reach as `PeerLostError`."""
+
+    def __init__(self, stub: Any, timeout: float, address: str | None) -> None:
+        self._stub, self._timeout, self._address = stub, timeout, address
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs["timeout"] = self._timeout  # KerasTuner's client passes an hour (oracle_client.TIMEOUT)
+            try:
+                return method(request, **kwargs)
+            except grpc.RpcError as exc:
+                raise PeerLostError(
+                    f"Expected the oracle at {self._address} to answer {name} within {self._timeout:.0f}s. Received: "
+                    f"{exc.code().name}: {exc.details()}. Restart the group when the oracle is up again."
+                ) from exc
+
+        return call
+
+
 class GroupOracleClient(OracleClient):  # type: ignore[misc]
     """KerasTuner's ``OracleClient`` for one worker of a group: the chief asks, the group follows.
 
-    `timeout` bounds how long the chief waits for an unreachable oracle before giving up with
-    `PeerLostError` (exit code 4: restart), where KerasTuner's client would wait an hour.
+    `timeout` bounds every call to the oracle (waiting for it to come up included): past it the worker
+    gives up with `PeerLostError` (exit code 4: restart), where KerasTuner's client would wait an hour.
     """
 
     def __init__(self, oracle: kt.Oracle, *, cluster: Cluster, strategy: tf.distribute.Strategy,
@@ -151,8 +173,7 @@ class GroupOracleClient(OracleClient):  # type: ignore[misc]
         self.multi_worker = cluster.num_workers > 1
         self.should_report = cluster.is_chief
         self._strategy = strategy
-        self._timeout = timeout
-        self._address = cluster.oracle
+        self.stub = _BoundedStub(self.stub, timeout, cluster.oracle)
         self._current: trial_module.Trial | None = None
 
     def create_trial(self, tuner_id: str) -> trial_module.Trial:
@@ -160,7 +181,7 @@ class GroupOracleClient(OracleClient):  # type: ignore[misc]
         return self._current
 
     def _create_trial(self, tuner_id: str) -> trial_module.Trial:
-        trial = self._ask(tuner_id) if self.should_report else None
+        trial = super().create_trial(tuner_id) if self.should_report else None
         if not self.multi_worker:
             assert trial is not None
             return self._after_idle(trial)
@@ -194,17 +215,6 @@ class GroupOracleClient(OracleClient):  # type: ignore[misc]
 
     def get_best_trials(self, num_trials: int = 1) -> list[trial_module.Trial]:
         return super().get_best_trials(num_trials) if self.should_report else []
-
-    def _ask(self, tuner_id: str) -> trial_module.Trial:
-        try:
-            response = self.stub.CreateTrial(protos.get_service().CreateTrialRequest(tuner_id=tuner_id),
-                                             wait_for_ready=True, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise PeerLostError(
-                f"Expected the oracle at {self._address} to answer within {self._timeout:.0f}s. Received: "
-                f"{exc.code().name}: {exc.details()}. Restart the group when the oracle is up again."
-            ) from exc
-        return trial_module.Trial.from_proto(response.trial)
 
     @staticmethod
     def _after_idle(trial: trial_module.Trial) -> trial_module.Trial:

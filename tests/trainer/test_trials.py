@@ -141,7 +141,7 @@ def test_a_group_chief_gives_up_on_an_unreachable_oracle_with_exit_code_4(
         monkeypatch.setenv(name, value)
     client = GroupOracleClient(_oracle(tmp_path, 1), cluster=cluster, strategy=tf.distribute.get_strategy(),
                                timeout=1.0)
-    with pytest.raises(PeerLostError, match=f"oracle at 127.0.0.1:{port} to answer within 1s") as caught:
+    with pytest.raises(PeerLostError, match=f"oracle at 127.0.0.1:{port} to answer CreateTrial within 1s") as caught:
         client.create_trial("group1")
     assert caught.value.exit_code == 4
 
