@@ -169,22 +169,12 @@ def _stuck(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, ou
 
 def _padded(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
     from tests.trainer.images import write_folder
+    from tests.trainer.reads import counting_read_file
     from trainer import data
     from trainer.hypermodel import ModelSpec, TransferHyperModel
 
     reads: list[str] = []  # every file this worker's pipelines read (one read per decode)
-    read_file = tf.io.read_file
-
-    def counting_read_file(path: tf.Tensor, name: str | None = None) -> tf.Tensor:
-        def record(p: tf.Tensor) -> tf.Tensor:
-            reads.append(p.numpy().decode())
-            return p
-
-        recorded = tf.py_function(record, [path], Tout=tf.string)
-        recorded.set_shape([])
-        return read_file(recorded, name=name)
-
-    tf.io.read_file = counting_read_file  # looked up when trainer.data traces its decode function
+    tf.io.read_file = counting_read_file(tf.io.read_file, reads)  # looked up when trainer.data traces its decode
     splits = data.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
                        test_fraction=0.0, seed=1)
     assert len(splits.val) == 12, len(splits.val)

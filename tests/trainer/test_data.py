@@ -876,19 +876,10 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every file the pipelines built from now on read (one read per decode)."""
     import tensorflow as tf
 
+    from tests.trainer.reads import counting_read_file
+
     reads: list[str] = []
-    read_file = tf.io.read_file
-
-    def counting(path: tf.Tensor, name: str | None = None) -> tf.Tensor:
-        def record(p: tf.Tensor) -> tf.Tensor:
-            reads.append(p.numpy().decode())
-            return p
-
-        recorded = tf.py_function(record, [path], Tout=tf.string)
-        recorded.set_shape([])
-        return read_file(recorded, name=name)
-
-    monkeypatch.setattr(tf.io, "read_file", counting)
+    monkeypatch.setattr(tf.io, "read_file", counting_read_file(tf.io.read_file, reads))
     return reads
 
 
