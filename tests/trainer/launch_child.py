@@ -13,8 +13,9 @@ Modes:
   ``recovered at <address>`` and exits 0.
 - ``groups`` (``launch --groups``): every process prints the role `trainer.cluster.resolve` finds in
   its environment (``role ...``) and exits 0.
-- ``groups-exit4``: like ``groups``, but worker 1 of group 1 exits 4 on its first run; every other
-  process waits until a restarted worker 1 of group 1 has written ``DIR/recovered``, then exits 0.
+- ``groups-exit4``: like ``groups``, but worker 1 of group 1 exits 4 on its first run, once every process
+  has printed its role; every other process waits until a restarted worker 1 of group 1 has written
+  ``DIR/recovered``, then exits 0.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ def _groups(mode: str, out: Path) -> int:
           flush=True)
     if mode == "groups":
         return 0
+    (out / f"ready-{where.replace(' ', '-')}").write_text("1")  # after its role line: the test counts those
     if (cluster.group, cluster.rank) == (1, 1) and not cluster.is_oracle:
         if not (out / "exited").exists():
+            # Fail only once every process of this first attempt has printed its role.
+            everyone = 1 + cluster.groups * cluster.num_workers
+            deadline = time.monotonic() + 60
+            while len(list(out.glob("ready-*"))) < everyone and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the other processes' readiness files
             (out / "exited").write_text("1")
             print("worker 1 of group 1 exits with 4", file=sys.stderr)
             return 4
