@@ -178,6 +178,12 @@ def render(name: str) -> Rendered:
     return render_values(VALUE_SETS[name])
 
 
+def one_group_sets(template: str) -> list[str]:
+    """The value sets that render `template` with one group (trainer.groups = 1, no oracle)."""
+    return [name for name in VALUE_SETS
+            if render(name).by_template(template) and render(name).values["trainer"]["groups"] == 1]
+
+
 TRAINER_KINDS = ("JobSet", "Job", "TFJob")
 
 

@@ -10,9 +10,9 @@ from tests.deploy.failure_policy import DISRUPTED, IndexedJobRun, exit
 from tests.deploy.pods import indexed_job_pods
 from tests.deploy.rendering import (
     NAMESPACE,
-    VALUE_SETS,
     containers,
     env_of,
+    one_group_sets,
     pod_spec,
     render,
     render_values,
@@ -24,9 +24,8 @@ from trainer import config as trainer_config
 from trainer.cluster import resolve
 
 TEMPLATE = "trainer-job.yaml"
-#: One group (trainer.groups = 1, no oracle); groups are tested in test_trainer_groups.py.
-INDEXED_SETS = [name for name in VALUE_SETS
-        if render(name).by_template(TEMPLATE) and render(name).values["trainer"]["groups"] == 1]
+#: One group (trainer.groups = 1, no oracle); groups are tested in the group tests below and test_trainer_oracle_job.py.
+INDEXED_SETS = one_group_sets(TEMPLATE)
 
 
 def test_should_cover_the_indexed_job_in_several_value_sets() -> None:

@@ -21,6 +21,7 @@ from tests.deploy.rendering import (
     VALUE_SETS,
     containers,
     env_of,
+    one_group_sets,
     pod_spec,
     render,
     render_values,
@@ -31,9 +32,8 @@ from trainer import config as trainer_config
 from trainer.cluster import resolve
 
 TEMPLATE = "trainer-jobset.yaml"
-#: One group (trainer.groups = 1, no oracle); groups are tested in test_trainer_groups.py.
-JOBSET_SETS = [name for name in VALUE_SETS
-        if render(name).by_template(TEMPLATE) and render(name).values["trainer"]["groups"] == 1]
+#: One group (trainer.groups = 1, no oracle); groups are tested in the group tests below.
+JOBSET_SETS = one_group_sets(TEMPLATE)
 
 
 def _pod_names(jobset: dict[str, Any]) -> tuple[str, list[str]]:
