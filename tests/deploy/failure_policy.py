@@ -14,8 +14,13 @@ tests ask "what happens when a worker exits 4?" instead of restating the failure
   pkg/controllers/failure_policy.go at v0.12.0): when child Jobs have failed, the rules are evaluated in
   order, and the first rule that matches one of the failed Jobs applies to the earliest failed Job it
   matches (``findFirstFailedPolicyRuleAndJob``); a rule matches a Job whose failure reason is in its
-  ``onJobFailureReasons`` (empty: any) and whose replicatedJob is in its ``targetReplicatedJobs`` (empty:
-  all); no rule: ``RestartJobSet``. ``FailJobSet`` fails the JobSet at once. ``RestartJobSet`` recreates
+  ``onJobFailureReasons`` (empty: any), whose failure message one of its ``onJobFailureMessagePatterns``
+  matches (Go's ``regexp.MatchString``: unanchored, as ``re.search``; empty: any) and whose replicatedJob is
+  in its ``targetReplicatedJobs`` (empty: all) (``ruleIsApplicable``); no rule: ``RestartJobSet``. The
+  Job's failure message for a ``FailJob`` rule is Kubernetes' own (pkg/controller/job/pod_failure_policy.go,
+  matchPodFailurePolicy): "Container C for pod NS/P failed with exit code N matching FailJob rule at index
+  I" or "Pod NS/P has condition DisruptionTarget matching FailJob rule at index I".
+  ``FailJobSet`` fails the JobSet at once. ``RestartJobSet`` recreates
   every child Job (``status.restarts`` + 1) while the restarts that count are fewer than ``maxRestarts``
   and fails the JobSet otherwise; ``RestartJob`` recreates only the failed child Job (its
   ``jobRestarts[jobIndex]`` + 1) under the same check. Both count (``restartsCountTowardsMax``,
@@ -32,6 +37,7 @@ tests ask "what happens when a worker exits 4?" instead of restating the failure
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,22 +60,29 @@ DISRUPTED = PodFailure(exit_codes={"tensorflow": 137}, conditions=("DisruptionTa
 
 def pod_failure_action(job_spec: Mapping[str, Any], failure: PodFailure) -> str:
     """The action a Job takes for a failed pod: FailJob, FailIndex, Ignore or Count."""
-    for rule in (job_spec.get("podFailurePolicy") or {}).get("rules", []):
+    return pod_failure_match(job_spec, failure)[0]
+
+
+def pod_failure_match(job_spec: Mapping[str, Any], failure: PodFailure,
+                      pod: str = "ns/pod") -> tuple[str, str | None]:
+    """(action, the Job's failure message for a FailJob rule), as matchPodFailurePolicy: each rule has either
+    onExitCodes or onPodConditions; the first rule that matches decides."""
+    for index, rule in enumerate((job_spec.get("podFailurePolicy") or {}).get("rules", [])):
+        action = str(rule["action"])
         if "onExitCodes" in rule:
             requirement = rule["onExitCodes"]
-            codes = [
-                code for name, code in failure.exit_codes.items()
-                if code != 0 and requirement.get("containerName") in (None, name)
-            ]
             values = set(requirement["values"])
-            if requirement["operator"] == "In" and any(code in values for code in codes):
-                return str(rule["action"])
-            if requirement["operator"] == "NotIn" and any(code not in values for code in codes):
-                return str(rule["action"])
+            for name, code in failure.exit_codes.items():
+                if code == 0 or requirement.get("containerName") not in (None, name):
+                    continue
+                if (code in values) == (requirement["operator"] == "In"):
+                    return action, (f"Container {name} for pod {pod} failed with exit code {code} matching "
+                                    f"{action} rule at index {index}")
+            continue
         for condition in rule.get("onPodConditions", []):
             if condition["type"] in failure.conditions and condition.get("status", "True") == "True":
-                return str(rule["action"])
-    return "Count"
+                return action, f"Pod {pod} has condition {condition['type']} matching {action} rule at index {index}"
+    return "Count", None
 
 
 @dataclass
@@ -80,6 +93,8 @@ class IndexedJobRun:
     counted: dict[int, int] = field(default_factory=dict)
     failed: str | None = None
     """The Job's failure reason once it has failed."""
+    message: str = ""
+    """The Job's failure message once it has failed."""
     succeeded: set[int] = field(default_factory=set)
     """Indexes whose pod exited 0."""
 
@@ -91,21 +106,22 @@ class IndexedJobRun:
         self.succeeded.add(index)
 
     def pod_failed(self, index: int, failure: PodFailure) -> str:
-        action = pod_failure_action(self.spec, failure)
+        action, message = pod_failure_match(self.spec, failure, pod=f"ns/pod-{index}")
         if self.failed:
             return action
         if action == "FailJob":
-            self.failed = "PodFailurePolicy"
+            self.failed, self.message = "PodFailurePolicy", message or ""
         elif action in ("Count", "FailIndex"):
             self.counted[index] = self.counted.get(index, 0) + 1
             limit = self.spec.get("backoffLimitPerIndex")
             if limit is None:
                 if sum(self.counted.values()) > self.spec.get("backoffLimit", 6):
-                    self.failed = "BackoffLimitExceeded"
+                    self.failed, self.message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
             elif action == "FailIndex" or self.counted[index] > limit:
                 failed_indexes = 1 + sum(1 for i, n in self.counted.items() if i != index and n > limit)
                 if failed_indexes > self.spec.get("maxFailedIndexes", self.spec["completions"]):
                     self.failed = "MaxFailedIndexesExceeded"
+                    self.message = "Job has exceeded the specified maximal number of failed indexes"
         return action
 
 
@@ -135,6 +151,8 @@ class JobSetRun:
     job_restarts_counted: dict[tuple[str, int], int] = field(default_factory=dict)
     failed: bool = False
     completed: bool = False
+    reason: str = ""
+    """The reason of the JobSet's last Failed or Restarting condition."""
     children: dict[tuple[str, int], IndexedJobRun] = field(default_factory=dict)
     attempts: dict[tuple[str, int], int] = field(default_factory=dict)
     """How many times each child Job has been created (1 = never restarted)."""
@@ -197,12 +215,34 @@ class JobSetRun:
         """executeFailurePolicy over the child Jobs that have failed (in the order they failed)."""
         if self.state != "running" or not self._failed_order:
             return self.state
-        action, key = self._first_matching_rule()
-        policy = self.jobset["spec"].get("failurePolicy") or {}
-        over_budget = self.total_restarts_counted >= policy.get("maxRestarts", 0)
-        if action == "FailJobSet" or (action in ("RestartJobSet", "RestartJob") and over_budget):
-            self.failed = True
+        policy = self.jobset["spec"].get("failurePolicy")
+        if policy is None:  # no failure policy: the JobSet fails with its first failed Job
+            self.failed, self.reason = True, "FailedJobs"
             return "failed"
+        failed_jobs = [FailedJob(key, self.children[key].failed or "", self.children[key].message, order)
+                       for order, key in enumerate(self._failed_order)]
+        index, job = find_first_failed_policy_rule_and_job(policy.get("rules", []), failed_jobs)
+        rule = None if index is None else policy["rules"][index]
+        action = "RestartJobSet" if rule is None else str(rule["action"])
+        key = failed_jobs[0].key if job is None else job.key
+        outcome = self.apply(action, key, rule_name=None if rule is None else rule.get("name"))
+        if outcome == "restart-job" and self._failed_order:
+            return self.reconcile()
+        return outcome
+
+    def apply(self, action: str, key: tuple[str, int], rule_name: str | None = None) -> str:
+        """applyFailurePolicyRuleAction: the status change of one action on the failed child Job `key`.
+        Sets `reason` (the Failed or Restarting condition's reason) and returns "failed", "restart" or
+        "restart-job"."""
+        max_restarts = (self.jobset["spec"].get("failurePolicy") or {}).get("maxRestarts", 0)
+        over_budget = self.total_restarts_counted >= max_restarts
+        if action == "FailJobSet":
+            self.failed, self.reason = True, "FailJobSetFailurePolicyAction"
+            return "failed"
+        if action in ("RestartJobSet", "RestartJob") and over_budget:
+            self.failed, self.reason = True, "ReachedMaxRestarts"
+            return "failed"
+        self.reason = f"FailurePolicy_{rule_name}" if rule_name else "DefaultFailurePolicy"
         if action in ("RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"):
             self.restarts += 1
             self.restarts_counted += action == "RestartJobSet"
@@ -216,31 +256,52 @@ class JobSetRun:
             self.job_restarts[key] = self.job_restarts.get(key, 0) + 1
             if action == "RestartJob":
                 self.job_restarts_counted[key] = self.job_restarts_counted.get(key, 0) + 1
-            self._create(key)
-            return "restart-job" if not self._failed_order else self.reconcile()
+            if key in self.children:
+                self._create(key)
+            return "restart-job"
         raise NotImplementedError(action)
 
-    def _first_matching_rule(self) -> tuple[str, tuple[str, int]]:
-        policy = self.jobset["spec"].get("failurePolicy")
-        if policy is None:
-            return "FailJobSet", self._failed_order[0]  # no failure policy: the first failed Job fails it
-        for rule in policy.get("rules", []):
-            for key in self._failed_order:
-                if self._rule_applies(rule, key[0], self.children[key].failed or ""):
-                    return str(rule["action"]), key
-        return "RestartJobSet", self._failed_order[0]
-
-    @staticmethod
-    def _rule_applies(rule: Mapping[str, Any], replicated_job: str, reason: str) -> bool:
-        reasons = rule.get("onJobFailureReasons") or []
-        targets = rule.get("targetReplicatedJobs") or []
-        return (not reasons or reason in reasons) and (not targets or replicated_job in targets)
-
-    def job_failure_action(self, replicated_job: str, reason: str) -> str:
+    def job_failure_action(self, replicated_job: str, reason: str, message: str = "") -> str:
+        """The action the JobSet takes when only the child Job of `replicated_job` has failed this way."""
         policy = self.jobset["spec"].get("failurePolicy")
         if policy is None:
             return "FailJobSet"  # no failure policy: the JobSet fails with its first failed Job
-        for rule in policy.get("rules", []):
-            if self._rule_applies(rule, replicated_job, reason):
-                return str(rule["action"])
-        return "RestartJobSet"
+        index, _ = find_first_failed_policy_rule_and_job(
+            policy.get("rules", []), [FailedJob((replicated_job, 0), reason, message, 0)])
+        return "RestartJobSet" if index is None else str(policy["rules"][index]["action"])
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A failed child Job as the failure policy sees it: (replicatedJob, jobIndex), its Failed condition's
+    reason and message, and when it failed (a number: earlier is smaller)."""
+
+    key: tuple[str, int]
+    reason: str
+    message: str
+    failed_at: float
+
+
+def rule_is_applicable(rule: Mapping[str, Any], replicated_job: str | None, reason: str, message: str) -> bool:
+    """ruleIsApplicable: the reason, a message pattern and the parent replicatedJob all match (an empty list
+    matches anything; a Job without a parent replicatedJob matches no rule)."""
+    reasons = rule.get("onJobFailureReasons") or []
+    patterns = rule.get("onJobFailureMessagePatterns") or []
+    targets = rule.get("targetReplicatedJobs") or []
+    if reasons and reason not in reasons:
+        return False
+    if patterns and not any(re.search(pattern, message) for pattern in patterns):
+        return False
+    return replicated_job is not None and (not targets or replicated_job in targets)
+
+
+def find_first_failed_policy_rule_and_job(
+    rules: Sequence[Mapping[str, Any]], failed_jobs: Sequence[FailedJob]
+) -> tuple[int | None, FailedJob | None]:
+    """findFirstFailedPolicyRuleAndJob: the first rule (by index) that applies to a failed Job, and the
+    earliest failed Job it applies to; (None, None) when no rule applies."""
+    for index, rule in enumerate(rules):
+        matched = [job for job in failed_jobs if rule_is_applicable(rule, job.key[0], job.reason, job.message)]
+        if matched:
+            return index, min(matched, key=lambda job: job.failed_at)
+    return None, None

@@ -99,6 +99,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "autoscaling": {"enabled": True, "targetMemory": 80},
             "pdb": {"minAvailable": 1},
             "image": {"digest": "sha256:" + "ab" * 32},
+            "headlessService": {"enabled": True},
         },
         "networkPolicy": {
             "allowExternalEgress": False,

@@ -15,7 +15,7 @@ import yaml
 from serving.config import CONFIG_DIR
 from serving.model_server.config import read_monitoring_config
 from tests.deploy.rendering import ROOT, containers, env_of, render, trainer_workload
-from trainer import config as trainer_config
+from tests.deploy.trainer_contract import SAVE_DEADLINE_VARIABLE, load_config
 from trainer.cluster import resolve
 
 DOCKER = ROOT / "docker"
@@ -94,7 +94,9 @@ def test_should_resolve_each_worker_from_tf_config_when_compose_wires_two_worker
 @pytest.mark.parametrize("service", TRAINERS)
 def test_should_use_the_chart_env_names_when_compose_configures_the_trainer(service: str) -> None:
     env = _env(service)
-    trainer_config.load({}, env)  # unknown TFSTACK_* names would fail here
+    load_config(env)  # unknown TFSTACK_* names would fail here
+    grace = int(SERVICES[service]["stop_grace_period"].removesuffix("s"))
+    assert 0 < int(env[SAVE_DEADLINE_VARIABLE]) < grace  # saved before `docker compose stop` kills it
     chart_names = set(env_of(containers(trainer_workload(render("defaults")))[0]))
     ours = {name for name in env if name.startswith("TFSTACK_")}
     assert ours <= chart_names, sorted(ours - chart_names)

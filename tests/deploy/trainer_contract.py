@@ -7,8 +7,8 @@ between), so these are the container's exit codes. k8s/chart/templates/_helpers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 
 from tests.deploy.pods import Pod
 from trainer import config as trainer_config
@@ -22,6 +22,24 @@ EXIT_CODES = {
     "notPublished": EXIT_NOT_PUBLISHED,  # the search finished but the publish gate refused the model
     "peerLost": EXIT_PEER_LOST,  # a peer was lost or the group could not form: restart the whole group
 }
+
+
+#: The trainer's save deadline after SIGTERM, set by the chart from trainer.terminationGracePeriodSeconds
+#: (issue 23 makes the trainer read it; engineer 23's trainer/config.py defines the field).
+SAVE_DEADLINE_VARIABLE = "TFSTACK_TERMINATION_GRACE_SECONDS"
+
+
+def load_config(env: Mapping[str, str]) -> trainer_config.SearchConfig:
+    """trainer.config.load over a rendered pod's environment (it refuses unknown TFSTACK_* names). While
+    the trainer in this tree does not know SAVE_DEADLINE_VARIABLE yet (before issue 23's branch is merged),
+    that one variable is checked here (a positive whole number of seconds) and left out; once it does, the
+    trainer itself checks it."""
+    env = dict(env)
+    known = any(f"{trainer_config.ENV_PREFIX}{f.name.upper()}" == SAVE_DEADLINE_VARIABLE
+                for f in fields(trainer_config.SearchConfig))
+    if not known and SAVE_DEADLINE_VARIABLE in env:
+        assert int(env.pop(SAVE_DEADLINE_VARIABLE)) > 0
+    return trainer_config.load({}, env)
 
 
 @dataclass(frozen=True)
@@ -43,7 +61,7 @@ def resolve_search(pods: Sequence[Pod]) -> Search:
     resolved = []
     for pod in pods:
         env = pod.env()
-        trainer_config.load({}, env)
+        load_config(env)
         resolved.append((pod, resolve(env)))
     oracles = tuple((pod, cluster) for pod, cluster in resolved if cluster.is_oracle)
     groups: dict[int, list[tuple[Pod, Cluster]]] = {}

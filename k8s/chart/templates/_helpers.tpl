@@ -80,6 +80,20 @@ peerLost: 4
 {{- end -}}
 
 {{/*
+The trainer's save deadline after SIGTERM (TFSTACK_TERMINATION_GRACE_SECONDS): the pod's
+terminationGracePeriodSeconds less trainer.terminationGraceMarginSeconds, so that the trainer has saved and
+exited before the kubelet's SIGKILL.
+*/}}
+{{- define "tfstack.trainer.saveDeadline" -}}
+{{- $t := .Values.trainer -}}
+{{- $deadline := sub (int $t.terminationGracePeriodSeconds) (int $t.terminationGraceMarginSeconds) -}}
+{{- if lt $deadline 1 -}}
+{{- fail (printf "trainer.terminationGraceMarginSeconds (%v) must be less than trainer.terminationGracePeriodSeconds (%v): the trainer would have no time to save before SIGKILL." $t.terminationGraceMarginSeconds $t.terminationGracePeriodSeconds) -}}
+{{- end -}}
+{{- $deadline -}}
+{{- end -}}
+
+{{/*
 The trainer's workload kind: trainer.mode, or when it is "" a JobSet for more than one pod (several
 workers, or several groups and their oracle) and a plain Indexed Job for one (a single pod has no group
 to restart).
@@ -141,6 +155,12 @@ character less for each further digit of the last group (up to 10 groups: 44).
 {{- $limit := sub (sub 45 $groupDigits) (len $suffix) -}}
 {{- printf "%s%s" (include "tfstack.fullname" . | trunc (int $limit) | trimSuffix "-") $suffix -}}
 {{- end -}}
+{{/*
+The failure message of a child Job that the DisruptionTarget rule failed (Kubernetes,
+pkg/controller/job/pod_failure_policy.go: "Pod %s/%s has condition %v matching %v rule at index %d"), as a
+pattern for the JobSet's onJobFailureMessagePatterns (RE2, unanchored).
+*/}}
+{{- define "tfstack.trainer.disruptionMessagePattern" -}}has condition DisruptionTarget matching FailJob rule{{- end -}}
 {{/* The JobSet's workers: child Job g is "<jobset>-worker-<g>" (placement.GenJobName), one per group. */}}
 {{- define "tfstack.trainer.replicatedJob" -}}worker{{- end -}}
 {{/* The JobSet's oracle (groups > 1): one child Job "<jobset>-oracle-0" of one pod. */}}
@@ -253,6 +273,8 @@ no cluster variables (it joins no group).
   value: {{ $search.batchSize | quote }}
 - name: TFSTACK_METRICS_PORT
   value: {{ $.Values.trainer.containerPorts.metrics | quote }}
+- name: TFSTACK_TERMINATION_GRACE_SECONDS
+  value: {{ include "tfstack.trainer.saveDeadline" $ | quote }}
 {{- if gt $groups 1 }}
 - name: TFSTACK_ROLE
   value: {{ $role | quote }}
@@ -328,6 +350,8 @@ spec:
 {{- $t := $.Values.trainer -}}
 {{- $oracle := eq (.role | default "worker") "oracle" -}}
 automountServiceAccountToken: false
+{{- /* One value: the kubelet's SIGKILL deadline, and (less the margin) the trainer's save deadline. */}}
+terminationGracePeriodSeconds: {{ int $t.terminationGracePeriodSeconds }}
 {{- if eq .mode "tfjob" }}
 restartPolicy: OnFailure
 {{- else }}
@@ -451,6 +475,14 @@ spec:
   backoffLimit: 0
   podFailurePolicy:
     rules:
+      # A drain, preemption or eviction (the pod carries DisruptionTarget): fail the child Job at once with
+      # the message "Pod NS/P has condition DisruptionTarget matching FailJob rule at index 0", which the
+      # JobSet's first rule restarts outside maxRestarts. First, so that whatever a disrupted trainer exits
+      # with, the disruption decides.
+      - action: FailJob
+        onPodConditions:
+          - type: DisruptionTarget
+            status: "True"
       # Bad input or configuration, or a model the publish gate refused: fail the JobSet.
       - action: FailJob
         onExitCodes:
@@ -525,4 +557,53 @@ spec:
 {{/* TF Serving's metrics path, read from files/monitoring.config (the one place it is set). */}}
 {{- define "tfstack.serving.metricsPath" -}}
 {{- regexFind "path: *\"[^\"]+\"" (.Files.Get "files/monitoring.config") | trimPrefix "path:" | trim | trimAll "\"" -}}
+{{- end -}}
+
+
+{{/*
+TF Serving's placement (a dict for tfstack.scheduling): serving.* as given, and with serving.spreadReplicas
+the soft defaults where serving.affinity / serving.topologySpreadConstraints are empty: prefer another node
+than the other replicas (preferred pod anti-affinity on kubernetes.io/hostname) and spread over zones with
+ScheduleAnyway. Both are preferences: a one-node cluster still schedules every replica.
+*/}}
+{{- define "tfstack.serving.scheduling" -}}
+{{- $s := deepCopy .Values.serving -}}
+{{- $selector := include "tfstack.selectorLabels" (dict "context" . "component" "serving") | fromYaml -}}
+{{- if and $s.spreadReplicas (not $s.affinity) -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" $selector) -}}
+{{- $_ := set $s "affinity" (dict "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term)))) -}}
+{{- end -}}
+{{- if and $s.spreadReplicas (not $s.topologySpreadConstraints) -}}
+{{- $_ := set $s "topologySpreadConstraints" (list (dict "maxSkew" 1 "topologyKey" "topology.kubernetes.io/zone" "whenUnsatisfiable" "ScheduleAnyway" "labelSelector" (dict "matchLabels" $selector))) -}}
+{{- end -}}
+{{- pick $s "priorityClassName" "schedulerName" "runtimeClassName" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" | toYaml -}}
+{{- end -}}
+
+{{/*
+Refuse a ReadWriteOnce claim that pods on different nodes would mount: a ReadWriteOnce volume attaches to
+one node, and every further pod elsewhere waits in ContainerCreating (Multi-Attach error) forever. Mounted
+by several pods: the trainer with more than one pod (workers x groups, plus the oracle), serving with more
+than one replica (or an autoscaler), or both components at once. Only the access modes the chart creates are
+known (storage.mode pvc); an existing claim's modes are not visible at render time.
+*/}}
+{{- define "tfstack.storage.checkSharedClaim" -}}
+{{- $v := .Values -}}
+{{- if and (eq $v.storage.mode "pvc") (not (has "ReadWriteMany" $v.storage.accessModes)) -}}
+{{- $pods := 0 -}}
+{{- $who := list -}}
+{{- if $v.trainer.enabled -}}
+{{- $trainerPods := mul (int $v.trainer.workers) (int $v.trainer.groups) -}}
+{{- if gt (int $v.trainer.groups) 1 }}{{ $trainerPods = add1 $trainerPods }}{{ end -}}
+{{- $pods = add $pods $trainerPods -}}
+{{- $who = append $who (printf "%d trainer pod(s)" $trainerPods) -}}
+{{- end -}}
+{{- if $v.serving.enabled -}}
+{{- $replicas := ternary (int $v.serving.autoscaling.maxReplicas) (int $v.serving.replicaCount) $v.serving.autoscaling.enabled -}}
+{{- $pods = add $pods $replicas -}}
+{{- $who = append $who (printf "up to %d serving replica(s)" $replicas) -}}
+{{- end -}}
+{{- if gt $pods 1 -}}
+{{- fail (printf "storage.accessModes %v cannot be shared: %s would mount the claim, on different nodes, and a %s volume attaches to one node only (every pod after the first waits in ContainerCreating with a Multi-Attach error). Use storage.accessModes [ReadWriteMany] with a StorageClass that offers it (NFS, CephFS, Filestore, EFS, Azure Files), or storage.mode existingClaim with such a claim; TF Serving only reads (ReadOnlyMany suffices for a serving-only release of an existing claim)." $v.storage.accessModes (join " and " $who) (first $v.storage.accessModes)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}

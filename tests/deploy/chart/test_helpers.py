@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import re
 
+import helm_python as helm
 import pytest
 import yaml
 
-from tests.deploy.rendering import CHART_DIR, VALUE_SET_IDS, pod_spec, pod_templates, render, render_values
-from tests.deploy.trainer_contract import EXIT_CODES
+from tests.deploy.rendering import (
+    CHART_DIR,
+    VALUE_SET_IDS,
+    env_of,
+    pod_spec,
+    pod_templates,
+    render,
+    render_values,
+    trainer_workloads,
+)
+from tests.deploy.trainer_contract import EXIT_CODES, SAVE_DEADLINE_VARIABLE
 
 STANDARD = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
             "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart"}
@@ -80,3 +90,24 @@ def test_should_pull_with_secrets_when_image_pull_secrets_is_set() -> None:
     for _, obj in rendered:
         if obj["kind"] in {"JobSet", "Deployment", "Pod"}:
             assert pod_spec(obj)["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+@pytest.mark.parametrize("value_set", [name for name in VALUE_SET_IDS if render(name).values["trainer"]["enabled"]])
+def test_should_give_the_trainer_its_save_deadline_inside_the_grace_period_when_rendered(value_set: str) -> None:
+    """One value, trainer.terminationGracePeriodSeconds, is both the kubelet's SIGKILL deadline of every trainer
+    pod (workers and oracle, every mode) and, less the margin, the deadline the trainer saves within after
+    SIGTERM (TFSTACK_TERMINATION_GRACE_SECONDS, issue 23)."""
+    rendered = render(value_set)
+    trainer = rendered.values["trainer"]
+    for workload in trainer_workloads(rendered):
+        for template in pod_templates(workload):
+            spec = template["spec"]
+            assert spec["terminationGracePeriodSeconds"] == trainer["terminationGracePeriodSeconds"]
+            deadline = int(env_of(spec["containers"][0])[SAVE_DEADLINE_VARIABLE])
+            assert deadline == trainer["terminationGracePeriodSeconds"] - trainer["terminationGraceMarginSeconds"]
+            assert 0 < deadline < spec["terminationGracePeriodSeconds"]
+
+
+def test_should_refuse_a_margin_that_leaves_the_trainer_no_time_to_save() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"terminationGraceMarginSeconds \(30\) must be less than"):
+        render_values({"trainer": {"terminationGracePeriodSeconds": 30, "terminationGraceMarginSeconds": 30}})

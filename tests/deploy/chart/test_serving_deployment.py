@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import helm_python as helm
 import pytest
 
 from serving.config import CONTAINER_CONFIG_DIR, command_line
@@ -16,16 +17,37 @@ TEMPLATE = "serving-deployment.yaml"
 SERVING_SETS = ["defaults", "tfjob", "gpus", "existing_claim", "monitoring", "serving_only"]
 
 
+AGEING_FLAG = "--grpc_channel_arguments="
+
+
+def _grpc_channel_arguments(args: list[str]) -> dict[str, int | str]:
+    """The --grpc_channel_arguments value as TF Serving reads it (model_servers/server.cc at
+    tensorflow/serving@9d981c5c, parseGrpcChannelArgs: split on ",", each on "=" into key and value; a value
+    absl::SimpleAtoi parses into an int32 is passed to gRPC as an integer, else as a string)."""
+    (flag,) = [arg for arg in args if arg.startswith(AGEING_FLAG)]
+    parsed: dict[str, int | str] = {}
+    for argument in flag.removeprefix(AGEING_FLAG).split(","):
+        key, value = argument.split("=")
+        parsed[key] = int(value) if re.fullmatch(r"[+-]?\d+", value) and -2**31 <= int(value) < 2**31 else value
+    return parsed
+
+
+def _server_args(container: dict) -> list[str]:
+    """The arguments the local stand-in (serving/model_server) can parse: it refuses --grpc_channel_arguments by
+    name (docs/model_server.md), so that flag is checked apart, against server.cc's parsing."""
+    return [arg for arg in container["args"] if not arg.startswith(AGEING_FLAG)]
+
+
 def test_should_run_the_command_line_of_serving_config_when_defaults_are_used() -> None:
     container = containers(render("defaults").one(TEMPLATE))[0]
-    assert container["command"] + container["args"] == command_line()
+    assert container["command"] + _server_args(container) == command_line()
 
 
 @pytest.mark.parametrize("value_set", SERVING_SETS)
 def test_should_pass_valid_model_server_flags_when_value_set_is_rendered(value_set: str) -> None:
     container = containers(render(value_set).one(TEMPLATE))[0]
     assert container["command"] == ["tensorflow_model_server"]
-    options = parse_flags(container["args"])  # tensorflow_model_server's flags, as the local stand-in reads them
+    options = parse_flags(_server_args(container))  # tensorflow_model_server's flags, as the local stand-in reads them
     assert options.model_config_file == f"{CONTAINER_CONFIG_DIR}/models.config"
     assert options.monitoring_config_file == f"{CONTAINER_CONFIG_DIR}/monitoring.config"
     assert (options.port, options.rest_api_port) == (8500, 8501)
@@ -160,3 +182,67 @@ def test_should_pin_serving_and_trainer_tensorflow_together_when_images_are_chos
 def test_should_use_the_digest_when_serving_image_digest_is_set() -> None:
     image = containers(render("monitoring").one(TEMPLATE))[0]["image"]
     assert image == "docker.io/tensorflow/serving@sha256:" + "ab" * 32
+
+
+# -- rollouts, scale-downs and drains ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("value_set", SERVING_SETS)
+def test_should_pause_before_sigterm_for_less_than_the_grace_period_when_rendered(value_set: str) -> None:
+    """tensorflow_model_server ignores SIGTERM (tensorflow/serving#1853): the kubelet runs preStop, then
+    SIGTERM, and SIGKILLs at terminationGracePeriodSeconds counted from the start, pause included."""
+    deployment = render(value_set).one(TEMPLATE)
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    command = containers(deployment)[0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and 0 < int(command[1]) < grace
+
+
+def test_should_outlive_every_aged_connection_during_the_pause_when_defaults_are_used() -> None:
+    """With the defaults, a connection opened just before the pod started terminating gets its GOAWAY within
+    1.1 x max_connection_age (gRPC core adds up to +10% jitter) and its calls then have
+    max_connection_age_grace to finish: all of that fits in the preStop pause."""
+    container = containers(render("defaults").one(TEMPLATE))[0]
+    arguments = _grpc_channel_arguments(container["args"])
+    assert set(arguments) == {"grpc.max_connection_age_ms", "grpc.max_connection_age_grace_ms"}
+    age, grace = arguments["grpc.max_connection_age_ms"], arguments["grpc.max_connection_age_grace_ms"]
+    assert isinstance(age, int) and isinstance(grace, int), "server.cc would pass them to gRPC as strings"
+    pause_ms = int(container["lifecycle"]["preStop"]["exec"]["command"][1]) * 1000
+    assert 1.1 * age + grace <= pause_ms
+
+
+def test_should_refuse_to_render_when_the_pause_is_not_shorter_than_the_grace_period() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"preStopPauseSeconds \(45\) must be shorter than "
+                       r"serving.terminationGracePeriodSeconds \(45\)"):
+        render_values({"serving": {"preStopPauseSeconds": 45, "terminationGracePeriodSeconds": 45}})
+    spec = pod_spec(render_values({"serving": {"preStopPauseSeconds": 0, "terminationGracePeriodSeconds": 5}})
+                    .one(TEMPLATE))
+    assert "lifecycle" not in spec["containers"][0] and spec["terminationGracePeriodSeconds"] == 5
+
+
+def test_should_not_age_connections_when_connection_ageing_is_off() -> None:
+    args = containers(render_values({"serving": {"connectionAgeing": {"enabled": False}}}).one(TEMPLATE))[0]["args"]
+    assert not any(arg.startswith(AGEING_FLAG) for arg in args)
+
+
+@pytest.mark.parametrize("value_set", SERVING_SETS)
+def test_should_never_lower_capacity_during_a_rollout_when_rendered(value_set: str) -> None:
+    strategy = render(value_set).one(TEMPLATE)["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0 and strategy["rollingUpdate"]["maxSurge"] >= 1
+
+
+def test_should_prefer_other_nodes_and_zones_for_replicas_when_placement_is_not_set() -> None:
+    """Soft rules only (preferred anti-affinity, ScheduleAnyway): a one-node cluster still runs every
+    replica; their selector is the Deployment's own, so they count exactly its replicas."""
+    deployment = render("defaults").one(TEMPLATE)
+    spec, selector = pod_spec(deployment), deployment["spec"]["selector"]
+    (preferred,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred["podAffinityTerm"]["labelSelector"] == selector
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in spec["affinity"]["podAntiAffinity"]
+    (spread,) = spec["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == ("topology.kubernetes.io/zone", "ScheduleAnyway")
+    assert spread["labelSelector"] == selector
+    gpus = pod_spec(render("gpus").one(TEMPLATE))  # the user's own spread wins
+    assert gpus["topologySpreadConstraints"] == render("gpus").values["serving"]["topologySpreadConstraints"]
+    off = pod_spec(render_values({"serving": {"spreadReplicas": False}}).one(TEMPLATE))
+    assert "affinity" not in off and "topologySpreadConstraints" not in off

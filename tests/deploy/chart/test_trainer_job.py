@@ -19,8 +19,7 @@ from tests.deploy.rendering import (
     restricted_violations,
     trainer_workload,
 )
-from tests.deploy.trainer_contract import EXIT_CODES, resolve_search
-from trainer import config as trainer_config
+from tests.deploy.trainer_contract import EXIT_CODES, load_config, resolve_search
 from trainer.cluster import resolve
 
 TEMPLATE = "trainer-job.yaml"
@@ -77,7 +76,7 @@ def test_should_pass_the_trainer_config_when_the_pod_environment_is_loaded(value
     """trainer.config fails on unknown TFSTACK_* names: the chart must set only names it knows."""
     rendered = render(value_set)
     env = {**env_of(containers(rendered.one(TEMPLATE))[0]), "JOB_COMPLETION_INDEX": "0"}
-    config = trainer_config.load({}, env)
+    config = load_config(env)
     assert config.model_name == rendered.values["model"]["name"]
     assert str(config.export_base) == rendered.values["storage"]["mountPath"]
     assert str(config.run_dir) == rendered.values["storage"]["mountPath"] + "/.runs"

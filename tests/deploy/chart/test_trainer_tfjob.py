@@ -9,7 +9,7 @@ import helm_python as helm
 import pytest
 
 from tests.deploy.rendering import NAMESPACE, containers, env_of, pod_spec, render, render_values, restricted_violations
-from trainer import config as trainer_config
+from tests.deploy.trainer_contract import load_config
 from trainer.cluster import INDEXED_JOB_VARIABLES, resolve
 
 TEMPLATE = "trainer-tfjob.yaml"
@@ -45,7 +45,7 @@ def test_should_resolve_roles_from_the_operator_tf_config_when_mode_is_tfjob() -
         assert cluster.source == "tf_config"
         assert cluster.peers == tuple(peers)
         assert cluster.rank == index and cluster.is_chief == (index == 0)
-    trainer_config.load({}, env)
+    load_config(env)
 
 
 def test_should_run_restricted_when_mode_is_tfjob() -> None:
