@@ -94,7 +94,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "monitoring": {
         "trainer": {"mode": "indexedJob"},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+                    "podMonitor": {"enabled": True}, "dashboard": {"enabled": True}},
+        "tensorboard": {"enabled": True},
         "serving": {
             "autoscaling": {"enabled": True, "targetMemory": 80},
             "pdb": {"minAvailable": 1},

@@ -11,7 +11,7 @@ from tests.deploy.rendering import CHART_DIR, VALUE_SETS, render
 
 TEMPLATES = CHART_DIR / "templates"
 MANIFESTS = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*.yaml"))
-COMPONENTS = ("trainer-", "serving-", "storage-", "tests/client-test-")
+COMPONENTS = ("trainer-", "serving-", "storage-", "tensorboard-", "tests/client-test-")
 
 
 #: The one exception: in indexedJob mode each group of parallel trials is its own Indexed Job (a plain Job

@@ -602,6 +602,10 @@ known (storage.mode pvc); an existing claim's modes are not visible at render ti
 {{- $pods = add $pods $replicas -}}
 {{- $who = append $who (printf "up to %d serving replica(s)" $replicas) -}}
 {{- end -}}
+{{- if $v.tensorboard.enabled -}}
+{{- $pods = add1 $pods -}}
+{{- $who = append $who "TensorBoard" -}}
+{{- end -}}
 {{- if gt $pods 1 -}}
 {{- fail (printf "storage.accessModes %v cannot be shared: %s would mount the claim, on different nodes, and a %s volume attaches to one node only (every pod after the first waits in ContainerCreating with a Multi-Attach error). Use storage.accessModes [ReadWriteMany] with a StorageClass that offers it (NFS, CephFS, Filestore, EFS, Azure Files), or storage.mode existingClaim with such a claim; TF Serving only reads (ReadOnlyMany suffices for a serving-only release of an existing claim)." $v.storage.accessModes (join " and " $who) (first $v.storage.accessModes)) -}}
 {{- end -}}
