@@ -99,7 +99,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                     "podMonitor": {"enabled": True}, "dashboard": {"enabled": True}},
         "tensorboard": {"enabled": True},
         "serving": {
-            "autoscaling": {"enabled": True, "targetMemory": 80},
+            "autoscaling": {"enabled": True, "targetMemory": 80, "requestsPerSecond": 40},
             "pdb": {"minAvailable": 1},
             "image": {"digest": "sha256:" + "ab" * 32},
             "headlessService": {"enabled": True},
@@ -124,6 +124,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "oracle": {"nodeSelector": {"pool": "cpu"}},
             "activeDeadlineSeconds": 86400,
         },
+        "serving": {"autoscaling": {"enabled": True, "requestsPerSecond": 20, "keda": {"enabled": True}}},
         "networkPolicy": {"allowExternalEgress": False},
     },
     "groups_indexed_job": {"trainer": {"mode": "indexedJob", "groups": 3, "workers": 2, "runId": "p3"}},
