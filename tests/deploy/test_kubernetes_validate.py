@@ -1,8 +1,8 @@
 """Every rendered object against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
-fields fail), for the oldest supported (1.29) and the newest known Kubernetes. CRD objects (JobSet,
-TFJob, ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject) are not in those schemas: the JobSet's child Job is
-validated as the Job JobSet creates from it, the TFJob's pod template as a Pod, and JobSet and TFJob against
-their own CRDs (test_crd_schemas.py)."""
+fields fail), for the oldest supported (1.29) and the newest known Kubernetes. CRD objects (JobSet, TFJob,
+ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject, PodGroup) are not in those schemas: the JobSet's
+child Job is validated as the Job JobSet creates from it, the TFJob's pod template as a Pod, and JobSet and
+TFJob against their own CRDs (test_crd_schemas.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from tests.deploy.rendering import VALUE_SET_IDS, jobset_child_jobs, pod_spec, render
 
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
-CRD_KINDS = {"JobSet", "TFJob", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
+CRD_KINDS = {"JobSet", "TFJob", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "PodGroup"}
 
 
 def _validate(obj: dict[str, Any], version: str) -> None:

@@ -337,7 +337,12 @@ scheduler must see every pod of the search).
 metadata:
   labels:
     {{- include "tfstack.stableLabels" (dict "context" $ "component" "trainer" "podLabels" $t.podLabels) | nindent 4 }}
-  {{- with $t.podAnnotations }}
+  {{- $annotations := deepCopy ($t.podAnnotations | default dict) }}
+  {{- if $t.volcano.enabled }}
+  {{- /* Volcano gangs pods that name an existing PodGroup (its podgroup controller makes one per pod otherwise). */}}
+  {{- $_ := set $annotations "scheduling.k8s.io/group-name" (include "tfstack.trainer.podGroupName" $) }}
+  {{- end }}
+  {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -367,10 +372,11 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml $t.podSecurityContext | nindent 2 }}
+{{- $scheduler := ternary ($t.schedulerName | default "volcano") $t.schedulerName $t.volcano.enabled }}
 {{- if $oracle }}
-{{- include "tfstack.scheduling" (merge (pick $t "priorityClassName" "schedulerName") $t.oracle) }}
+{{- include "tfstack.scheduling" (merge (dict "priorityClassName" $t.priorityClassName "schedulerName" $scheduler) $t.oracle) }}
 {{- else }}
-{{- include "tfstack.scheduling" $t }}
+{{- include "tfstack.scheduling" (merge (dict "schedulerName" $scheduler) (omit $t "schedulerName")) }}
 {{- end }}
 {{- /*
 Keras looks for (and downloads) ImageNet weights under KERAS_HOME (/opt/keras in the image) only while
@@ -513,9 +519,7 @@ metadata:
   namespace: {{ $.Release.Namespace }}
   labels:
     {{- include "tfstack.labels" (dict "context" $ "component" "trainer") | nindent 4 }}
-    {{- with $t.queueName }}
-    kueue.x-k8s.io/queue-name: {{ . }}
-    {{- end }}
+    {{- include "tfstack.trainer.kueueLabels" $ | nindent 4 }}
   annotations:
     {{- include "tfstack.checkovSkips" (dict "probeSkips" false) | nindent 4 }}
 spec:
@@ -610,4 +614,29 @@ known (storage.mode pvc); an existing claim's modes are not visible at render ti
 {{- fail (printf "storage.accessModes %v cannot be shared: %s would mount the claim, on different nodes, and a %s volume attaches to one node only (every pod after the first waits in ContainerCreating with a Multi-Attach error). Use storage.accessModes [ReadWriteMany] with a StorageClass that offers it (NFS, CephFS, Filestore, EFS, Azure Files), or storage.mode existingClaim with such a claim; TF Serving only reads (ReadOnlyMany suffices for a serving-only release of an existing claim)." $v.storage.accessModes (join " and " $who) (first $v.storage.accessModes)) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+
+{{/*
+Kueue's labels on the trainer's workload object (never on the pod templates): the LocalQueue and the
+WorkloadPriorityClass. A JobSet is one Kueue workload with one pod set per replicatedJob, admitted whole;
+Indexed Jobs with groups would be G+1 workloads that Kueue could admit in part (some groups waiting on
+quota while the oracle runs), so that combination is refused.
+*/}}
+{{- define "tfstack.trainer.kueueLabels" -}}
+{{- $t := .Values.trainer -}}
+{{- if and $t.queueName (gt (int $t.groups) 1) (eq (include "tfstack.trainer.mode" .) "indexedJob") -}}
+{{- fail (printf "trainer.queueName with trainer.groups=%v and trainer.mode=indexedJob would make %v Kueue workloads that can be admitted in part; use trainer.mode=jobset (one workload, admitted whole)." $t.groups (add1 (int $t.groups))) -}}
+{{- end -}}
+{{- with $t.queueName }}
+kueue.x-k8s.io/queue-name: {{ . }}
+{{- end }}
+{{- with $t.kueuePriorityClass }}
+kueue.x-k8s.io/priority-class: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* The Volcano PodGroup of the search (trainer.volcano.enabled). */}}
+{{- define "tfstack.trainer.podGroupName" -}}
+{{- include "tfstack.trainer.fullname" . -}}
 {{- end -}}
