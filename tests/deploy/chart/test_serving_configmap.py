@@ -15,8 +15,8 @@ from tests.deploy.rendering import CHART_DIR, containers, env_of, render, render
 TEMPLATE = "serving-configmap.yaml"
 
 
-@pytest.mark.parametrize("name", ["monitoring.config", "batching.config"])
-def test_should_ship_identical_copies_when_chart_files_are_compared(name: str) -> None:
+def test_should_ship_an_identical_copy_when_chart_files_are_compared() -> None:
+    name = "monitoring.config"
     assert (CHART_DIR / "files" / name).read_bytes() == (CONFIG_DIR / name).read_bytes()
 
 
@@ -34,7 +34,23 @@ def test_should_parse_every_file_with_tf_serving_protos_when_defaults_are_render
     ours = read_model_server_config(paths["models.config"])
     assert ours == read_model_server_config(CONFIG_DIR / "models.config")
     assert read_monitoring_config(paths["monitoring.config"]).prometheus_config.enable is True
-    assert read_batching_parameters(paths["batching.config"]).max_batch_size.value > 0
+    batching = read_batching_parameters(paths["batching.config"])
+    assert batching == read_batching_parameters(CONFIG_DIR / "batching.config")
+
+
+def test_should_render_the_batching_values_when_they_are_set(tmp_path: Path) -> None:
+    batching = {"maxBatchSize": 64, "allowedBatchSizes": [8, 64], "numBatchThreads": 8,
+                "enableLargeBatchSplitting": True, "maxExecutionBatchSize": 64}
+    data = render_values({"serving": {"batchingParameters": batching}}).one(TEMPLATE)["data"]
+    params = read_batching_parameters(_write(tmp_path, data)["batching.config"])  # TF Serving's proto + invariants
+    assert params.max_batch_size.value == 64 and list(params.allowed_batch_sizes) == [8, 64]
+    assert params.num_batch_threads.value == 8 and params.enable_large_batch_splitting.value is True
+    assert params.max_execution_batch_size.value == 64 and params.batch_timeout_micros.value == 2000
+
+
+def test_should_refuse_allowed_batch_sizes_that_do_not_end_at_the_largest_batch() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"allowedBatchSizes must end with 64"):
+        render_values({"serving": {"batchingParameters": {"maxBatchSize": 64}}})
 
 
 def test_should_serve_the_named_model_from_the_mount_when_model_values_are_set(tmp_path: Path) -> None:

@@ -246,3 +246,15 @@ def test_should_prefer_other_nodes_and_zones_for_replicas_when_placement_is_not_
     assert gpus["topologySpreadConstraints"] == render("gpus").values["serving"]["topologySpreadConstraints"]
     off = pod_spec(render_values({"serving": {"spreadReplicas": False}}).one(TEMPLATE))
     assert "affinity" not in off and "topologySpreadConstraints" not in off
+
+
+def test_should_add_extra_env_and_volumes_when_they_are_set() -> None:
+    values = {"serving": {"extraEnv": [{"name": "TF_CPP_VMODULE", "value": "http_server=1"}],
+                          "extraVolumes": [{"name": "ssl", "secret": {"secretName": "tfserving-ssl"}}],
+                          "extraVolumeMounts": [{"name": "ssl", "mountPath": "/etc/ssl/tfserving", "readOnly": True}]}}
+    deployment = render_values(values).one(TEMPLATE)
+    container = containers(deployment)[0]
+    assert container["env"] == values["serving"]["extraEnv"]
+    assert values["serving"]["extraVolumeMounts"][0] in container["volumeMounts"]
+    volumes = pod_spec(deployment)["volumes"]
+    assert values["serving"]["extraVolumes"][0] in volumes and len({v["name"] for v in volumes}) == len(volumes)
