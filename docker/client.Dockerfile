@@ -6,9 +6,11 @@
 #
 # checkov:skip=CKV_DOCKER_2: a command-line tool that exits after one call; there is nothing to health-check.
 ARG PYTHON_TAG=3.11.14-slim-bookworm
+# "@sha256:<digest of that tag>" pins the base (empty = the tag; docs/deploy.md, "Pinning base images").
+ARG PYTHON_DIGEST=
 
 # --- build: wheels of tfstack[client] and its dependencies, so the final stage installs offline
-FROM python:${PYTHON_TAG} AS build
+FROM python:${PYTHON_TAG}${PYTHON_DIGEST} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trainer/ trainer/
@@ -16,7 +18,7 @@ COPY serving/ serving/
 RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels ".[client]"
 
 # --- final
-FROM python:${PYTHON_TAG}
+FROM python:${PYTHON_TAG}${PYTHON_DIGEST}
 ARG UID=10001
 LABEL org.opencontainers.image.title="tfstack-client" \
       org.opencontainers.image.description="tfstack's thin TF Serving client (gRPC and REST, no TensorFlow)" \

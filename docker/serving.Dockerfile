@@ -8,7 +8,9 @@
 # trainer extra): a SavedModel from a newer TensorFlow may use ops this server does not know.
 # For GPUs: --build-arg TF_SERVING_TAG=2.21.0-gpu.
 ARG TF_SERVING_TAG=2.21.0
-FROM tensorflow/serving:${TF_SERVING_TAG}
+# "@sha256:<digest of that tag>" pins the base (empty = the tag; docs/deploy.md, "Pinning base images").
+ARG TF_SERVING_DIGEST=
+FROM tensorflow/serving:${TF_SERVING_TAG}${TF_SERVING_DIGEST}
 ARG UID=10001
 
 LABEL org.opencontainers.image.title="tfstack-serving" \

@@ -3,15 +3,22 @@
 #
 #   docker build -f docker/trainer.Dockerfile -t tfstack-trainer:0.1.0 .
 #   docker build -f docker/trainer.Dockerfile --build-arg BAKE_WEIGHTS="mobilenet_v2 efficientnet_b0" ...
+#   docker build -f docker/trainer.Dockerfile --build-arg TF_VARIANT= -t tfstack-trainer:0.1.0-cpu .   # CPU only
+#
+# TF_VARIANT picks the base: "-gpu" (CUDA, several GB) or "" (tensorflow/tensorflow:<version>, CPU only, for
+# CPU clusters and compose.cpu.yaml). TF_DIGEST pins it: "@sha256:<digest of that tag>" (empty = the tag);
+# copy it from `docker buildx imagetools inspect tensorflow/tensorflow:<version><variant>` (docs/deploy.md).
 #
 # TensorFlow comes from the base image and is pinned together with the TF Serving image
 # (docker/serving.Dockerfile, k8s/chart values serving.image.tag): the trainer's TensorFlow must not be
 # newer than the server's, or the server meets ops it does not know ("Op type not registered").
 # checkov:skip=CKV_DOCKER_2: a batch job has no health endpoint; Kubernetes and compose watch the exit code.
 ARG TF_VERSION=2.21.0
+ARG TF_VARIANT=-gpu
+ARG TF_DIGEST=
 
 # --- build: a wheel of tfstack (no dependencies), so the final image carries no source tree or build tools
-FROM tensorflow/tensorflow:${TF_VERSION}-gpu AS build
+FROM tensorflow/tensorflow:${TF_VERSION}${TF_VARIANT}${TF_DIGEST} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trainer/ trainer/
@@ -19,8 +26,9 @@ COPY serving/ serving/
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- final
-FROM tensorflow/tensorflow:${TF_VERSION}-gpu
+FROM tensorflow/tensorflow:${TF_VERSION}${TF_VARIANT}${TF_DIGEST}
 ARG TF_VERSION
+ARG TF_VARIANT
 # Space-separated backbones whose ImageNet weights are downloaded now and baked into the image
 # (GPU nodes often have no internet), e.g. "mobilenet_v2 efficientnet_b0"; empty bakes none.
 ARG BAKE_WEIGHTS=""
@@ -29,7 +37,8 @@ ARG UID=10001
 LABEL org.opencontainers.image.title="tfstack-trainer" \
       org.opencontainers.image.description="KerasTuner transfer-learning search under MultiWorkerMirroredStrategy" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      io.tfstack.tensorflow-version="${TF_VERSION}"
+      io.tfstack.tensorflow-version="${TF_VERSION}" \
+      io.tfstack.tensorflow-variant="${TF_VARIANT}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -57,6 +57,10 @@ def test_should_reserve_a_gpu_per_trainer_unless_the_cpu_override_is_used(compos
         assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
         assert "deploy" not in cpu["services"][name]
         assert cpu["services"][name]["environment"] == gpu["services"][name]["environment"]
+        # The CPU image: trainer.Dockerfile without the CUDA base, the rest of the build unchanged.
+        assert cpu["services"][name]["build"]["args"] == {"TF_VARIANT": ""}
+        assert cpu["services"][name]["build"]["dockerfile"] == gpu["services"][name]["build"]["dockerfile"]
+        assert cpu["services"][name]["image"].endswith("-cpu") and not gpu["services"][name]["image"].endswith("-cpu")
     assert "deploy" not in gpu["services"]["serving"]
 
 

@@ -57,11 +57,25 @@ def test_should_run_as_a_numeric_non_root_user_when_the_image_starts(dockerfile:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_should_pin_every_base_image_when_from_is_read(dockerfile: Path) -> None:
     text = dockerfile.read_text()
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", text, re.M))
     for _, base in [i for i in _instructions(dockerfile) if i[0] == "FROM"]:
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base.split()[0])
         _, _, tag = image.partition(":")
         assert tag and tag != "latest" and re.match(r"^\d", tag), image
+        # A digest build argument ends every base reference: empty (the tag) or "@sha256:<64 hex>".
+        (digest_arg,) = re.findall(r"\$\{(\w+_DIGEST)\}$", base.split()[0])
+        assert re.fullmatch(r"(@sha256:[0-9a-f]{64})?", args[digest_arg]), digest_arg
+
+
+def test_should_build_a_cpu_trainer_from_the_same_dockerfile_when_tf_variant_is_empty() -> None:
+    text = (DOCKER / "trainer.Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", text, re.M))
+    bases = [args_ for name, args_ in _instructions(DOCKER / "trainer.Dockerfile") if name == "FROM"]
+    for variant, expected in (("-gpu", "tensorflow/tensorflow:2.21.0-gpu"), ("", "tensorflow/tensorflow:2.21.0")):
+        resolved = {**args, "TF_VARIANT": variant}
+        images = {re.sub(r"\$\{(\w+)\}", lambda m, r=resolved: r[m[1]], b.split()[0]) for b in bases}
+        assert images == {expected}
+    assert args["TF_VARIANT"] == "-gpu"  # the default stays the CUDA image
 
 
 def test_should_start_the_trainer_with_python_m_trainer_when_the_trainer_image_runs() -> None:
@@ -69,7 +83,7 @@ def test_should_start_the_trainer_with_python_m_trainer_when_the_trainer_image_r
     assert json.loads(_last(dockerfile, "ENTRYPOINT")) == ["python", "-m", "trainer"]
     assert json.loads(_last(dockerfile, "CMD")) == ["search"]
     text = dockerfile.read_text()
-    assert "FROM tensorflow/tensorflow:${TF_VERSION}-gpu" in text
+    assert "FROM tensorflow/tensorflow:${TF_VERSION}${TF_VARIANT}${TF_DIGEST}" in text
     assert '"${wheel}[trainer]"' in text
     assert "ARG BAKE_WEIGHTS=" in text and "bake_weights.py ${BAKE_WEIGHTS}" in text
 
