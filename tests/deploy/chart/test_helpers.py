@@ -77,6 +77,8 @@ def test_should_keep_version_labels_out_of_pod_templates_when_rendered(value_set
 
 
 def test_should_name_the_exit_code_contract_once_when_helpers_are_read() -> None:
+    """The chart names the trainer's exit codes once (tfstack.trainer.exitCodes); they must be the trainer's own
+    (trainer.errors through tests/deploy/trainer_contract.py), or the failure policies act on the wrong codes."""
     helpers = (CHART_DIR / "templates" / "_helpers.tpl").read_text()
     body = re.search(r'define "tfstack.trainer.exitCodes" -}}\n(.*?)\n\{\{- end', helpers, re.S)[1]
     assert yaml.safe_load(body) == EXIT_CODES
