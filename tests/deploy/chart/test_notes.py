@@ -49,3 +49,10 @@ def test_should_point_at_the_oracle_and_a_group_chief_when_groups_are_set(value_
     notes = render(value_set).notes
     assert "3 groups of 2 worker(s)" in notes and "oracle" in notes
     assert all(selector in notes for selector in selectors), notes
+
+
+def test_should_name_the_headless_address_when_client_side_balancing_is_on() -> None:
+    rendered = render("monitoring")
+    headless = rendered.one("serving-headless-service.yaml")["metadata"]["name"]
+    assert f"dns:///{headless}.ml.svc.cluster.local:8500" in rendered.notes
+    assert "dns:///" not in render("defaults").notes
