@@ -230,3 +230,16 @@ def python() -> str:
     return sys.executable
 
 
+
+
+def half_plus_two_warmup_record() -> bytes:
+    """One warm-up record (TF Serving's PredictionLog) for half_plus_two's default signature: x = [1.0]."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    log = prediction_log_pb2.PredictionLog()
+    request = log.predict_log.request
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].dtype = 1  # DT_FLOAT
+    request.inputs["x"].tensor_shape.dim.add(size=1)
+    request.inputs["x"].float_val.append(1.0)
+    return log.SerializeToString()

@@ -26,7 +26,13 @@ import pytest
 from serving.client import Client, InvalidInput, ModelNotFound
 from tests.deploy.test_grafana_dashboard import _queries
 from tests.deploy.tools import prometheus, promtool
-from tests.serving.model_server.conftest import free_port, http, wait_until, write_tfrecord
+from tests.serving.model_server.conftest import (
+    free_port,
+    half_plus_two_warmup_record,
+    http,
+    wait_until,
+    write_tfrecord,
+)
 from tests.upstream import require
 
 pytestmark = pytest.mark.slow
@@ -35,25 +41,12 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 HALF_PLUS_TWO_CPU = ("tensorflow_serving", "servables", "tensorflow", "testdata", "saved_model_half_plus_two_cpu")
 
 
-def _warmup_record() -> bytes:
-    """One PredictionLog (TF Serving's warm-up format) for half_plus_two: x = [1.0]. Upstream's model ships
-    no warm-up file, so the test writes one, with TensorFlow's own TFRecord writer."""
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    log = prediction_log_pb2.PredictionLog()
-    request = log.predict_log.request
-    request.model_spec.name = "half_plus_two"
-    request.inputs["x"].dtype = 1  # DT_FLOAT
-    request.inputs["x"].tensor_shape.dim.add(size=1)
-    request.inputs["x"].float_val.append(1.0)
-    return log.SerializeToString()
-
-
 @pytest.fixture
 def metrics_server(tmp_path: Path, start_server: Callable[..., Any]) -> Any:
     base = tmp_path / "models" / "half_plus_two"
     shutil.copytree(require(*HALF_PLUS_TWO_CPU), base)
-    write_tfrecord(base / "00000123" / "assets.extra" / "tf_serving_warmup_requests", [_warmup_record()])
+    # Upstream's model ships no warm-up file: the test writes one (TensorFlow's own TFRecord writer).
+    write_tfrecord(base / "00000123" / "assets.extra" / "tf_serving_warmup_requests", [half_plus_two_warmup_record()])
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     batching = tmp_path / "batching.config"
