@@ -220,4 +220,4 @@ def test_grpc_deadline_reaches_the_caller_during_execution_and_queued_calls_are_
     page = one_thread_probe.metrics.exposition()[0].decode()
     ran_ok = [line for line in page.splitlines()
               if line.startswith(":tensorflow:serving:request_count{") and 'status="OK"' in line]
-    assert ran_ok == [':tensorflow:serving:request_count{model_name="probe",status="OK"} 1']  # the queued one did not run
+    assert ran_ok == [':tensorflow:serving:request_count{model_name="probe",status="OK"} 1']  # queued one: not run
