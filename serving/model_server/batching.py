@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.model_server._proto import session_bundle_config_pb2
+from serving.model_server.config_protos import BatchingParameters
 from serving.model_server.errors import InvalidArgument
 from serving.model_server.metrics import ServerMetrics
 
@@ -59,7 +59,7 @@ class _Queue:
 class Batcher:
     """Merges concurrent calls; one instance per server, queues per ``(servable, signature)``."""
 
-    def __init__(self, params: session_bundle_config_pb2.BatchingParameters,
+    def __init__(self, params: BatchingParameters,
                  metrics: ServerMetrics | None = None) -> None:
         self._metrics = metrics
         self.max_batch_size = params.max_batch_size.value if params.HasField("max_batch_size") else 1000

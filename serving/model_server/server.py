@@ -29,8 +29,8 @@ import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server import config as config_files
-from serving.model_server._proto import session_bundle_config_pb2
 from serving.model_server.batching import Batcher
+from serving.model_server.config_protos import BatchingParameters
 from serving.model_server.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -76,7 +76,7 @@ class ModelServer:
         if options.batching_parameters_file:
             parameters = config_files.read_batching_parameters(options.batching_parameters_file)
         else:
-            parameters = session_bundle_config_pb2.BatchingParameters()
+            parameters = BatchingParameters()
         self.metrics = ServerMetrics()
         if options.enable_batching:
             self.batcher = Batcher(parameters, metrics=self.metrics)
