@@ -9,22 +9,20 @@ outside ``[a-zA-Z0-9_]`` turned into ``:`` (``/tensorflow/serving/request_count`
 lines (the bound printed with six significant digits, as ``absl::StrCat(double)`` does; the last
 bucket ``+Inf``), ``_sum`` and ``_count``. Latencies are MICROSECONDS.
 
-==================================================================  =========================================
-series (labels)                                                     upstream definition
-==================================================================  =========================================
-``:tensorflow:serving:request_count{model_name,status}``            servables/tensorflow/util.cc
-``:tensorflow:serving:request_latency{model_name,API,entrypoint}``  util.cc; Exponential(10, 1.8, 33)
-``:tensorflow:serving:runtime_latency{model_name,API,runtime}``     util.cc; Exponential(10, 1.8, 33)
-``:tensorflow:serving:model_warmup_latency{model_path,status}``     saved_model_warmup_util.cc; (10, 1.8, 33)
-``:tensorflow:serving:model_warmup_records_read{model_path,status}``  saved_model_warmup_util.cc
-``:tensorflow:cc:saved_model:load_attempt_count{model_path,status}``  tensorflow/cc/saved_model/loader.cc
-``:tensorflow:cc:saved_model:load_latency{model_path}``             loader.cc (a counter of microseconds)
-``:tensorflow:serving:batching_session:input_batch_size``           batching/batching_util.h; (1, 2, 14)
-``:tensorflow:serving:batching_session:processed_batch_size``       batching_util.h; (1, 2, 14)
-``:tensorflow:serving:batching_session:padding_size{execution_batch_size}``  batching_util.h; (1, 2, 14)
-``:tensorflow:serving:batching_session:queuing_latency{thread_pool_name}``   batching_session.cc; (100, 1.2, 52)
-``:tensorflow:serving:batching_session:wrapped_run_count``          batching_session.cc
-==================================================================  =========================================
+Series (labels), and where upstream defines them:
+
+- ``:tensorflow:serving:request_count{model_name,status}``: servables/tensorflow/util.cc
+- ``:tensorflow:serving:request_latency{model_name,API,entrypoint}``: util.cc, Exponential(10, 1.8, 33)
+- ``:tensorflow:serving:runtime_latency{model_name,API,runtime}``: util.cc, Exponential(10, 1.8, 33)
+- ``:tensorflow:serving:model_warmup_latency{model_path,status}``: saved_model_warmup_util.cc, (10, 1.8, 33)
+- ``:tensorflow:serving:model_warmup_records_read{model_path,status}``: saved_model_warmup_util.cc
+- ``:tensorflow:cc:saved_model:load_attempt_count{model_path,status}``: tensorflow/cc/saved_model/loader.cc
+- ``:tensorflow:cc:saved_model:load_latency{model_path}``: loader.cc (a counter of microseconds)
+- ``:tensorflow:serving:batching_session:input_batch_size``, ``processed_batch_size`` and
+  ``padding_size{execution_batch_size}``: batching/batching_util.h, Exponential(1, 2, 14)
+- ``:tensorflow:serving:batching_session:queuing_latency{thread_pool_name}``: batching/batching_session.cc,
+  Exponential(100, 1.2, 52)
+- ``:tensorflow:serving:batching_session:wrapped_run_count``: batching_session.cc
 
 When each is recorded follows upstream too (see :meth:`ServerMetrics.observe`): gRPC counts Predict,
 Classify and Regress (``API="Predict"|"Classify"|"Regress"``, ``entrypoint="GRPC"``;
