@@ -239,11 +239,11 @@ class Servable:
         meta_graph = _read_meta_graph(path, set(tags))
         try:
             loaded = tf.saved_model.load(str(path), tags=list(tags))
-        except (ValueError, TypeError, tf.errors.OpError) as exc:
+        except Exception as exc:  # TF1 exports fail in several ways (ValueError, KeyError, OpError...)
             if meta_graph.HasField("object_graph_def"):
                 raise  # a TF2 export: the session loader would not do better
             log.info("model %s version %d: the TF2 loader failed (%s); loading it as a session bundle",
-                     name, version, str(exc).splitlines()[0][:200])
+                     name, version, (str(exc).splitlines() or [type(exc).__name__])[0][:200])
             loaded = session_bundle.SessionBundle.load(path, tags, meta_graph)
         return cls(name, version, path, meta_graph, loaded)
 

@@ -160,3 +160,18 @@ def test_should_serve_half_plus_three_from_a_session_when_the_tf2_loader_refuses
     assert Servable.load("half_plus_three", 123, half_plus_three).session_style
     half_plus_two = tf_serving_testdata("saved_model_half_plus_two_cpu", "00000123")
     assert not Servable.load("half_plus_two", 123, half_plus_two).session_style
+
+
+def test_should_refuse_a_session_style_export_when_its_variables_are_missing(tmp_path: Path) -> None:
+    """A TF1 export that neither loader can load fails with the session loader's error (the TF2 loader's one
+    chained to it), so the version ends in error instead of serving nothing."""
+    import shutil
+
+    from serving.model_server.servable import Servable
+
+    version = tmp_path / "1"
+    shutil.copytree(tf_serving_testdata("saved_model_half_plus_three", "00000123"), version)
+    shutil.rmtree(version / "variables")
+    with pytest.raises(ValueError, match="not a valid checkpoint") as info:
+        Servable.load("half_plus_three", 1, version)
+    assert info.value.__context__ is not None  # the TF2 loader's failure came first
