@@ -358,3 +358,25 @@ def test_half_plus_three_rest_as_api_rest_md_documents(half_plus_three_server: A
     assert http("POST", f"{url}:regress", json.dumps(examples)) == (200, {"results": [3.5, 4.0]})
     status, body = http("POST", f"{url}:classify", json.dumps(examples))
     assert status == 400 and NOT_A_CLASSIFIER in body["error"]
+
+
+def test_empty_model_name_is_invalid_argument(stubs: tuple[Any, Any], default_server: Any) -> None:
+    """server_core.cc ServableRequestFromModelSpec: "ModelSpec has no name specified." (INVALID_ARGUMENT) for
+    predict, classify, regress and metadata; GetModelStatus looks the name up instead (NOT_FOUND,
+    get_model_status_impl.cc)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.SetInParent()
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(2.0)
+    with pytest.raises(grpc.RpcError) as info:
+        stubs[0].Predict(request, timeout=RPC_TIMEOUT)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                         "ModelSpec has no name specified.")
+    with pytest.raises(grpc.RpcError) as info:
+        _regress(stubs[0], "")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.SetInParent()
+    with pytest.raises(grpc.RpcError) as info:
+        stubs[1].GetModelStatus(status, timeout=RPC_TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
