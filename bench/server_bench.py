@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--grpc_max_threads", type=int, default=8)
     parser.add_argument("--model", type=Path,
-                        default=REPO / "tests" / "fixtures" / "upstream_models" / "saved_model_half_plus_two_cpu")
+                        default=REPO.parent / "shared" / "upstream" / "tensorflow_serving" / "servables" / "tensorflow"
+                        / "testdata" / "saved_model_half_plus_two_cpu")  # upstream's own (tests/upstream.py)
     parser.add_argument("--server-flag", dest="server_flag", action="append", default=[],
                         help="extra flag for the model server, e.g. --server-flag=--tensorflow_inter_op_parallelism=1")
     parser.add_argument("--baseline", type=Path, help="another checkout whose model server gets a row too")

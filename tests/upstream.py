@@ -35,3 +35,12 @@ def require(*parts: str) -> Path:
     if path is None:
         pytest.skip(f"needs the upstream artefact shared/upstream/{'/'.join(parts)} (see tests/upstream.py)")
     return path
+
+
+#: TF Serving's test SavedModels: ``shared/upstream/tensorflow_serving/servables/tensorflow/testdata/<name>``.
+TF_SERVING_TESTDATA = ("tensorflow_serving", "servables", "tensorflow", "testdata")
+
+
+def tf_serving_testdata(name: str, *parts: str) -> Path:
+    """One of TF Serving's own test models (``saved_model_half_plus_two_cpu``, ...), or skip naming it."""
+    return require(*TF_SERVING_TESTDATA, name, *parts)

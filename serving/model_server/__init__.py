@@ -10,7 +10,8 @@ it::
 
 Importing the package is cheap; ``ModelServer`` (and TensorFlow with it) is imported on first use, so the
 CLI rejects bad flags in a fraction of a second. The server loads SavedModels with ``tf.saved_model.load``
-and speaks through the official ``tensorflow_serving.apis`` messages and servicers.
+(a TF1 export it refuses runs in a ``tf.compat.v1`` session, as TF Serving runs every model) and speaks
+through the official ``tensorflow_serving.apis`` messages and servicers.
 """
 
 from __future__ import annotations

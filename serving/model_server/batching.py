@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.model_server._proto import session_bundle_config_pb2
+from serving.model_server.config_protos import BatchingParameters
 from serving.model_server.errors import InvalidArgument
+from serving.model_server.metrics import ServerMetrics
 
 __all__ = ["Batcher"]
 
@@ -46,6 +47,7 @@ class _Task:
     finished: bool = False
     result: dict[str, np.ndarray] | None = None
     error: BaseException | None = None
+    enqueued: float = field(default_factory=time.monotonic)  # for the queuing-latency metric
 
 
 @dataclass
@@ -57,7 +59,9 @@ class _Queue:
 class Batcher:
     """Merges concurrent calls; one instance per server, queues per ``(servable, signature)``."""
 
-    def __init__(self, params: session_bundle_config_pb2.BatchingParameters) -> None:
+    def __init__(self, params: BatchingParameters,
+                 metrics: ServerMetrics | None = None) -> None:
+        self._metrics = metrics
         self.max_batch_size = params.max_batch_size.value if params.HasField("max_batch_size") else 1000
         self.timeout = (params.batch_timeout_micros.value if params.HasField("batch_timeout_micros") else 0) / 1e6
         self.num_batch_threads = max(params.num_batch_threads.value if params.HasField("num_batch_threads") else 1, 1)
@@ -86,11 +90,15 @@ class Batcher:
         size = next(iter(rows))
         if size > self.max_batch_size:
             raise InvalidArgument(f"Task size {size} is larger than maximum input batch size {self.max_batch_size}")
+        if self._metrics is not None:  # BatchingSession::ComputeInputSize: dimension 0 of every input
+            self._metrics.batch_input([a.shape[0] for a in inputs.values()])
         if size > self.execution_batch_size:  # only with enable_large_batch_splitting
             step = self.execution_batch_size
+            self._record([size - i if size - i < step else step for i in range(0, size, step)], [0.0])
             pieces = [run({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, size, step)]
             return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
         if size >= self.execution_batch_size:
+            self._record([size], [0.0])
             return run(inputs)
         key = tuple(sorted((alias, a.dtype.str, a.shape[1:]) for alias, a in inputs.items()))
         task = _Task(inputs, size, key, run)
@@ -139,6 +147,8 @@ class Batcher:
                         self._lock.wait(remaining)
                 batch = self._take(queue, first)
             if batch:
+                now = time.monotonic()
+                self._record([sum(t.rows for t in batch)], [now - t.enqueued for t in batch])
                 self._execute(batch)
             with self._lock:
                 for task in batch:
@@ -154,6 +164,12 @@ class Batcher:
                     queue.running -= 1
                 self._lock.notify_all()
             return
+
+    def _record(self, batch_sizes: list[int], queued_seconds: list[float]) -> None:
+        """The batching session's series for batches about to run (no padding: sizes are as merged)."""
+        if self._metrics is not None:
+            for i, rows in enumerate(batch_sizes):
+                self._metrics.batch_processed(rows, rows, queued_seconds if i == 0 else [])
 
     @staticmethod
     def _execute(batch: list[_Task]) -> None:

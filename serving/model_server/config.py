@@ -1,10 +1,10 @@
-"""Reading TF Serving's config files with TF Serving's own protos, as ``tensorflow_model_server`` does.
+"""Reading TF Serving's config files with TF Serving's own messages, as ``tensorflow_model_server`` does.
 
 ``--model_config_file`` is a ``ModelServerConfig`` text proto (tensorflow-serving-api's
-``model_server_config_pb2``), ``--monitoring_config_file`` a ``MonitoringConfig`` and
-``--batching_parameters_file`` a ``BatchingParameters`` (both generated from upstream sources in
-``serving.model_server._proto``). Each is parsed with ``google.protobuf.text_format``; problems raise
-:class:`ConfigError` naming the file.
+``model_server_config_pb2``); ``--monitoring_config_file`` a ``MonitoringConfig``,
+``--batching_parameters_file`` a ``BatchingParameters`` and ``--ssl_config_file`` an ``SSLConfig`` (declared
+in :mod:`serving.model_server.config_protos`: no installed package ships them). Each is parsed with
+``google.protobuf.text_format``; problems raise :class:`ConfigError` naming the file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TypeVar
 from google.protobuf import message, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.model_server._proto import monitoring_config_pb2, session_bundle_config_pb2
+from serving.model_server.config_protos import BatchingParameters, MonitoringConfig, SSLConfig
 from serving.model_server.errors import ConfigError
 
 __all__ = [
@@ -35,30 +35,6 @@ DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 _M = TypeVar("_M", bound=message.Message)
 
 
-def _ssl_config_class() -> type[message.Message]:
-    """``tensorflow.serving.SSLConfig`` (``--ssl_config_file``), which tensorflow-serving-api does not ship.
-
-    Built from a descriptor written here (four fields: ``server_key`` 1, ``server_cert`` 2, ``custom_ca`` 3,
-    ``client_verify`` 4), registered in a private pool so it cannot clash with a generated module.
-    """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    file_proto = descriptor_pb2.FileDescriptorProto(
-        name="tfstack/model_server/ssl_config.proto", package="tensorflow.serving", syntax="proto3"
-    )
-    message_proto = file_proto.message_type.add(name="SSLConfig")
-    string, boolean = descriptor_pb2.FieldDescriptorProto.TYPE_STRING, descriptor_pb2.FieldDescriptorProto.TYPE_BOOL
-    for number, (name, kind) in enumerate(
-        (("server_key", string), ("server_cert", string), ("custom_ca", string), ("client_verify", boolean)), 1
-    ):
-        message_proto.field.add(name=name, number=number, type=kind,
-                                label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file_proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
-
-
-SSLConfig = _ssl_config_class()
 
 
 def _read_text_proto(path: str | Path, proto: _M) -> _M:
@@ -135,9 +111,9 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
     return config
 
 
-def read_monitoring_config(path: str | Path) -> monitoring_config_pb2.MonitoringConfig:
+def read_monitoring_config(path: str | Path) -> MonitoringConfig:
     """Parse a ``--monitoring_config_file``; an enabled endpoint without a path gets TF Serving's default."""
-    config = _read_text_proto(path, monitoring_config_pb2.MonitoringConfig())
+    config = _read_text_proto(path, MonitoringConfig())
     prometheus = config.prometheus_config
     if prometheus.enable and not prometheus.path:
         prometheus.path = DEFAULT_PROMETHEUS_PATH
@@ -160,9 +136,9 @@ def read_ssl_config(path: str | Path) -> message.Message:
     return config
 
 
-def read_batching_parameters(path: str | Path) -> session_bundle_config_pb2.BatchingParameters:
+def read_batching_parameters(path: str | Path) -> BatchingParameters:
     """Parse a ``--batching_parameters_file`` and check the invariants TF Serving's batcher enforces."""
-    params = _read_text_proto(path, session_bundle_config_pb2.BatchingParameters())
+    params = _read_text_proto(path, BatchingParameters())
     max_batch = params.max_batch_size.value if params.HasField("max_batch_size") else 1000
     sizes = list(params.allowed_batch_sizes)
     if sizes:

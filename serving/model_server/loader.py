@@ -304,7 +304,12 @@ class ModelManager:
     # ------------------------------------------------------------------------------------ requests
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The servable a request names: a version, a label, or the latest AVAILABLE version."""
+        """The servable a request names: a version, a label, or the latest AVAILABLE version.
+
+        An empty name is INVALID_ARGUMENT, as ServerCore::ServableRequestFromModelSpec answers.
+        """
+        if not name:
+            raise InvalidArgument("ModelSpec has no name specified.")
         if version is not None and label:
             raise InvalidArgument(
                 f"Both model version ({version}) and model version label ({label}) cannot be supplied."

@@ -3,13 +3,17 @@
 A :class:`Servable` is immutable once built and safe to call from many threads; the loader swaps whole
 servables in and out, and a request that already holds one finishes on it even if it was unloaded meanwhile.
 SignatureDefs are read from ``saved_model.pb`` itself (what GetModelMetadata returns, exactly as TF Serving
-does); the callables come from ``tf.saved_model.load(path).signatures``.
+does); the callables come from ``tf.saved_model.load(path).signatures``, or, for a session-style (TF1)
+export that loader cannot load, from a ``tf.compat.v1`` session run on the SignatureDef's tensor names
+(:mod:`serving.model_server.session_bundle`, as TF Serving's SavedModelBundle runs every model). Either
+way a servable offers the same signatures and calls, so the request path does not know which loader ran.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +28,10 @@ from tensorflow.python.framework import ops
 from tensorflow.python.util import nest
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving.model_server import tensors
+from serving.model_server import session_bundle, tensors
 from serving.model_server.batching import Batcher
 from serving.model_server.errors import FailedPrecondition, Internal, InvalidArgument, ModelServerError
+from serving.model_server.metrics import ServerMetrics
 
 __all__ = [
     "CLASSIFY_METHOD",
@@ -35,6 +40,7 @@ __all__ = [
     "REGRESS_METHOD",
     "Servable",
     "SignatureInfo",
+    "WarmupDataLoss",
     "read_warmup_records",
     "serialize_input",
 ]
@@ -81,6 +87,8 @@ class SignatureInfo:
     def call(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
         """Call the signature function on numpy arrays: directly in the eager runtime where possible (see
         :class:`_DirectCall`), else with the flat call, which skips Python argument binding, else with keywords."""
+        if isinstance(self.function, session_bundle.SessionSignature):
+            return self.function(arrays)
         if not self.flat_order:
             return self.function(**{alias: _constant(array) for alias, array in arrays.items()})
         direct = self.direct
@@ -160,6 +168,10 @@ def _read_meta_graph(path: Path, tags: set[str]) -> meta_graph_pb2.MetaGraphDef:
     raise ValueError(f"Expected a MetaGraphDef with tags {sorted(tags)} in {path}. Received: tags {found}")
 
 
+class WarmupDataLoss(ValueError):
+    """A warm-up file that is not whole TFRecords (TF Serving: DATA_LOSS)."""
+
+
 def read_warmup_records(path: Path) -> list[prediction_log_pb2.PredictionLog]:
     """Read TF Serving's warm-up file (a TFRecord of ``PredictionLog``), at most 1000 records."""
     data = path.read_bytes()
@@ -167,11 +179,11 @@ def read_warmup_records(path: Path) -> list[prediction_log_pb2.PredictionLog]:
     offset = 0
     while offset < len(data):
         if offset + 12 > len(data):
-            raise ValueError(f"Expected a whole TFRecord header in {path}. Received: truncated at byte {offset}")
+            raise WarmupDataLoss(f"Expected a whole TFRecord header in {path}. Received: truncated at byte {offset}")
         (length,) = struct.unpack_from("<Q", data, offset)
         start = offset + 12
         if start + length + 4 > len(data):
-            raise ValueError(f"Expected a whole TFRecord in {path}. Received: truncated at byte {offset}")
+            raise WarmupDataLoss(f"Expected a whole TFRecord in {path}. Received: truncated at byte {offset}")
         records.append(prediction_log_pb2.PredictionLog.FromString(data[start : start + length]))
         offset = start + length + 4
         if len(records) > MAX_WARMUP_RECORDS:
@@ -189,10 +201,15 @@ class Servable:
         self.version = version
         self.path = path
         self.signature_defs = dict(meta_graph.signature_def)
-        self._loaded = loaded  # keeps the variables alive
+        self._loaded = loaded  # keeps the variables (or the session) alive
         self.batcher: Batcher | None = None  # set by the server when --enable_batching
         self.method_name_check = False  # set by the server: --enable_signature_method_name_check
+        self.metrics: ServerMetrics | None = None  # set by the server: runtime latency
         self.signatures: dict[str, SignatureInfo] = {}
+        if isinstance(loaded, session_bundle.SessionBundle):
+            for sig_name, (method, inputs, outputs, run) in loaded.signatures().items():
+                self.signatures[sig_name] = SignatureInfo(sig_name, method, inputs, outputs, run)
+            return
         for sig_name, sig_def in self.signature_defs.items():
             if sig_name not in loaded.signatures:
                 continue  # e.g. TF1 "__saved_model_init_op"
@@ -205,13 +222,34 @@ class Servable:
                 sig_name, sig_def.method_name, inputs, tuple(sorted(fn.structured_outputs)), fn
             )
 
+    @property
+    def session_style(self) -> bool:
+        """Whether this version runs in a ``tf.compat.v1`` session (a TF1 export the TF2 loader refused)."""
+        return isinstance(self._loaded, session_bundle.SessionBundle)
+
     @classmethod
     def load(cls, name: str, version: int, path: str | Path, tags: Sequence[str] = ("serve",)) -> Servable:
-        """Load ``path`` (a version directory). Raises whatever TensorFlow raises for a broken export."""
+        """Load ``path`` (a version directory). Raises whatever TensorFlow raises for a broken export.
+
+        ``tf.saved_model.load`` first; a TF1 export (no object graph) that it cannot load, such as
+        upstream's ``saved_model_half_plus_three`` ("Shape must be rank 1 but is rank 0" while it
+        re-traces the ParseExample of the regress signature), is loaded into a session instead.
+        """
         path = Path(path)
         meta_graph = _read_meta_graph(path, set(tags))
-        loaded = tf.saved_model.load(str(path), tags=list(tags))
+        try:
+            loaded = tf.saved_model.load(str(path), tags=list(tags))
+        except Exception as exc:  # TF1 exports fail in several ways (ValueError, KeyError, OpError...)
+            if meta_graph.HasField("object_graph_def"):
+                raise  # a TF2 export: the session loader would not do better
+            log.info("model %s version %d: the TF2 loader failed (%s); loading it as a session bundle",
+                     name, version, (str(exc).splitlines() or [type(exc).__name__])[0][:200])
+            loaded = session_bundle.SessionBundle.load(path, tags, meta_graph)
         return cls(name, version, path, meta_graph, loaded)
+
+    def _runtime(self, method: str, start: float) -> None:
+        if self.metrics is not None:
+            self.metrics.runtime(self.name, method, time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------------------ lookups
 
@@ -257,7 +295,7 @@ class Servable:
             raise error(f"{exc.message} (model {self.name!r} version {self.version}, signature {info.name!r})") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"{exc} (model {self.name!r} signature {info.name!r})") from exc
-        return {k: v.numpy() for k, v in result.items()}
+        return {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in result.items()}
 
     def predict(
         self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
@@ -293,10 +331,12 @@ class Servable:
                 raise InvalidArgument(f"duplicate output tensor alias: {alias}")
             seen.add(alias)
         feed = self._feed(info, inputs)
+        start = time.perf_counter()
         if self.batcher is not None:
             outputs = self.batcher.run((id(self), info.name), feed, lambda merged: self._call(info, merged))
         else:
             outputs = self._call(info, feed)
+        self._runtime("predict", start)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return info, outputs
@@ -325,7 +365,9 @@ class Servable:
                 'Expected classification signature outputs to contain at least one of "classes" or "scores". '
                 f"Signature was: {self.signature_defs[info.name]}"
             )
+        start = time.perf_counter()
         outputs = self._run(info, {"inputs": np.array(list(serialized), dtype=object)})
+        self._runtime("classify", start)
         classes, scores = outputs.get("classes"), outputs.get("scores")
         n = len(serialized)
         for label, array in (("classes", classes), ("scores", scores)):
@@ -342,7 +384,9 @@ class Servable:
         info = self._example_signature(signature_name, REGRESS_METHOD)
         if "outputs" not in info.outputs:
             raise InvalidArgument(f"No regression outputs found in SignatureDef: {self.signature_defs[info.name]}")
+        start = time.perf_counter()
         values = self._run(info, {"inputs": np.array(list(serialized), dtype=object)})["outputs"]
+        self._runtime("regress", start)
         n = len(serialized)
         if values.size != n or values.ndim not in (1, 2):
             raise InvalidArgument(f"Expected output 'outputs' of shape [{n}] or [{n}, 1]. Received: {values.shape}")

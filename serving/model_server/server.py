@@ -29,8 +29,8 @@ import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server import config as config_files
-from serving.model_server._proto import session_bundle_config_pb2
 from serving.model_server.batching import Batcher
+from serving.model_server.config_protos import BatchingParameters
 from serving.model_server.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -45,7 +45,7 @@ from serving.model_server.health import HealthService
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.rest_api import RestApi, RestServer
-from serving.model_server.servable import Servable
+from serving.model_server.servable import WARMUP_FILE, Servable, WarmupDataLoss
 
 __all__ = ["READY_MESSAGE", "ModelServer"]
 
@@ -76,12 +76,12 @@ class ModelServer:
         if options.batching_parameters_file:
             parameters = config_files.read_batching_parameters(options.batching_parameters_file)
         else:
-            parameters = session_bundle_config_pb2.BatchingParameters()
+            parameters = BatchingParameters()
+        self.metrics = ServerMetrics()
         if options.enable_batching:
-            self.batcher = Batcher(parameters)
+            self.batcher = Batcher(parameters, metrics=self.metrics)
         self._ssl_config = config_files.read_ssl_config(options.ssl_config_file) if options.ssl_config_file else None
         _configure_tensorflow_threads(options)
-        self.metrics = ServerMetrics()
         self._stop = threading.Event()
         self.manager = ModelManager(
             self._load,
@@ -262,20 +262,38 @@ class ModelServer:
     # ------------------------------------------------------------------------------------ internals
 
     def _load(self, name: str, version: int, path: Path) -> Servable:
+        """One load attempt: the SavedModel (``load_attempt_count``, as loader.cc counts LoadSavedModel),
+        then the warm-up replay (``model_warmup_latency``, as saved_model_warmup_util.cc records it)."""
         tags = [t.strip() for t in self.options.saved_model_tags.split(",") if t.strip()]
+        start = time.perf_counter()
         try:
             servable = Servable.load(name, version, path, tags)
-            servable.batcher = self.batcher
-            servable.method_name_check = self.options.enable_signature_method_name_check
-            if self.options.enable_model_warmup:
-                servable.warm_up(self.options.num_request_iterations_for_warmup)
         except Exception:
-            self.metrics.load_failures.labels(name).inc()
+            self.metrics.load_attempt(str(path), False, time.perf_counter() - start)
             raise
+        self.metrics.load_attempt(str(path), True, time.perf_counter() - start)
+        servable.batcher = self.batcher
+        servable.metrics = self.metrics
+        servable.method_name_check = self.options.enable_signature_method_name_check
+        if self.options.enable_model_warmup:
+            self._warm_up(servable)
         return servable
 
+    def _warm_up(self, servable: Servable) -> None:
+        """RunSavedModelWarmup: recorded only when the file exists; a failing request returns before the
+        metric is recorded (upstream's single-threaded path), a file that is not TFRecords records DATA_LOSS."""
+        if not (servable.path / WARMUP_FILE).exists():
+            return
+        iterations = max(self.options.num_request_iterations_for_warmup, 1)
+        start = time.perf_counter()
+        try:
+            count = servable.warm_up(iterations)
+        except WarmupDataLoss as exc:
+            self.metrics.warmup(str(servable.path), f"DATA_LOSS: {exc}", time.perf_counter() - start, 0)
+            raise
+        self.metrics.warmup(str(servable.path), "OK", time.perf_counter() - start, count // iterations)
+
     def _on_change(self, manager: ModelManager) -> None:
-        self.metrics.set_models(manager.model_names())
         self.metrics.set_version_counts(manager.version_counts())
 
     def _poll_versions(self) -> None:

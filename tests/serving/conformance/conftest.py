@@ -1,9 +1,11 @@
 """Fixtures for the conformance suite: TF Serving's own test expectations, run against the local server.
 
-Every test here cites the upstream file (and test) of tensorflow/serving its expectation comes from. The
-models are ours, rebuilt to upstream's specification by ``tests/fixtures/make_upstream_models.py`` under
-upstream's names (``saved_model_half_plus_two_cpu``, ...). Servers run in this process on real loopback
-ports (``start_server``) or as ``python -m serving.model_server`` subprocesses; readiness is polled.
+Every test here cites the upstream file (and test) of tensorflow/serving its expectation comes from, and
+runs on upstream's own test models (``saved_model_half_plus_two_cpu``, ``saved_model_half_plus_three``, ...,
+unchanged in shared/upstream, found through tests/upstream.py), copied per test. Where upstream's tests use
+a model of their own that testdata does not hold, the test builds one and says so (:func:`build_probe_model`).
+Servers run in this process on real loopback ports (``start_server``) or as ``python -m serving.model_server``
+subprocesses; readiness is polled.
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.serving.model_server.conftest import (  # noqa: F401 - fixtures re-exported for this directory
-    UPSTREAM_MODELS,
     free_port,
     http,
     start_server,
     wait_until,
 )
+from tests.upstream import tf_serving_testdata
 
 
 def upstream_model(tmp_path: Path, name: str, versions: tuple[str, ...] | None = None) -> Path:
-    """A copy of one of our upstream-equivalent models (all versions, or ``versions``) under ``tmp_path``."""
-    source = UPSTREAM_MODELS / name
+    """A copy of one of upstream's test models (all versions, or ``versions``) under ``tmp_path``."""
+    source = tf_serving_testdata(name)
     target = tmp_path / "models" / name
     target.mkdir(parents=True)
     for version in sorted(p.name for p in source.iterdir()):

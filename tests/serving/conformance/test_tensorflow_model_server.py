@@ -1,8 +1,8 @@
 """Ports of tensorflow_serving/model_servers/tensorflow_model_server_test.py and g3doc's documented examples.
 
 Each test names the upstream test (or document) whose expectation it checks. Upstream runs the real
-``tensorflow_model_server`` binary on its testdata; here the local server runs on our rebuilds of the same
-models (``tests/fixtures/make_upstream_models.py``).
+``tensorflow_model_server`` binary on its testdata; here the local server runs on the same files
+(shared/upstream, unchanged; tests/upstream.py).
 """
 
 from __future__ import annotations
@@ -310,3 +310,73 @@ def test_g3doc_documented_predict(start_server: Any, half_plus_two: Path, body: 
     returns `{ "predictions": [2.5, 3.0, 4.5] }`) and g3doc/api_rest.md's row format."""
     server = start_server("--model_name=half_plus_two", f"--model_base_path={half_plus_two}")
     assert http("POST", _url(server, "/v1/models/half_plus_two:predict"), json.dumps(body)) == (200, expected)
+
+
+# ------------------------------------------------------------------------------------------------ half_plus_three
+# Upstream's session-style (TensorFlow 1.0) model, which tf.saved_model.load refuses: served from a
+# tf.compat.v1 session. Values: testGoodModelConfig (x = 2.0 -> 4.0) and g3doc/api_rest.md's examples.
+
+HALF_PLUS_THREE_REGRESS = "tensorflow/serving/regress"
+#: classifier.cc PreProcessClassification: the model has no classify signature.
+NOT_A_CLASSIFIER = 'Expected classification signature outputs to contain at least one of "classes" or "scores"'
+
+
+@pytest.fixture
+def half_plus_three_server(start_server: Any, tmp_path: Path) -> Any:
+    base = upstream_model(tmp_path, "saved_model_half_plus_three")
+    return start_server("--model_name=half_plus_three", f"--model_base_path={base}")
+
+
+def test_half_plus_three_predict_grpc(half_plus_three_server: Any) -> None:
+    """testGoodModelConfig: half_plus_three answers 4.0 for x = 2.0, version 123, with and without output_filter."""
+    for specify in (True, False):
+        verify_predict(half_plus_three_server.grpc_port, 4.0, 123, model_name="half_plus_three",
+                       specify_output=specify)
+
+
+def test_half_plus_three_regress_and_classify_grpc(half_plus_three_server: Any) -> None:
+    """Regress on its regress signature (x = 2.0 -> 4.0, as api_rest.md's regress); Classify has no classify
+    signature to run and answers INVALID_ARGUMENT with classifier.cc's message."""
+    with grpc.insecure_channel(f"127.0.0.1:{half_plus_three_server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        result = _regress(stub, "half_plus_three", HALF_PLUS_THREE_REGRESS)
+        assert [r.value for r in result.result.regressions] == [4.0]
+        assert (result.model_spec.signature_name, result.model_spec.version.value) == (HALF_PLUS_THREE_REGRESS, 123)
+        with pytest.raises(grpc.RpcError) as info:
+            _classify(stub, "half_plus_three", HALF_PLUS_THREE_REGRESS)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert NOT_A_CLASSIFIER in info.value.details()
+
+
+def test_half_plus_three_rest_as_api_rest_md_documents(half_plus_three_server: Any) -> None:
+    """g3doc/api_rest.md: predict {"instances": [1.0,2.0,5.0]} -> [3.5, 4.0, 5.5]; regress on
+    tensorflow/serving/regress with x = 1.0, 2.0 -> [3.5, 4.0]; classify: 400 with the error."""
+    url = _url(half_plus_three_server, "/v1/models/half_plus_three")
+    assert http("POST", f"{url}:predict", json.dumps({"instances": [1.0, 2.0, 5.0]})) == (
+        200, {"predictions": [3.5, 4.0, 5.5]})
+    examples = {"signature_name": HALF_PLUS_THREE_REGRESS, "examples": [{"x": 1.0}, {"x": 2.0}]}
+    assert http("POST", f"{url}:regress", json.dumps(examples)) == (200, {"results": [3.5, 4.0]})
+    status, body = http("POST", f"{url}:classify", json.dumps(examples))
+    assert status == 400 and NOT_A_CLASSIFIER in body["error"]
+
+
+def test_empty_model_name_is_invalid_argument(stubs: tuple[Any, Any], default_server: Any) -> None:
+    """server_core.cc ServableRequestFromModelSpec: "ModelSpec has no name specified." (INVALID_ARGUMENT) for
+    predict, classify, regress and metadata; GetModelStatus looks the name up instead (NOT_FOUND,
+    get_model_status_impl.cc)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.SetInParent()
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(2.0)
+    with pytest.raises(grpc.RpcError) as info:
+        stubs[0].Predict(request, timeout=RPC_TIMEOUT)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                         "ModelSpec has no name specified.")
+    with pytest.raises(grpc.RpcError) as info:
+        _regress(stubs[0], "")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.SetInParent()
+    with pytest.raises(grpc.RpcError) as info:
+        stubs[1].GetModelStatus(status, timeout=RPC_TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

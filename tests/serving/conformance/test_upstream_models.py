@@ -1,10 +1,10 @@
-"""Our rebuilds of TF Serving's test models match upstream's: SignatureDefs and computed values.
+"""TF Serving's own test models, as the local server loads them: their SignatureDefs and computed values.
 
-``tests/fixtures/make_upstream_models.py`` writes the models; these tests pin what they must be. When
-TF Serving's own files are present under ``<repo>/../shared/upstream/tensorflow_serving/servables/tensorflow/
-testdata/`` (placed there by the steering side, never committed here), every signature is compared with
-upstream's field by field, and the values computed by both are compared where TensorFlow 2 can load
-upstream's file.
+The models are upstream's files, unchanged (shared/upstream/tensorflow_serving/servables/tensorflow/testdata,
+tensorflow/serving 9d981c5c; tests/upstream.py). The tables below are what the conformance tests rely on;
+the values are what upstream's tests expect (y = 0.5 x + 2, + 3 for half_plus_three, x2 -> 0.5 x + 3).
+``saved_model_half_plus_three`` (TensorFlow 1.0 era) is refused by ``tf.saved_model.load`` and served
+from a ``tf.compat.v1`` session, as TF Serving's SavedModelBundle serves every model.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import pytest
 from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from tests.fixtures.make_upstream_models import MODELS
-from tests.upstream import require
+from tests.upstream import tf_serving_testdata
 
-from .conftest import UPSTREAM_MODELS
-
-UPSTREAM_TESTDATA = ("tensorflow_serving", "servables", "tensorflow", "testdata")
+#: Upstream's test models and their versions.
+MODELS: dict[str, tuple[str, ...]] = {
+    "saved_model_half_plus_two_cpu": ("00000123",),
+    "saved_model_half_plus_two_2_versions": ("00000123", "00000124"),
+    "saved_model_half_plus_three": ("00000123",),
+    "saved_model_half_plus_two_tf2_cpu": ("00000123",),
+}
 
 #: (model, signature) -> (method_name, {input: (dtype, dims or None for unknown rank or "absent")}, outputs...)
 #: as upstream's saved_model.pb files declare them (read from tensorflow/serving's testdata).
@@ -91,8 +94,8 @@ def _versions() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("model", "version"), _versions(), ids=lambda v: v)
-def test_our_models_have_upstreams_signatures(model: str, version: str) -> None:
-    assert signature_table(UPSTREAM_MODELS / model / version) == EXPECTED[model]
+def test_upstreams_models_have_the_signatures_the_conformance_tests_rely_on(model: str, version: str) -> None:
+    assert signature_table(tf_serving_testdata(model, version)) == EXPECTED[model]
 
 
 def _example(x: float) -> bytes:
@@ -117,7 +120,7 @@ def computed_values(version_dir: Path) -> dict[str, list[Any]]:
                 inputs[alias] = np.array([2.0], np.float32)
             else:
                 inputs[alias] = np.array([[1.0], [2.0]], np.float32)
-        values[name] = {k: v.numpy().tolist() for k, v in info.call(inputs).items()}
+        values[name] = {k: np.asarray(v).tolist() for k, v in info.call(inputs).items()}
     return values
 
 
@@ -139,17 +142,36 @@ EXPECTED_VALUES = {
 
 
 @pytest.mark.parametrize("model", sorted(EXPECTED_VALUES))
-def test_our_models_compute_upstreams_values(model: str) -> None:
-    assert computed_values(UPSTREAM_MODELS / model / MODELS[model][0]) == EXPECTED_VALUES[model]
+def test_local_server_computes_upstreams_values_when_it_loads_upstreams_models(model: str) -> None:
+    assert computed_values(tf_serving_testdata(model, MODELS[model][0])) == EXPECTED_VALUES[model]
 
 
-@pytest.mark.parametrize(("model", "version"), _versions(), ids=lambda v: v)
-def test_against_upstreams_own_files(model: str, version: str) -> None:
-    """Field by field against TF Serving's committed saved_model.pb, and values where TensorFlow 2 loads it
-    (upstream's saved_model_half_plus_three, written by TensorFlow 1.0, has a placeholder whose empty shape
-    meant 'unknown' then and 'scalar' now: TensorFlow 2's loader refuses it, TF Serving's C++ session does not)."""
-    theirs = require(*UPSTREAM_TESTDATA, model, version, "saved_model.pb").parent
-    ours = UPSTREAM_MODELS / model / version
-    assert signature_table(ours) == signature_table(theirs)
-    if model != "saved_model_half_plus_three":
-        assert computed_values(ours) == computed_values(theirs)
+def test_should_serve_half_plus_three_from_a_session_when_the_tf2_loader_refuses_it() -> None:
+    """The reason for the session path, checked against TensorFlow itself: ``tf.saved_model.load`` fails on
+    upstream's half_plus_three (its regress signature's ParseExample re-traces with a scalar input), and the
+    servable loads it as a session bundle; a TF1 export the TF2 loader takes stays on the TF2 path."""
+    import tensorflow as tf
+
+    from serving.model_server.servable import Servable
+
+    half_plus_three = tf_serving_testdata("saved_model_half_plus_three", "00000123")
+    with pytest.raises(ValueError, match="rank"):
+        tf.saved_model.load(str(half_plus_three))
+    assert Servable.load("half_plus_three", 123, half_plus_three).session_style
+    half_plus_two = tf_serving_testdata("saved_model_half_plus_two_cpu", "00000123")
+    assert not Servable.load("half_plus_two", 123, half_plus_two).session_style
+
+
+def test_should_refuse_a_session_style_export_when_its_variables_are_missing(tmp_path: Path) -> None:
+    """A TF1 export that neither loader can load fails with the session loader's error (the TF2 loader's one
+    chained to it), so the version ends in error instead of serving nothing."""
+    import shutil
+
+    from serving.model_server.servable import Servable
+
+    version = tmp_path / "1"
+    shutil.copytree(tf_serving_testdata("saved_model_half_plus_three", "00000123"), version)
+    shutil.rmtree(version / "variables")
+    with pytest.raises(ValueError, match="not a valid checkpoint") as info:
+        Servable.load("half_plus_three", 1, version)
+    assert info.value.__context__ is not None  # the TF2 loader's failure came first

@@ -20,12 +20,10 @@ from typing import Any
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-UPSTREAM_MODELS = FIXTURES / "upstream_models"
-#: Our rebuild of TF Serving's saved_model_half_plus_two_cpu (tests/fixtures/make_upstream_models.py).
-HALF_PLUS_TWO = UPSTREAM_MODELS / "saved_model_half_plus_two_cpu" / "00000123"
-HALF_PLUS_THREE = UPSTREAM_MODELS / "saved_model_half_plus_three" / "00000123"
-HALF_PLUS_TWO_TF2 = UPSTREAM_MODELS / "saved_model_half_plus_two_tf2_cpu" / "00000123"
+from tests.upstream import SHARED_UPSTREAM, TF_SERVING_TESTDATA, tf_serving_testdata
+
+#: Upstream's own saved_model_half_plus_two_cpu version 123 (shared/upstream; tests/upstream.py), unchanged.
+HALF_PLUS_TWO = SHARED_UPSTREAM.joinpath(*TF_SERVING_TESTDATA, "saved_model_half_plus_two_cpu", "00000123")
 START_TIMEOUT = 120.0
 REPO = Path(__file__).resolve().parents[3]
 
@@ -72,6 +70,8 @@ def available_versions(rest_port: int, model: str) -> set[int]:
 
 def add_version(base: Path, version: int | str, source: Path = HALF_PLUS_TWO) -> Path:
     """Copy a version in atomically, as the export contract requires (copy aside, then rename)."""
+    if source == HALF_PLUS_TWO:
+        source = tf_serving_testdata("saved_model_half_plus_two_cpu", "00000123")  # skips, naming it, if absent
     base.mkdir(parents=True, exist_ok=True)
     staging = base.parent / f".staging-{base.name}-{version}"
     shutil.copytree(source, staging)
@@ -141,7 +141,7 @@ def tagged_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def hp2_server(start_server: Callable[..., Any], model_base: Path, tagged_version: Path) -> Any:
-    """A server with models ``half_plus_two`` (version 1 of upstream's saved_model_half_plus_two_cpu, rebuilt)
+    """A server with models ``half_plus_two`` (version 1: upstream's saved_model_half_plus_two_cpu)
     and ``tagged`` (:func:`build_tagged_model`, version 1), and Prometheus metrics enabled."""
     root = model_base.parent.parent
     monitoring = root / "monitoring.config"
@@ -230,3 +230,16 @@ def python() -> str:
     return sys.executable
 
 
+
+
+def half_plus_two_warmup_record() -> bytes:
+    """One warm-up record (TF Serving's PredictionLog) for half_plus_two's default signature: x = [1.0]."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    log = prediction_log_pb2.PredictionLog()
+    request = log.predict_log.request
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].dtype = 1  # DT_FLOAT
+    request.inputs["x"].tensor_shape.dim.add(size=1)
+    request.inputs["x"].float_val.append(1.0)
+    return log.SerializeToString()

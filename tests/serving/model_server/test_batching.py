@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from serving.model_server._proto import session_bundle_config_pb2
 from serving.model_server.batching import Batcher
+from serving.model_server.config_protos import BatchingParameters
 
 from .conftest import http, wait_until
 
 
 def _batcher(text: str = "max_batch_size { value: 32 } num_batch_threads { value: 1 }") -> Batcher:
-    return Batcher(text_format.Parse(text, session_bundle_config_pb2.BatchingParameters()))
+    return Batcher(text_format.Parse(text, BatchingParameters()))
 
 
 class HalfPlusTwo:

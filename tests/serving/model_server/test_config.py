@@ -11,7 +11,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.config import CONFIG_DIR, CONTAINER_CONFIG_DIR, command_line
 from serving.model_server import config
-from serving.model_server._proto import monitoring_config_pb2, session_bundle_config_pb2
+from serving.model_server.config_protos import BatchingParameters, MonitoringConfig, SSLConfig
 from serving.model_server.errors import ConfigError
 from serving.model_server.flags import FLAG_NAMES, UNSUPPORTED_UPSTREAM_FLAGS, parse_flags
 
@@ -28,26 +28,37 @@ def test_models_config_serves_digits_from_the_container_mount_with_latest_1() ->
 
 
 def test_monitoring_config_enables_prometheus_at_tf_servings_default_path() -> None:
-    parsed = text_format.Parse((CONFIG_DIR / "monitoring.config").read_text(), monitoring_config_pb2.MonitoringConfig())
+    parsed = text_format.Parse((CONFIG_DIR / "monitoring.config").read_text(), MonitoringConfig())
     assert parsed.prometheus_config.enable
     assert parsed.prometheus_config.path == config.DEFAULT_PROMETHEUS_PATH == "/monitoring/prometheus/metrics"
 
 
 def test_batching_config_parses_as_batching_parameters_and_is_consistent() -> None:
     text = (CONFIG_DIR / "batching.config").read_text()
-    parsed = text_format.Parse(text, session_bundle_config_pb2.BatchingParameters())
+    parsed = text_format.Parse(text, BatchingParameters())
     assert parsed.max_batch_size.value == 32
     assert list(parsed.allowed_batch_sizes)[-1] == parsed.max_batch_size.value
     assert parsed.batch_timeout_micros.value > 0
     assert config.read_batching_parameters(CONFIG_DIR / "batching.config") == parsed
 
 
-def test_generated_batching_proto_uses_tensorflows_config_proto() -> None:
-    from tensorflow.core.protobuf import config_pb2
-
-    field = session_bundle_config_pb2.SessionBundleConfig.DESCRIPTOR.fields_by_name["session_config"]
-    assert field.message_type is config_pb2.ConfigProto.DESCRIPTOR
-    assert session_bundle_config_pb2.BatchingParameters.DESCRIPTOR.full_name == "tensorflow.serving.BatchingParameters"
+def test_declared_config_messages_parse_tf_servings_documented_text_when_read() -> None:
+    """g3doc/serving_config.md's monitoring and batching examples and ssl_config.proto's fields, by upstream's names."""
+    monitoring = text_format.Parse('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }',
+                                   MonitoringConfig())
+    assert monitoring.prometheus_config.enable
+    assert monitoring.DESCRIPTOR.full_name == "tensorflow.serving.MonitoringConfig"
+    batching = text_format.Parse(
+        "max_batch_size { value: 128 } batch_timeout_micros { value: 0 } max_enqueued_batches { value: 1000000 } "
+        "num_batch_threads { value: 8 } allowed_batch_sizes: 64 allowed_batch_sizes: 128 "
+        "pad_variable_length_inputs: true enable_large_batch_splitting { value: true } "
+        "max_execution_batch_size { value: 64 } thread_pool_name { value: 'p' }", BatchingParameters())
+    assert (batching.max_enqueued_batches.value, list(batching.allowed_batch_sizes)) == (1000000, [64, 128])
+    assert batching.HasField("enable_large_batch_splitting") and not BatchingParameters().HasField("max_batch_size")
+    numbers = {f.name: f.number for f in BatchingParameters.DESCRIPTOR.fields}
+    assert numbers["max_execution_batch_size"] == 9 and numbers["pad_variable_length_inputs"] == 7
+    ssl = text_format.Parse('server_key: "k" server_cert: "c" custom_ca: "a" client_verify: true', SSLConfig())
+    assert (ssl.server_key, ssl.client_verify) == ("k", True)
 
 
 def test_command_line_is_tensorflow_model_server_with_known_flags_and_our_files() -> None:

@@ -160,18 +160,23 @@ def test_keep_alive_connection_serves_many_requests(hp2_server: Any) -> None:
     connection.close()
 
 
-def test_metrics_page_counts_requests_by_model_method_and_status(hp2_server: Any) -> None:
+def test_metrics_page_counts_requests_as_tf_serving_when_rest_requests_arrive(hp2_server: Any) -> None:
+    """http_server.cc: every /v1/ request counts by model_name and status; latency (microseconds) only for
+    successful ones, API = the URL's verb (empty for GETs), entrypoint REST."""
     http("POST", _url(hp2_server, "/v1/models/half_plus_two:predict"), '{"instances": [1.0]}')
     http("POST", _url(hp2_server, "/v1/models/half_plus_two:predict"), '{"instances": ["x"]}')
     http("POST", _url(hp2_server, "/v1/models/who:predict"), '{"instances": [1.0]}')
+    http("GET", _url(hp2_server, "/v1/models/half_plus_two"))
     status, page = http("GET", _url(hp2_server, "/monitoring/prometheus/metrics"))
     assert status == 200
-    assert ('tfstack_model_server_requests_total{method="predict",model="half_plus_two",status="OK",'
-            'transport="rest"} 1.0') in page
-    assert ('tfstack_model_server_requests_total{method="predict",model="half_plus_two",'
-            'status="INVALID_ARGUMENT",transport="rest"} 1.0') in page
-    assert 'model="<unknown>",status="NOT_FOUND"' in page  # unknown names do not become labels
-    assert 'tfstack_model_server_request_duration_seconds_bucket{le="0.005",method="predict"' in page
+    assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"} 2' in page
+    assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="INVALID_ARGUMENT"} 1' in page
+    assert ':tensorflow:serving:request_count{model_name="who",status="NOT_FOUND"} 1' in page
+    assert (':tensorflow:serving:request_latency_count{model_name="half_plus_two",API="predict",entrypoint="REST"} 1'
+            in page)
+    assert ':tensorflow:serving:request_latency_count{model_name="half_plus_two",API="",entrypoint="REST"} 1' in page
+    assert ':tensorflow:serving:runtime_latency_count{model_name="half_plus_two",API="Predict",runtime="TF1"} 1' in page
+    assert 'model_name="who",API=' not in page  # failed requests record no latency
     assert 'tfstack_model_server_model_versions{model="half_plus_two",state="AVAILABLE"} 1.0' in page
 
 

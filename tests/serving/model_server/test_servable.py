@@ -20,7 +20,8 @@ from serving.model_server import tensors
 from serving.model_server.errors import InvalidArgument
 from serving.model_server.servable import Servable
 from serving.wire.codec import encode_tensor
-from tests.serving.model_server.conftest import HALF_PLUS_TWO, png
+from tests.serving.model_server.conftest import png
+from tests.upstream import tf_serving_testdata
 
 HALF_PLUS_TWO_INPUTS = {
     "serving_default": {"x": np.array([[1.0], [2.0], [5.0]], np.float32)},
@@ -49,7 +50,7 @@ def _assert_same(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> 
 
 @pytest.fixture(scope="module")
 def half_plus_two() -> Servable:
-    return Servable.load("half_plus_two", 123, HALF_PLUS_TWO)
+    return Servable.load("half_plus_two", 123, tf_serving_testdata("saved_model_half_plus_two_cpu", "00000123"))
 
 
 @pytest.fixture(scope="module")
