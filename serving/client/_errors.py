@@ -15,13 +15,13 @@ ServingError                                  every error the client raises
 
 Every error carries ``model``, ``version``, ``signature``, ``method``, ``transport``, ``code`` (the
 gRPC status name, e.g. ``"NOT_FOUND"``), ``http_status`` (REST only) and the server's own message.
-Only ``Unavailable`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a message-size
-limit is not (each error's ``retryable`` says).
+Only ``Unavailable`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a size
+limit is not (each error's ``retryable`` says); ``connect_failed`` marks an attempt that never
+reached a server (a refused connection), which the retry budget does not charge.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,9 @@ class ServingError(Exception):
 
     retryable: bool = False
     """Whether another attempt of the same call may succeed (the server did not process it)."""
+
+    connect_failed: bool = False
+    """True when the attempt never reached a server (no connection could be made)."""
 
     default_code = "UNKNOWN"
 
@@ -154,16 +157,23 @@ class ResourceExhausted(ServerError):
 
     @property
     def size_limit(self) -> bool:
-        """True when a message-size limit refused the call: the same request would fail again.
+        """True when a size limit refused the call: the same request would fail again.
 
         gRPC says "Received/Sent message larger than max (N vs. M)" (grpc core's message_size_filter);
-        HTTP says 413."""
-        return self.http_status == 413 or "larger than max" in self.message
+        HTTP says 413; the local model server names its per-request limits (``max_decoded_request_bytes``,
+        "a request body of at most N bytes")."""
+        return self.http_status == 413 or any(marker in self.message for marker in _SIZE_MARKERS)
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
         return not self.size_limit
 
+
+_SIZE_MARKERS = ("larger than max", "max_decoded_request_bytes", "request body of at most")
+
+# What grpc core says when no connection could be made (pick_first / round_robin), and the socket errors
+# of a refused connection: attempts that never reached a server.
+_CONNECT_FAILURES = ("failed to connect to all addresses", "connections to all backends failing")
 
 RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted)
 """The error types that may be worth another attempt; each error's ``retryable`` decides (a
@@ -230,11 +240,16 @@ def from_grpc_error(exc: Any, context: CallContext) -> ServingError:
         details = exc.details() or ""
     except Exception:  # an RpcError that is not a Call: no status to read
         code, details = "UNKNOWN", str(exc)
-    return make_error(code, details, context)
+    error = make_error(code, details, context)
+    if code == "UNAVAILABLE" and details.startswith(_CONNECT_FAILURES):
+        error.connect_failed = True
+    return error
 
 
 def from_http_error(status: int, body: bytes, context: CallContext) -> ServingError:
     """Maps a non-2xx REST answer; TF Serving's body is ``{"error": "<message>"}``."""
+    import json
+
     text = body.decode("utf-8", "replace").strip()
     try:
         parsed = json.loads(text)
@@ -255,4 +270,6 @@ def from_os_error(exc: OSError, context: CallContext) -> ServingError:
         return make_error("DEADLINE_EXCEEDED", f"timed out: {exc}", context)
     if isinstance(exc, ssl.SSLError):
         return make_error("UNAVAILABLE", f"TLS handshake failed: {exc}", context)
-    return make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context)
+    error = make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context)
+    error.connect_failed = isinstance(exc, ConnectionRefusedError)
+    return error
