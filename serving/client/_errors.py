@@ -8,14 +8,14 @@ ServingError                                  every error the client raises
  ├── DeadlineExceeded(TimeoutError)           DEADLINE_EXCEEDED, HTTP 408/504, socket timeouts
  ├── Unavailable(ConnectionError)             UNAVAILABLE, HTTP 502/503, refused/reset connections
  ├── PermissionDenied(PermissionError)        PERMISSION_DENIED, UNAUTHENTICATED, HTTP 401/403
- ├── Cancelled                                CANCELLED
+ ├── Cancelled                                CANCELLED (by the server or a proxy)
  └── ServerError                              INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS, ABORTED, ...,
       └── ResourceExhausted                   RESOURCE_EXHAUSTED, HTTP 429
 ```
 
 Every error carries ``model``, ``version``, ``signature``, ``method``, ``transport``, ``code`` (the
 gRPC status name, e.g. ``"NOT_FOUND"``), ``http_status`` (REST only) and the server's own message.
-Only ``Unavailable`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a size
+Only ``Unavailable``, ``Cancelled`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a size
 limit is not (each error's ``retryable`` says); ``connect_failed`` marks an attempt that never
 reached a server (a refused connection), which the retry budget does not charge.
 """
@@ -139,9 +139,13 @@ class PermissionDenied(ServingError, PermissionError):
 
 
 class Cancelled(ServingError):
-    """The call was cancelled."""
+    """The server (or a proxy) cancelled the call (retried: a caller's own cancellation is raised as
+    ``asyncio.CancelledError`` or ``KeyboardInterrupt``, never as this). A gRPC server that stops
+    cancels the calls it accepted but did not run (grpcio's ``server.stop(grace)``), so for this
+    client's idempotent calls another attempt, on another replica, is right."""
 
     default_code = "CANCELLED"
+    retryable = True
 
 
 class ServerError(ServingError):
@@ -175,7 +179,7 @@ _SIZE_MARKERS = ("larger than max", "max_decoded_request_bytes", "request body o
 # of a refused connection: attempts that never reached a server.
 _CONNECT_FAILURES = ("failed to connect to all addresses", "connections to all backends failing")
 
-RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted)
+RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted, Cancelled)
 """The error types that may be worth another attempt; each error's ``retryable`` decides (a
 ``ResourceExhausted`` from a message-size limit is not)."""
 

@@ -106,8 +106,8 @@ def test_socket_errors_map_to_typed_errors(exc: OSError, cls: type) -> None:
     assert type(from_os_error(exc, CONTEXT)) is cls
 
 
-def test_only_unavailable_and_resource_exhausted_are_retryable() -> None:
-    assert set(RETRYABLE) == {Unavailable, ResourceExhausted}
+def test_only_unavailable_cancelled_and_resource_exhausted_are_retryable() -> None:
+    assert set(RETRYABLE) == {Unavailable, ResourceExhausted, Cancelled}
 
 
 def test_client_side_invalid_input_is_a_value_error() -> None:
