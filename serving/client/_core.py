@@ -128,19 +128,20 @@ class Core:
         metrics = self.metrics
         stats = metrics.stats(self.model, request.method, self.transport_name)
         start = metrics.started(stats)
-        code, reply, retries = "UNKNOWN", None, 0
+        code, reply, retries, last = "UNKNOWN", None, 0, None
         try:
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise make_error("DEADLINE_EXCEEDED", "deadline passed before the call was sent",
-                                     request.context(self.transport_name))
+                if remaining is not None and remaining <= 0:  # the last wait overshot: its cause is the news
+                    raise last or make_error("DEADLINE_EXCEEDED", "deadline passed before the call was sent",
+                                             request.context(self.transport_name))
                 try:
                     reply = yield Attempt(request, remaining)
                 except ServingError as exc:
                     wait = self.next_wait(exc, retries, deadline) if retry else None
                     if wait is None:
                         raise
+                    last = exc
                     metrics.retried(stats, exc.code)
                     retries += 1
                     yield Wait(wait)

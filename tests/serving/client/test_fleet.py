@@ -71,6 +71,7 @@ def test_one_target_spreads_predicts_over_two_replicas(two_replicas: list[Any], 
         for _ in range(200):
             assert client.predict({"x": X})["y"].tolist() == Y
     served = [predicts_served(s.rest_port) - n for s, n in zip(two_replicas, before, strict=True)]
+    print(f"FIGURE spread {transport}: replicas served {served} of 200 ({min(served) / 2:.1f} % the least)")
     assert sum(served) == 200
     assert min(served) >= 60, served  # each replica at least 30 %
 
@@ -120,6 +121,8 @@ def test_predict_issued_while_the_only_server_restarts_succeeds(toy_base: Path, 
     finally:
         for server in servers[1:]:
             server.stop(grace=5.0)
+    print(f"FIGURE restart {transport}: predict succeeded after {elapsed:.2f} s "
+          f"({_retries(registry, transport):.0f} retries), server down 2 s + its start-up")
     assert not failures
     assert out["y"].tolist() == Y
     assert 2.0 <= elapsed < 30.0  # it waited for the new server, within the default deadline
@@ -180,6 +183,8 @@ def test_rolling_restart_of_two_replicas_under_four_busy_threads(
     finally:
         for replica in replicas:
             replica.kill()
+    print(f"FIGURE rolling {transport}: {ok[0]} predicts OK, {len(failed)} failed, "
+          f"{_retries(registry, transport):.0f} retries, exit codes {[r.exit_codes for r in replicas]}")
     assert failed == []
     assert [r.exit_codes for r in replicas] == [[0], [0]]
     assert ok[0] >= 60
