@@ -33,6 +33,9 @@ __all__ = ["AsyncRestTransport", "RestTransport", "from_json_value", "to_json_va
 
 RestFormat = Literal["columnar", "row"]
 
+_DOWN_SECONDS = 1.0
+"""How long a base URL that refused a connection is skipped when others are left."""
+
 
 #: The numeric dtypes TF Serving's JSON carries (``AddValueToTensor`` and ``AddSingleValueAndAdvance`` in
 #: tensorflow_serving/util/json_tensor.cc): float16, bfloat16, uint16 and complex numbers are refused there.
@@ -127,6 +130,8 @@ class _Endpoint:
         self._pool: list[http.client.HTTPConnection] = []
         self._pool_size = pool_size
         self._lock = threading.Lock()
+        self.down_until = 0.0
+        """``time.monotonic()`` until which calls skip this URL: it refused a connection."""
 
     def connection(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
@@ -186,6 +191,18 @@ class RestTransport(Transport):
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
+    def _pick(self) -> _Endpoint:
+        """The next URL in turn, skipping those that refused a connection lately (unless all did)."""
+        endpoints = self.endpoints
+        if len(endpoints) == 1:
+            return endpoints[0]
+        turn, now = next(self._turn), time.monotonic()
+        for offset in range(len(endpoints)):
+            endpoint = endpoints[(turn + offset) % len(endpoints)]
+            if endpoint.down_until <= now:
+                return endpoint
+        return endpoints[turn % len(endpoints)]
+
     def _http(self, endpoint: _Endpoint, request: Request, verb: str, path: str, body: bytes | None,
               timeout: float | None) -> tuple[int, bytes]:
         context = request.context(self.name)
@@ -204,7 +221,10 @@ class RestTransport(Transport):
                 raise from_os_error(exc, context) from exc
             except OSError as exc:
                 conn.close()
-                raise from_os_error(exc, context) from exc
+                error = from_os_error(exc, context)
+                if error.connect_failed:  # skipped for a while, as gRPC skips a subchannel in backoff
+                    endpoint.down_until = time.monotonic() + _DOWN_SECONDS
+                raise error from exc
             except http.client.HTTPException as exc:
                 conn.close()
                 raise make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context) from exc
@@ -266,8 +286,7 @@ class RestTransport(Transport):
         return {key: from_json_value(value, specs.get(key)) for key, value in named.items()}
 
     def call(self, request: Request, timeout: float | None) -> Reply:
-        endpoints = self.endpoints
-        endpoint = endpoints[next(self._turn) % len(endpoints)] if len(endpoints) > 1 else endpoints[0]
+        endpoint = self._pick()
         path = self._model_path(endpoint, request)
         body: bytes | None = None
         if request.method == "predict":

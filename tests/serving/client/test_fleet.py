@@ -88,6 +88,20 @@ def test_pick_first_override_sends_everything_to_one_replica(two_replicas: list[
     assert sorted(served) == [0, 50]
 
 
+def test_rest_skips_a_base_url_that_refuses_connections(two_replicas: list[Any]) -> None:
+    """A dead URL among live ones costs a retry when it is met, then is skipped for a second, as gRPC
+    skips a subchannel in reconnect backoff: not one refused connection every third call."""
+    a, b = two_replicas
+    urls = [f"http://127.0.0.1:{a.rest_port}", f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{b.rest_port}"]
+    registry = CollectorRegistry()
+    with Client(",".join(urls), MODEL, registry=registry) as client:
+        start = time.monotonic()
+        for _ in range(60):
+            assert client.predict({"x": X})["y"].tolist() == Y
+        elapsed = time.monotonic() - start
+    assert 1 <= _retries(registry, "rest") <= 2 + elapsed  # at most one refusal per second skipped
+
+
 # ---------------------------------------------------------------------------------------------- restarts
 
 
