@@ -163,7 +163,7 @@ class Core:
         """Seconds to wait before retrying after ``exc``, or None to give up and raise it."""
         if not exc.retryable:
             return None
-        if not exc.connect_failed and not self.budget.failed():
+        if not exc.unserved and not self.budget.failed():
             self.metrics.throttled(self.metrics.stats(self.model, exc.method or "", self.transport_name))
             return None
         if self.retry.attempts is not None and retries + 1 >= self.retry.attempts:

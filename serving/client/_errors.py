@@ -16,8 +16,8 @@ ServingError                                  every error the client raises
 Every error carries ``model``, ``version``, ``signature``, ``method``, ``transport``, ``code`` (the
 gRPC status name, e.g. ``"NOT_FOUND"``), ``http_status`` (REST only) and the server's own message.
 Only ``Unavailable``, ``Cancelled`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a size
-limit is not (each error's ``retryable`` says); ``connect_failed`` marks an attempt that never
-reached a server (a refused connection), which the retry budget does not charge.
+limit is not (each error's ``retryable`` says); ``unserved`` marks an attempt no server did any work
+for (a refused connection, a draining server turning it away), which the retry budget does not charge.
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ class ServingError(Exception):
     retryable: bool = False
     """Whether another attempt of the same call may succeed (the server did not process it)."""
 
-    connect_failed: bool = False
-    """True when the attempt never reached a server (no connection could be made)."""
+    unserved: bool = False
+    """True when no server did any work for the attempt: no connection could be made, or a draining
+    server turned it away (the local model server says "Server is draining"); another replica will
+    take it, and it costs no retry budget."""
 
     default_code = "UNKNOWN"
 
@@ -178,6 +180,8 @@ _SIZE_MARKERS = ("larger than max", "max_decoded_request_bytes", "request body o
 # What grpc core says when no connection could be made (pick_first / round_robin), and the socket errors
 # of a refused connection: attempts that never reached a server.
 _CONNECT_FAILURES = ("failed to connect to all addresses", "connections to all backends failing")
+# What the local model server answers (UNAVAILABLE / HTTP 503) to new requests once SIGTERM started its drain.
+_DRAINING = "Server is draining"
 
 RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted, Cancelled)
 """The error types that may be worth another attempt; each error's ``retryable`` decides (a
@@ -245,8 +249,8 @@ def from_grpc_error(exc: Any, context: CallContext) -> ServingError:
     except Exception:  # an RpcError that is not a Call: no status to read
         code, details = "UNKNOWN", str(exc)
     error = make_error(code, details, context)
-    if code == "UNAVAILABLE" and details.startswith(_CONNECT_FAILURES):
-        error.connect_failed = True
+    if code == "UNAVAILABLE" and (details.startswith(_CONNECT_FAILURES) or _DRAINING in details):
+        error.unserved = True
     return error
 
 
@@ -262,7 +266,9 @@ def from_http_error(status: int, body: bytes, context: CallContext) -> ServingEr
     except ValueError:
         pass
     code = _HTTP_CODES.get(status) or ("INVALID_ARGUMENT" if 400 <= status < 500 else "UNKNOWN")
-    return make_error(code, text, context, http_status=status)
+    error = make_error(code, text, context, http_status=status)
+    error.unserved = code == "UNAVAILABLE" and _DRAINING in text
+    return error
 
 
 def from_os_error(exc: OSError, context: CallContext) -> ServingError:
@@ -275,5 +281,5 @@ def from_os_error(exc: OSError, context: CallContext) -> ServingError:
     if isinstance(exc, ssl.SSLError):
         return make_error("UNAVAILABLE", f"TLS handshake failed: {exc}", context)
     error = make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context)
-    error.connect_failed = isinstance(exc, ConnectionRefusedError)
+    error.unserved = isinstance(exc, ConnectionRefusedError)
     return error

@@ -222,7 +222,7 @@ class RestTransport(Transport):
             except OSError as exc:
                 conn.close()
                 error = from_os_error(exc, context)
-                if error.connect_failed:  # skipped for a while, as gRPC skips a subchannel in backoff
+                if error.unserved:  # skipped for a while, as gRPC skips a subchannel in backoff
                     endpoint.down_until = time.monotonic() + _DOWN_SECONDS
                 raise error from exc
             except http.client.HTTPException as exc:

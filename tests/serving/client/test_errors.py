@@ -8,6 +8,7 @@ the wire, grpcio's RpcError, the transport's mapping) is the real path.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -144,3 +145,12 @@ def test_only_unavailable_cancelled_and_resource_exhausted_are_retryable() -> No
 def test_client_side_invalid_input_is_a_value_error() -> None:
     error = InvalidInput("Expected x. Received: y")
     assert isinstance(error, ValueError) and error.code == "INVALID_ARGUMENT" and error.model is None
+
+
+def test_a_draining_servers_refusal_costs_no_retry_budget() -> None:
+    """The local model server's drain (SIGTERM) answers new requests UNAVAILABLE / 503 with this message
+    while in-flight ones finish: another replica will take them, and the server did no work."""
+    words = "Server is draining (shutting down); send the request to another replica"
+    rest = from_http_error(503, json.dumps({"error": words}).encode(), CONTEXT)
+    assert isinstance(rest, Unavailable) and rest.unserved and rest.retryable
+    assert not from_http_error(503, b'{"error": "overloaded"}', CONTEXT).unserved

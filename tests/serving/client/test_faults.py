@@ -201,7 +201,7 @@ def test_refused_connections_do_not_spend_the_budget(target: str) -> None:
         with pytest.raises(Unavailable) as info:
             client.predict({"x": X})
         assert time.monotonic() - start >= 1.0  # retried until (nearly) the deadline
-    assert info.value.connect_failed
+    assert info.value.unserved
     labels = {"model": "toy", "method": "predict", "transport": transport}
     assert registry.get_sample_value("tfstack_client_retries_total", {**labels, "code": "UNAVAILABLE"}) > 5
     assert registry.get_sample_value("tfstack_client_retries_throttled_total", labels) == 0
