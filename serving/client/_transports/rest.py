@@ -33,9 +33,6 @@ __all__ = ["AsyncRestTransport", "RestTransport", "from_json_value", "to_json_va
 
 RestFormat = Literal["columnar", "row"]
 
-_DOWN_SECONDS = 1.0
-"""How long a base URL that refused a connection is skipped when others are left."""
-
 
 #: The numeric dtypes TF Serving's JSON carries (``AddValueToTensor`` and ``AddSingleValueAndAdvance`` in
 #: tensorflow_serving/util/json_tensor.cc): float16, bfloat16, uint16 and complex numbers are refused there.
@@ -112,6 +109,10 @@ def _name_outputs(value: Any, outputs: Mapping[str, TensorSpec] | None) -> dict[
     if outputs is not None and len(outputs) == 1:
         return {next(iter(outputs)): value}
     return {"outputs": value}
+
+
+_DOWN_SECONDS = 1.0
+"""How long a base URL that refused a connection is skipped when others are left."""
 
 
 class _Endpoint:
