@@ -9,7 +9,10 @@ with Client("models.example:8500", model="digits") as c:   # "http://host:8501" 
 
 from __future__ import annotations
 
-from serving.client._client import AsyncClient, Client, RetryPolicy, TLSConfig
+from typing import Any
+
+from serving.client._client import AsyncClient, Client
+from serving.client._config import RetryPolicy, TLSConfig
 from serving.client._errors import (
     Cancelled,
     DeadlineExceeded,
@@ -25,7 +28,6 @@ from serving.client._metrics import serve_metrics
 from serving.client._model import ModelMetadata, ModelStatus, Signature, TensorSpec, VersionStatus
 from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
 from serving.client._transports.mock import AsyncMockTransport, MockTransport
-from serving.wire import to_ndarray, to_tensor_proto
 
 __all__ = [
     "AsyncClient",
@@ -56,3 +58,13 @@ __all__ = [
     "to_ndarray",
     "to_tensor_proto",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``to_ndarray`` and ``to_tensor_proto`` come from the wire codec, which imports numpy and protobuf:
+    loaded on first use (PEP 562), so importing the client stays cheap."""
+    if name in ("to_ndarray", "to_tensor_proto"):
+        from serving.wire import codec
+
+        return getattr(codec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,20 +8,20 @@ ServingError                                  every error the client raises
  ├── DeadlineExceeded(TimeoutError)           DEADLINE_EXCEEDED, HTTP 408/504, socket timeouts
  ├── Unavailable(ConnectionError)             UNAVAILABLE, HTTP 502/503, refused/reset connections
  ├── PermissionDenied(PermissionError)        PERMISSION_DENIED, UNAUTHENTICATED, HTTP 401/403
- ├── Cancelled                                CANCELLED
+ ├── Cancelled                                CANCELLED (by the server or a proxy)
  └── ServerError                              INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS, ABORTED, ...,
       └── ResourceExhausted                   RESOURCE_EXHAUSTED, HTTP 429
 ```
 
 Every error carries ``model``, ``version``, ``signature``, ``method``, ``transport``, ``code`` (the
 gRPC status name, e.g. ``"NOT_FOUND"``), ``http_status`` (REST only) and the server's own message.
-Only ``Unavailable`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a message-size
-limit is not (each error's ``retryable`` says).
+Only ``Unavailable``, ``Cancelled`` and ``ResourceExhausted`` are retried, and a ``ResourceExhausted`` from a size
+limit is not (each error's ``retryable`` says); ``unserved`` marks an attempt no server did any work
+for (a refused connection, a draining server turning it away), which the retry budget does not charge.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,11 @@ class ServingError(Exception):
 
     retryable: bool = False
     """Whether another attempt of the same call may succeed (the server did not process it)."""
+
+    unserved: bool = False
+    """True when no server did any work for the attempt: no connection could be made, or a draining
+    server turned it away (the local model server says "Server is draining"); another replica will
+    take it, and it costs no retry budget."""
 
     default_code = "UNKNOWN"
 
@@ -136,9 +141,13 @@ class PermissionDenied(ServingError, PermissionError):
 
 
 class Cancelled(ServingError):
-    """The call was cancelled."""
+    """The server (or a proxy) cancelled the call (retried: a caller's own cancellation is raised as
+    ``asyncio.CancelledError`` or ``KeyboardInterrupt``, never as this). A gRPC server that stops
+    cancels the calls it accepted but did not run (grpcio's ``server.stop(grace)``), so for this
+    client's idempotent calls another attempt, on another replica, is right."""
 
     default_code = "CANCELLED"
+    retryable = True
 
 
 class ServerError(ServingError):
@@ -154,18 +163,27 @@ class ResourceExhausted(ServerError):
 
     @property
     def size_limit(self) -> bool:
-        """True when a message-size limit refused the call: the same request would fail again.
+        """True when a size limit refused the call: the same request would fail again.
 
         gRPC says "Received/Sent message larger than max (N vs. M)" (grpc core's message_size_filter);
-        HTTP says 413."""
-        return self.http_status == 413 or "larger than max" in self.message
+        HTTP says 413; the local model server names its per-request limits (``max_decoded_request_bytes``,
+        "a request body of at most N bytes")."""
+        return self.http_status == 413 or any(marker in self.message for marker in _SIZE_MARKERS)
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
         return not self.size_limit
 
 
-RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted)
+_SIZE_MARKERS = ("larger than max", "max_decoded_request_bytes", "request body of at most")
+
+# What grpc core says when no connection could be made (pick_first / round_robin), and the socket errors
+# of a refused connection: attempts that never reached a server.
+_CONNECT_FAILURES = ("failed to connect to all addresses", "connections to all backends failing")
+# What the local model server answers (UNAVAILABLE / HTTP 503) to new requests once SIGTERM started its drain.
+_DRAINING = "Server is draining"
+
+RETRYABLE: tuple[type[ServingError], ...] = (Unavailable, ResourceExhausted, Cancelled)
 """The error types that may be worth another attempt; each error's ``retryable`` decides (a
 ``ResourceExhausted`` from a message-size limit is not)."""
 
@@ -230,11 +248,16 @@ def from_grpc_error(exc: Any, context: CallContext) -> ServingError:
         details = exc.details() or ""
     except Exception:  # an RpcError that is not a Call: no status to read
         code, details = "UNKNOWN", str(exc)
-    return make_error(code, details, context)
+    error = make_error(code, details, context)
+    if code == "UNAVAILABLE" and (details.startswith(_CONNECT_FAILURES) or _DRAINING in details):
+        error.unserved = True
+    return error
 
 
 def from_http_error(status: int, body: bytes, context: CallContext) -> ServingError:
     """Maps a non-2xx REST answer; TF Serving's body is ``{"error": "<message>"}``."""
+    import json
+
     text = body.decode("utf-8", "replace").strip()
     try:
         parsed = json.loads(text)
@@ -243,7 +266,9 @@ def from_http_error(status: int, body: bytes, context: CallContext) -> ServingEr
     except ValueError:
         pass
     code = _HTTP_CODES.get(status) or ("INVALID_ARGUMENT" if 400 <= status < 500 else "UNKNOWN")
-    return make_error(code, text, context, http_status=status)
+    error = make_error(code, text, context, http_status=status)
+    error.unserved = code == "UNAVAILABLE" and _DRAINING in text
+    return error
 
 
 def from_os_error(exc: OSError, context: CallContext) -> ServingError:
@@ -255,4 +280,6 @@ def from_os_error(exc: OSError, context: CallContext) -> ServingError:
         return make_error("DEADLINE_EXCEEDED", f"timed out: {exc}", context)
     if isinstance(exc, ssl.SSLError):
         return make_error("UNAVAILABLE", f"TLS handshake failed: {exc}", context)
-    return make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context)
+    error = make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context)
+    error.unserved = isinstance(exc, ConnectionRefusedError)
+    return error

@@ -10,7 +10,9 @@ prometheus-client does for its own metric classes:
 - ``tfstack_client_requests_in_flight{model,method,transport}``: calls under way;
 - ``tfstack_client_request_bytes_total`` / ``tfstack_client_response_bytes_total``
   ``{model,method,transport}``: message payload bytes sent and received;
-- ``tfstack_client_retries_total{model,method,transport,code}``: retries, by the code that caused them.
+- ``tfstack_client_retries_total{model,method,transport,code}``: retries, by the code that caused them;
+- ``tfstack_client_retries_throttled_total{model,method,transport}``: failures not retried because the
+  retry budget (gRFC A6 token bucket) was spent.
 
 The values live in plain Python numbers behind one lock and are turned into metric families when
 the registry is collected (a custom collector). A call then costs two short critical sections
@@ -49,7 +51,7 @@ def metric_name(name: str, unit: str = "") -> str:
 class CallStats:
     """Everything counted for one (model, method, transport); updated under the collector's lock."""
 
-    __slots__ = ("by_code", "in_flight", "labels", "request_bytes", "response_bytes", "retries")
+    __slots__ = ("by_code", "in_flight", "labels", "request_bytes", "response_bytes", "retries", "throttled")
 
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
@@ -58,6 +60,7 @@ class CallStats:
         self.response_bytes = 0
         self.by_code: dict[str, list[Any]] = {}  # code -> [count, sum of seconds, bucket counts]
         self.retries: dict[str, int] = {}
+        self.throttled = 0
 
 
 class ClientMetrics:
@@ -100,6 +103,10 @@ class ClientMetrics:
         with self._lock:
             stats.retries[code] = stats.retries.get(code, 0) + 1
 
+    def throttled(self, stats: CallStats) -> None:
+        with self._lock:
+            stats.throttled += 1
+
     # -- prometheus-client collector protocol --------------------------------------------------------
 
     def _families(self) -> dict[str, Any]:
@@ -120,6 +127,9 @@ class ClientMetrics:
                                                   "Response payload bytes received.", labels=_CALL, unit="bytes"),
             "retries": CounterMetricFamily(metric_name("retries"), "Retried attempts by the code that caused them.",
                                            labels=coded),
+            "throttled": CounterMetricFamily(metric_name("retries_throttled"),
+                                             "Failures not retried because the retry budget was spent.",
+                                             labels=_CALL),
         }
 
     def describe(self) -> Iterator[Any]:
@@ -130,12 +140,13 @@ class ClientMetrics:
         with self._lock:
             snapshot = [
                 (s.labels, s.in_flight, s.request_bytes, s.response_bytes,
-                 {code: (e[0], e[1], list(e[2])) for code, e in s.by_code.items()}, dict(s.retries))
+                 {code: (e[0], e[1], list(e[2])) for code, e in s.by_code.items()}, dict(s.retries), s.throttled)
                 for s in self._stats.values()
             ]
         bounds = [*(repr(float(b)) for b in BUCKETS), "+Inf"]
-        for labels, in_flight, sent, received, by_code, retries in snapshot:
+        for labels, in_flight, sent, received, by_code, retries, throttled in snapshot:
             families["in_flight"].add_metric(list(labels), in_flight)
+            families["throttled"].add_metric(list(labels), throttled)
             families["request_bytes"].add_metric(list(labels), sent)
             families["response_bytes"].add_metric(list(labels), received)
             for code, (count, total, buckets) in sorted(by_code.items()):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy and protobuf are imported where used: keeps ``import serving.client`` light
+    import numpy as np
 
-from serving.wire.codec import dtype_for_enum
-from serving.wire.proto import get_model_metadata_pb2, get_model_status_pb2
+    from serving.wire.proto import get_model_metadata_pb2, get_model_status_pb2
 
 __all__ = [
     "ModelMetadata",
@@ -42,6 +42,8 @@ class TensorSpec:
     @property
     def numpy_dtype(self) -> np.dtype[Any] | None:
         """The numpy dtype the codec uses for this spec, or None for dtypes it cannot carry."""
+        from serving.wire.codec import dtype_for_enum
+
         try:
             return dtype_for_enum(self.dtype).numpy
         except ValueError:
@@ -127,7 +129,7 @@ def metadata_from_proto(
 
 def status_from_proto(model: str, response: get_model_status_pb2.GetModelStatusResponse) -> ModelStatus:
     """Builds :class:`ModelStatus` from a ``GetModelStatusResponse``."""
-    from serving.wire.proto import error_codes_pb2
+    from serving.wire.proto import error_codes_pb2, get_model_status_pb2
 
     state_name = get_model_status_pb2.ModelVersionStatus.State.Name
     versions = tuple(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,13 +44,6 @@ __all__ = [
     "to_ndarray",
     "to_tensor_proto",
 ]
-
-try:  # bfloat16 needs ml_dtypes (a TensorFlow and JAX dependency); without it DT_BFLOAT16 is refused.
-    import ml_dtypes as _ml_dtypes
-
-    _BFLOAT16: np.dtype[Any] | None = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is installed wherever TensorFlow is
-    _BFLOAT16 = None
 
 
 @dataclass(frozen=True)
@@ -90,19 +83,73 @@ _ROWS = [
     DType(22, "DT_UINT32", np.dtype("<u4"), _F["uint32_val"].number, "varint"),
     DType(23, "DT_UINT64", np.dtype("<u8"), _F["uint64_val"].number, "varint"),
 ]
-if _BFLOAT16 is not None:
-    _ROWS.append(DType(14, "DT_BFLOAT16", _BFLOAT16, _F["half_val"].number, "bits16"))
+# Rows whose numpy dtype comes from ml_dtypes (a TensorFlow and JAX dependency, ``tfstack[bfloat16]``):
+# importing it costs about 0.6 s, most of the client's import, so they join the table the first time
+# a lookup needs them (a bfloat16 tensor, spec or array); without ml_dtypes they are refused.
+_ML_DTYPES_ROWS = {14: ("DT_BFLOAT16", "bfloat16", _F["half_val"].number, "bits16")}
+_ML_DTYPES_NAMES = frozenset(name for name, *_ in _ML_DTYPES_ROWS.values())
+_ml_dtypes_state: list[bool] = []  # [] not tried yet, [True] loaded, [False] not installed
 
-DTYPES: Mapping[int, DType] = {row.enum: row for row in _ROWS}
-"""The dtype table, keyed by ``tensorflow.DataType`` value."""
+_BY_ENUM: dict[int, DType] = {row.enum: row for row in _ROWS}
+_BY_NAME: dict[str, DType] = {row.name: row for row in _ROWS}
+_BY_NUMPY: dict[np.dtype[Any], DType] = {row.numpy.newbyteorder("="): row for row in _ROWS if row.enum != 7}
+
+
+def _load_ml_dtypes() -> bool:
+    """Adds the ml_dtypes rows to the table (once); False when ml_dtypes is not installed."""
+    if not _ml_dtypes_state:
+        try:
+            import ml_dtypes
+        except ImportError:
+            _ml_dtypes_state.append(False)
+            return False
+        for enum, (name, attribute, field, wire) in _ML_DTYPES_ROWS.items():
+            row = DType(enum, name, np.dtype(getattr(ml_dtypes, attribute)), field, wire)
+            _ROWS.append(row)
+            _BY_ENUM[enum], _BY_NAME[name], _BY_NUMPY[row.numpy] = row, row, row
+        _ml_dtypes_state.append(True)
+    return _ml_dtypes_state[0]
+
+
+def _from_ml_dtypes(dtype: Any) -> bool:
+    """Whether ``dtype`` is an ml_dtypes type (only someone who imported ml_dtypes can hold one)."""
+    return isinstance(dtype, np.dtype) and dtype.type.__module__.split(".")[0] == "ml_dtypes"
+
+
+class _Table(Mapping[Any, DType]):
+    """A read-only view of one index of the dtype table that loads the ml_dtypes rows when a lookup
+    needs them or the whole table is listed; other look-ups never import ml_dtypes."""
+
+    def __init__(self, rows: dict[Any, DType], needs_ml_dtypes: Any) -> None:
+        self._rows = rows
+        self._needs_ml_dtypes = needs_ml_dtypes
+
+    def __getitem__(self, key: Any) -> DType:
+        row = self._rows.get(key)
+        if row is None and self._needs_ml_dtypes(key) and _load_ml_dtypes():
+            row = self._rows.get(key)
+        if row is None:
+            raise KeyError(key)
+        return row
+
+    def __iter__(self) -> Iterator[Any]:
+        _load_ml_dtypes()
+        return iter(dict(self._rows))
+
+    def __len__(self) -> int:
+        _load_ml_dtypes()
+        return len(self._rows)
+
+
+DTYPES: Mapping[int, DType] = _Table(_BY_ENUM, _ML_DTYPES_ROWS.__contains__)
+"""The dtype table, keyed by ``tensorflow.DataType`` value (DT_BFLOAT16 needs ml_dtypes)."""
 
 Chunk = bytes | np.ndarray[Any, Any]
 """A piece of message bytes: bytes, or a C-contiguous little-endian array whose buffer is the bytes."""
 
-_BY_NAME = {row.name: row for row in _ROWS}
-NUMPY_DTYPES: Mapping[np.dtype[Any], DType] = {row.numpy.newbyteorder("="): row for row in _ROWS if row.enum != 7}
+NUMPY_DTYPES: Mapping[np.dtype[Any], DType] = _Table(_BY_NUMPY, _from_ml_dtypes)
 """The numeric rows of the table, keyed by native-byte-order numpy dtype."""
-_STRING = DTYPES[7]
+_STRING = _BY_ENUM[7]
 _FIELD_NAMES = {field.number: field.name for field in tensor_pb2.TensorProto.DESCRIPTOR.fields}
 _CONTENT_FIELD = _F["tensor_content"].number
 _SHAPE_FIELD = _F["tensor_shape"].number
@@ -110,21 +157,28 @@ _SHAPE_FIELD = _F["tensor_shape"].number
 
 def dtype_for_enum(value: int | str) -> DType:
     """Returns the table row for a ``DataType`` value or name (``1`` or ``"DT_FLOAT"``)."""
-    row = _BY_NAME.get(value) if isinstance(value, str) else DTYPES.get(value)
+    row = _BY_NAME.get(value) if isinstance(value, str) else _BY_ENUM.get(value)
+    if row is None and (value in _ML_DTYPES_ROWS or value in _ML_DTYPES_NAMES):
+        if not _load_ml_dtypes():
+            raise ValueError(f"Expected ml_dtypes for dtype {value!r} (pip install 'tfstack[bfloat16]'). "
+                             "Received: ml_dtypes is not installed")
+        row = _BY_NAME.get(value) if isinstance(value, str) else _BY_ENUM.get(value)
     if row is None:
-        supported = sorted(_BY_NAME)
+        supported = sorted({*_BY_NAME, *_ML_DTYPES_NAMES})
         raise ValueError(f"Expected a supported TensorFlow dtype {supported}. Received: dtype={value!r}")
     return row
 
 
 def dtype_for_numpy(dtype: np.dtype[Any]) -> DType:
     """Returns the table row for a numpy dtype (bytes, str and object arrays map to DT_STRING)."""
-    row = NUMPY_DTYPES.get(dtype)
+    row = _BY_NUMPY.get(dtype)
     if row is not None:
         return row
     if dtype.kind in "SUO":
         return _STRING
-    row = NUMPY_DTYPES.get(dtype.newbyteorder("="))
+    row = _BY_NUMPY.get(dtype.newbyteorder("="))
+    if row is None and _from_ml_dtypes(dtype) and _load_ml_dtypes():
+        row = _BY_NUMPY.get(dtype)
     if row is None:
         supported = sorted(str(r.numpy) for r in _ROWS)
         raise ValueError(f"Expected a numpy dtype in {supported}. Received: dtype={dtype}")

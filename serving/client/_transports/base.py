@@ -10,12 +10,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from serving.client._errors import CallContext
-from serving.client._model import TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from serving.client._model import TensorSpec
 
 __all__ = ["AsyncTransport", "Method", "Reply", "Request", "Transport"]
 

@@ -216,8 +216,10 @@ class _Channel:
         keepalive_seconds: float | None = 30.0,
         server_name: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        wait_for_ready: bool = False,
     ) -> None:
         self.target = target
+        self.wait_for_ready = wait_for_ready or None  # None: gRPC's default (fail fast)
         self.credentials = credentials
         self.metadata = tuple((k.lower(), v) for k, v in metadata)
         self.options = [*channel_options(max_message_bytes, keepalive_seconds, server_name), *options]
@@ -240,7 +242,7 @@ class GrpcTransport(_Channel, Transport):
         data = _encode_checked(request, self.name)
         try:
             answer: bytes = self._methods[request.method](
-                data, timeout=timeout, metadata=self.metadata or None
+                data, timeout=timeout, metadata=self.metadata or None, wait_for_ready=self.wait_for_ready
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc, request.context(self.name)) from exc
@@ -276,7 +278,7 @@ class AsyncGrpcTransport(_Channel, AsyncTransport):
         data = _encode_checked(request, self.name)
         try:
             answer: bytes = await methods[request.method](
-                data, timeout=timeout, metadata=self.metadata or None
+                data, timeout=timeout, metadata=self.metadata or None, wait_for_ready=self.wait_for_ready
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc, request.context(self.name)) from exc

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import itertools
 import json
 import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -110,40 +111,30 @@ def _name_outputs(value: Any, outputs: Mapping[str, TensorSpec] | None) -> dict[
     return {"outputs": value}
 
 
-class RestTransport(Transport):
-    """Blocking REST transport over ``http.client`` with kept-alive, pooled connections."""
+_DOWN_SECONDS = 1.0
+"""How long a base URL that refused a connection is skipped when others are left."""
 
-    name = "rest"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        rest_format: RestFormat = "columnar",
-        pool_size: int = 8,
-    ) -> None:
+class _Endpoint:
+    """One base URL and its pool of kept-alive connections."""
+
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None, pool_size: int) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"Expected an http:// or https:// URL with a host. Received: url={url!r}")
-        if rest_format not in ("columnar", "row"):
-            raise ValueError(f"Expected rest_format 'columnar' or 'row'. Received: rest_format={rest_format!r}")
         self.url = url
         self.host = parsed.hostname
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.base = parsed.path.rstrip("/")
         self.tls = parsed.scheme == "https"
         self.ssl_context = ssl_context or (ssl.create_default_context() if self.tls else None)
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.rest_format = rest_format
         self._pool: list[http.client.HTTPConnection] = []
         self._pool_size = pool_size
         self._lock = threading.Lock()
+        self.down_until = 0.0
+        """``time.monotonic()`` until which calls skip this URL: it refused a connection."""
 
-    # -- HTTP ---------------------------------------------------------------------------------------
-
-    def _connection(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
+    def connection(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             if self._pool:
                 conn = self._pool.pop()
@@ -157,20 +148,69 @@ class RestTransport(Transport):
             ), False
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout), False
 
-    def _release(self, conn: http.client.HTTPConnection) -> None:
+    def release(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if len(self._pool) < self._pool_size:
                 self._pool.append(conn)
                 return
         conn.close()
 
-    def _http(self, request: Request, verb: str, path: str, body: bytes | None,
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, []
+        for conn in pool:
+            conn.close()
+
+
+class RestTransport(Transport):
+    """Blocking REST transport over ``http.client`` with kept-alive, pooled connections.
+
+    ``url`` is one base URL or several (replicas behind no balancer); calls take them in turn, so the
+    retry of a failed call goes to the next one."""
+
+    name = "rest"
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        rest_format: RestFormat = "columnar",
+        pool_size: int = 8,
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("Expected at least one http:// or https:// URL. Received: none")
+        if rest_format not in ("columnar", "row"):
+            raise ValueError(f"Expected rest_format 'columnar' or 'row'. Received: rest_format={rest_format!r}")
+        self.endpoints = [_Endpoint(u, ssl_context, pool_size) for u in urls]
+        self.url = urls[0] if len(urls) == 1 else ",".join(urls)
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.rest_format = rest_format
+        self._turn = itertools.count()
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def _pick(self) -> _Endpoint:
+        """The next URL in turn, skipping those that refused a connection lately (unless all did)."""
+        endpoints = self.endpoints
+        if len(endpoints) == 1:
+            return endpoints[0]
+        turn, now = next(self._turn), time.monotonic()
+        for offset in range(len(endpoints)):
+            endpoint = endpoints[(turn + offset) % len(endpoints)]
+            if endpoint.down_until <= now:
+                return endpoint
+        return endpoints[turn % len(endpoints)]
+
+    def _http(self, endpoint: _Endpoint, request: Request, verb: str, path: str, body: bytes | None,
               timeout: float | None) -> tuple[int, bytes]:
         context = request.context(self.name)
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in (0, 1):
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            conn, reused = self._connection(remaining)
+            conn, reused = endpoint.connection(remaining)
             try:
                 conn.request(verb, path, body=body, headers=self.headers)
                 response = conn.getresponse()
@@ -182,21 +222,25 @@ class RestTransport(Transport):
                 raise from_os_error(exc, context) from exc
             except OSError as exc:
                 conn.close()
-                raise from_os_error(exc, context) from exc
+                error = from_os_error(exc, context)
+                if error.unserved:  # skipped for a while, as gRPC skips a subchannel in backoff
+                    endpoint.down_until = time.monotonic() + _DOWN_SECONDS
+                raise error from exc
             except http.client.HTTPException as exc:
                 conn.close()
                 raise make_error("UNAVAILABLE", f"{type(exc).__name__}: {exc}", context) from exc
             if response.will_close:
                 conn.close()
             else:
-                self._release(conn)
+                endpoint.release(conn)
             return response.status, data
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- TF Serving's JSON API ------------------------------------------------------------------------
 
-    def _model_path(self, request: Request) -> str:
-        path = f"{self.base}/v1/models/{urllib.parse.quote(request.model, safe='')}"
+    @staticmethod
+    def _model_path(endpoint: _Endpoint, request: Request) -> str:
+        path = f"{endpoint.base}/v1/models/{urllib.parse.quote(request.model, safe='')}"
         if request.version is not None:
             path += f"/versions/{request.version}"
         elif request.version_label is not None:
@@ -243,7 +287,8 @@ class RestTransport(Transport):
         return {key: from_json_value(value, specs.get(key)) for key, value in named.items()}
 
     def call(self, request: Request, timeout: float | None) -> Reply:
-        path = self._model_path(request)
+        endpoint = self._pick()
+        path = self._model_path(endpoint, request)
         body: bytes | None = None
         if request.method == "predict":
             body = json.dumps(self._predict_body(request), allow_nan=True).encode()
@@ -262,7 +307,7 @@ class RestTransport(Transport):
             verb, path = "GET", path + "/metadata"
         else:
             verb = "GET"
-        status, data = self._http(request, verb, path, body, timeout)
+        status, data = self._http(endpoint, request, verb, path, body, timeout)
         if status != 200:
             raise from_http_error(status, data, request.context(self.name))
         try:
@@ -298,10 +343,8 @@ class RestTransport(Transport):
         return status_from_proto(request.model, status)
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, []
-        for conn in pool:
-            conn.close()
+        for endpoint in self.endpoints:
+            endpoint.close()
 
 
 class AsyncRestTransport(AsyncTransport):
@@ -309,7 +352,7 @@ class AsyncRestTransport(AsyncTransport):
 
     name = "rest"
 
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str | Sequence[str], **kwargs: Any) -> None:
         self.sync = RestTransport(url, **kwargs)
 
     async def call(self, request: Request, timeout: float | None) -> Reply:

@@ -1,37 +1,60 @@
-"""The error tree and its one mapping from gRPC codes, HTTP statuses and socket errors."""
+"""The error tree and its one mapping from gRPC codes, HTTP statuses and socket errors.
+
+gRPC codes come from a real ``grpc.server`` whose PredictionService/Predict handler aborts with the code
+the request names (``context.abort(code, message)``): a fault injector, since no real model server can
+be made to answer with every status code on demand; everything between it and the client (status on
+the wire, grpcio's RpcError, the transport's mapping) is the real path.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from concurrent import futures
+
 import grpc
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from serving.client import (
     Cancelled,
+    Client,
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
     PermissionDenied,
     ResourceExhausted,
+    RetryPolicy,
     ServerError,
     ServingError,
     Unavailable,
 )
-from serving.client._errors import RETRYABLE, CallContext, from_grpc_error, from_http_error, from_os_error
+from serving.client._errors import RETRYABLE, CallContext, from_http_error, from_os_error
 
 CONTEXT = CallContext("digits", "predict", "grpc", version=3, signature="serving_default")
 
 
-class _FakeRpcError(grpc.RpcError):
-    """The two accessors grpc's Call errors expose; everything else about it is real."""
+@pytest.fixture(scope="module")
+def aborting_server() -> Iterator[str]:
+    """A real gRPC server whose Predict aborts with the status code named in the ``x-abort-code`` header."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
+    def predict(request: bytes, context: grpc.ServicerContext) -> bytes:
+        code = dict(context.invocation_metadata())["x-abort-code"]
+        context.abort(grpc.StatusCode[code], "the server's words")
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+    handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+        "Predict": grpc.unary_unary_rpc_method_handler(predict),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +77,17 @@ class _FakeRpcError(grpc.RpcError):
     ],
     ids=lambda v: getattr(v, "name", getattr(v, "__name__", str(v))),
 )
-def test_grpc_codes_map_to_typed_errors(code: grpc.StatusCode, cls: type, builtin: type) -> None:
-    error = from_grpc_error(_FakeRpcError(code, "the server's words"), CONTEXT)
+def test_grpc_codes_map_to_typed_errors(
+    aborting_server: str, code: grpc.StatusCode, cls: type, builtin: type
+) -> None:
+    with (
+        Client(aborting_server, "digits", version=3, headers={"x-abort-code": code.name}, validate=False,
+               retry=RetryPolicy(attempts=1), registry=CollectorRegistry()) as client,
+        pytest.raises(ServingError) as info,
+    ):
+        client.predict({"x": np.zeros((1, 3), np.float32)})
+    error = info.value
+    assert isinstance(error.__cause__, grpc.RpcError)  # chained: the original is kept
     assert type(error) is cls
     assert isinstance(error, builtin) and isinstance(error, ServingError)
     assert error.code == code.name
@@ -106,10 +138,19 @@ def test_socket_errors_map_to_typed_errors(exc: OSError, cls: type) -> None:
     assert type(from_os_error(exc, CONTEXT)) is cls
 
 
-def test_only_unavailable_and_resource_exhausted_are_retryable() -> None:
-    assert set(RETRYABLE) == {Unavailable, ResourceExhausted}
+def test_only_unavailable_cancelled_and_resource_exhausted_are_retryable() -> None:
+    assert set(RETRYABLE) == {Unavailable, ResourceExhausted, Cancelled}
 
 
 def test_client_side_invalid_input_is_a_value_error() -> None:
     error = InvalidInput("Expected x. Received: y")
     assert isinstance(error, ValueError) and error.code == "INVALID_ARGUMENT" and error.model is None
+
+
+def test_a_draining_servers_refusal_costs_no_retry_budget() -> None:
+    """The local model server's drain (SIGTERM) answers new requests UNAVAILABLE / 503 with this message
+    while in-flight ones finish: another replica will take them, and the server did no work."""
+    words = "Server is draining (shutting down); send the request to another replica"
+    rest = from_http_error(503, json.dumps({"error": words}).encode(), CONTEXT)
+    assert isinstance(rest, Unavailable) and rest.unserved and rest.retryable
+    assert not from_http_error(503, b'{"error": "overloaded"}', CONTEXT).unserved

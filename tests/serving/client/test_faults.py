@@ -161,3 +161,47 @@ def test_one_deadline_covers_metadata_and_predict(monkeypatch: pytest.MonkeyPatc
         assert transport.timeouts == [1.0, pytest.approx(0.4)]
         assert client.predict({"x": [1.0]}, timeout=1.0)["y"].tolist() == [0.0]  # metadata now cached
         assert transport.timeouts[-1] == 1.0
+
+
+def test_the_retry_budget_stops_an_outage_from_multiplying_the_load(target: str, toy: ToyModel) -> None:
+    """gRFC A6 throttling with the default budget (10 tokens, retries while more than 5 remain): a server
+    that answers only UNAVAILABLE sees 5 attempts of the first call and 1 of the next, not one per
+    backoff until each deadline; successes earn the budget back."""
+    toy.fail_next = 1000
+    registry = CollectorRegistry()
+    transport = "rest" if target.startswith("http") else "grpc"
+    labels = {"model": "toy", "method": "predict", "transport": transport}
+    with _client(target, retry=RetryPolicy(initial_backoff=0.0, max_backoff=0.0), validate=False,
+                 registry=registry) as client:
+        with pytest.raises(Unavailable):
+            client.predict({"x": X})
+        assert toy.calls == ["predict"] * 5
+        with pytest.raises(Unavailable):
+            client.predict({"x": X})
+        assert toy.calls == ["predict"] * 6
+        assert registry.get_sample_value("tfstack_client_retries_throttled_total", labels) == 2
+        assert registry.get_sample_value("tfstack_client_retries_total", {**labels, "code": "UNAVAILABLE"}) == 4
+        toy.fail_next = 0
+        for _ in range(30):  # 30 successes x 0.1 token: 4 -> 7, so one failure leaves more than half
+            client.predict({"x": X})
+        toy.fail_next = 1
+        assert client.predict({"x": X})["total"].tolist() == [6.0, 15.0]  # retried again
+
+
+def test_refused_connections_do_not_spend_the_budget(target: str) -> None:
+    """Nothing reached a server, so the budget is kept: the call keeps trying until its deadline."""
+    from tests.serving.client.conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    registry = CollectorRegistry()
+    transport = "rest" if target.startswith("http") else "grpc"
+    with Client(f"http://{dead}" if transport == "rest" else dead, "toy", timeout=1.5, validate=False,
+                retry=RetryPolicy(max_backoff=0.05), registry=registry) as client:
+        start = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            client.predict({"x": X})
+        assert time.monotonic() - start >= 1.0  # retried until (nearly) the deadline
+    assert info.value.unserved
+    labels = {"model": "toy", "method": "predict", "transport": transport}
+    assert registry.get_sample_value("tfstack_client_retries_total", {**labels, "code": "UNAVAILABLE"}) > 5
+    assert registry.get_sample_value("tfstack_client_retries_throttled_total", labels) == 0

@@ -139,3 +139,80 @@ def test_undecodable_grpc_answers_and_unencodable_inputs_are_typed_errors() -> N
     with pytest.raises(ServerError, match="undecodable predict answer") as info:
         _decode_checked(Request("predict", "m"), b"\x0a\x05\x0a\x01x\x12\x09", "grpc")
     assert info.value.code == "DATA_LOSS" and info.value.model == "m"
+
+
+def _scripted(codes: list[str]) -> object:
+    """Answers predicts with the errors named in ``codes`` (in order), then successfully."""
+    script = list(codes)
+
+    def handle(request: Request) -> object:
+        if request.method == "metadata":
+            return META
+        if script:
+            raise make_error(script.pop(0), "scripted", CallContext("m", request.method, "mock"))
+        return {"p": np.ones((1, 3), np.float32)}
+
+    return handle
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, ...], float]:
+    return {(s.name, *sorted(s.labels.items())): s.value for family in registry.collect()  # type: ignore[misc]
+            for s in family.samples if "_bucket" not in s.name and "_sum" not in s.name}
+
+
+@pytest.mark.parametrize(("codes", "attempts"), [
+    (["UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED"], 4),
+    (["UNAVAILABLE", "INVALID_ARGUMENT"], 2),
+    (["UNAVAILABLE"] * 8, 5),  # the budget: 10 tokens, retries while more than 5 remain
+], ids=["recovers", "refused", "budget-spent"])
+def test_sync_and_async_clients_take_the_same_steps(codes: list[str], attempts: int) -> None:
+    """One core drives both shells: the same faults give the same attempts, outcome and metrics."""
+    inputs = {"pixels": np.zeros((1, 2, 2, 3), np.float32), "name": [b"x"]}
+    policy = RetryPolicy(initial_backoff=0.0, max_backoff=0.0)
+    sync_transport, sync_registry = MockTransport(_scripted(codes)), CollectorRegistry()
+    with Client("ignored:1", "m", transport=sync_transport, retry=policy, registry=sync_registry) as client:
+        try:
+            sync_outcome: object = client.predict(inputs)["p"].tolist()
+        except Exception as exc:
+            sync_outcome = type(exc)
+    async_transport, async_registry = AsyncMockTransport(_scripted(codes)), CollectorRegistry()
+
+    async def run() -> object:
+        async with AsyncClient("ignored:1", "m", transport=async_transport, retry=policy,
+                               registry=async_registry) as client:
+            try:
+                return (await client.predict(inputs))["p"].tolist()
+            except Exception as exc:
+                return type(exc)
+
+    assert asyncio.run(run()) == sync_outcome
+    assert [r.method for r in async_transport.requests] == [r.method for r in sync_transport.requests]
+    assert _samples(async_registry) == _samples(sync_registry)
+    assert [r.method for r in sync_transport.requests] == ["metadata"] + ["predict"] * attempts
+
+
+def test_a_cancelled_async_call_is_counted_and_propagates() -> None:
+    started = asyncio.Event()
+
+    async def hang(request: Request) -> object:
+        if request.method == "metadata":
+            return META
+        started.set()
+        await asyncio.sleep(60)
+        raise AssertionError("unreachable")
+
+    registry = CollectorRegistry()
+
+    async def run() -> None:
+        async with AsyncClient("ignored:1", "m", transport=AsyncMockTransport(hang), registry=registry) as client:
+            task = asyncio.create_task(client.predict({"pixels": np.zeros((1, 2, 2, 3), np.float32),
+                                                       "name": [b"x"]}))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(run())
+    labels = {"model": "m", "method": "predict", "transport": "mock"}
+    assert registry.get_sample_value("tfstack_client_requests_total", {**labels, "code": "UNKNOWN"}) == 1
+    assert registry.get_sample_value("tfstack_client_requests_in_flight", labels) == 0

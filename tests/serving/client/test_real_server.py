@@ -282,31 +282,6 @@ def own_server(tmp_path: Path, toy_versions: dict[int, Path]) -> Any:
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
-def test_retries_carry_a_call_across_a_server_restart(own_server: list[Any], transport: str) -> None:
-    first = own_server[0]
-    target = f"127.0.0.1:{first.grpc_port}" if transport == "grpc" else f"http://127.0.0.1:{first.rest_port}"
-    registry = CollectorRegistry()
-    policy = RetryPolicy(attempts=1000, initial_backoff=0.02, max_backoff=0.1)
-    with _client(target, retry=policy, registry=registry, timeout=120) as client:
-        assert client.predict({"x": X})["y"].tolist() == (2 * X + 1).tolist()
-        first.stop(grace=5.0)
-
-        def restart_once_the_client_is_retrying() -> None:
-            _poll(lambda: _count(registry, "tfstack_client_retries_total", model=MODEL, method="predict",
-                                 transport=transport, code="UNAVAILABLE") >= 1)
-            own_server.append(start_model_server(
-                f"--model_name={MODEL}", f"--model_base_path={first.base}",
-                f"--port={first.grpc_port}", f"--rest_api_port={first.rest_port}"))
-
-        restarter = threading.Thread(target=restart_once_the_client_is_retrying)
-        restarter.start()
-        out = client.predict({"x": X})
-        restarter.join()
-    assert out["y"].tolist() == (2 * X + 1).tolist()
-    assert len(own_server) == 2
-
-
-@pytest.mark.parametrize("transport", ["grpc", "rest"])
 def test_metadata_follows_a_rollout_that_changes_the_signature(
     own_server: list[Any], tmp_path: Path, transport: str
 ) -> None:

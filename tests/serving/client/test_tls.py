@@ -1,5 +1,9 @@
-"""TLS: server CA and client certificates (mutual TLS) for gRPC and https, with certificates made
-here by openssl."""
+"""TLS: server CA and client certificates (mutual TLS), with certificates made here by openssl.
+
+gRPC runs against the real local model server with TF Serving's ``--ssl_config_file`` (an ``SSLConfig``
+text proto: server_key, server_cert, custom_ca, client_verify; model_servers/server.cc). TF Serving's REST
+port has no TLS, so https is tested against a TLS-terminating stand-in (the REST server of servers.py
+behind Python's ssl), as a proxy or mesh would terminate it."""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
 from serving.client import Client, RetryPolicy, TLSConfig, Unavailable
-from tests.serving.client.servers import ToyModel, grpc_server, rest_server
+from tests.serving.client.conftest import start_model_server
+from tests.serving.client.models import MODEL, copy_version
+from tests.serving.client.servers import ToyModel, rest_server
 
 OPENSSL = shutil.which("openssl") or "openssl"  # Debian's base system ships it
 
@@ -38,20 +43,32 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture
-def mtls_grpc(pki: Path) -> Iterator[str]:
-    credentials = grpc.ssl_server_credentials(
-        [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())],
-        root_certificates=(pki / "ca.pem").read_bytes(), require_client_auth=True,
-    )
-    with grpc_server(ToyModel(), credentials=credentials) as target:
-        yield target
+def _quoted(path: Path) -> str:
+    return '"' + path.read_text().replace("\n", "\\n") + '"'
+
+
+@pytest.fixture(scope="module")
+def mtls_grpc(pki: Path, toy_versions: dict[int, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real model server requiring client certificates signed by the test CA."""
+    root = tmp_path_factory.mktemp("tls-served")
+    base = root / MODEL
+    base.mkdir()
+    copy_version(toy_versions[1], base, 1)
+    config = root / "ssl.config"
+    config.write_text(f"server_key: {_quoted(pki / 'server.key')}\nserver_cert: {_quoted(pki / 'server.pem')}\n"
+                      f"custom_ca: {_quoted(pki / 'ca.pem')}\nclient_verify: true\n")
+    server = start_model_server(f"--model_name={MODEL}", f"--model_base_path={base}", f"--ssl_config_file={config}")
+    try:
+        yield f"127.0.0.1:{server.grpc_port}"
+    finally:
+        server.stop(grace=5.0)
 
 
 def test_grpc_mutual_tls(mtls_grpc: str, pki: Path) -> None:
     tls = TLSConfig(ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client.key")
     with Client(mtls_grpc, "toy", tls=tls, registry=CollectorRegistry()) as client:
         assert client.status().ready
+        assert client.predict({"x": [[1.0, 2.0, 3.0]]})["y"].tolist() == [[3.0, 5.0, 7.0]]
     # PEM bytes work as well as paths
     tls_bytes = TLSConfig(ca=(pki / "ca.pem").read_bytes(), cert=(pki / "client.pem").read_bytes(),
                           key=(pki / "client.key").read_bytes())
