@@ -257,7 +257,7 @@ class Servable:
             raise error(f"{exc.message} (model {self.name!r} version {self.version}, signature {info.name!r})") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"{exc} (model {self.name!r} signature {info.name!r})") from exc
-        return {k: v.numpy() for k, v in result.items()}
+        return {k: _to_numpy(v) for k, v in result.items()}
 
     def predict(
         self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
@@ -389,3 +389,15 @@ def serialize_input(request_input: Any) -> list[bytes]:
         return tensors.examples_from_input(with_context.examples, with_context.context)
     raise InvalidArgument(f"Expected input.example_list or input.example_list_with_context. Received: {kind}")
 
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    """The tensor's values without ``.numpy()``'s copy (``_numpy()`` shares the CPU tensor's buffer, read-only
+    here: replies only read outputs); one copy fewer per output on the memory budget."""
+    try:
+        array = tensor._numpy()
+    except AttributeError:  # not an EagerTensor
+        return np.asarray(tensor)
+    if isinstance(array, np.ndarray):
+        array.flags.writeable = False
+    return array
