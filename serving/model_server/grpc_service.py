@@ -34,6 +34,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
 from serving.model_server import tensors
+from serving.model_server.batching import REQUEST_DEADLINE
 from serving.model_server.budget import MemoryBudget, predict_cost
 from serving.model_server.errors import (
     Cancelled,
@@ -121,6 +122,7 @@ class _Base:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("Deadline exceeded before the request was processed")
+            REQUEST_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
             if not context.is_active():  # the caller gave up while the request queued: do not run it
                 raise Cancelled("The caller cancelled the request before it was processed")
             result = run()

@@ -305,6 +305,8 @@ class ModelManager:
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable a request names: a version, a label, or the latest AVAILABLE version."""
+        if not name:  # ServerCore::ServableRequestFromModelSpec (model_servers/server_core.cc)
+            raise InvalidArgument("ModelSpec has no name specified.")
         if version is not None and label:
             raise InvalidArgument(
                 f"Both model version ({version}) and model version label ({label}) cannot be supplied."

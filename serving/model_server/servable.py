@@ -229,7 +229,11 @@ class Servable:
     # ------------------------------------------------------------------------------------------ calls
 
     def _run(self, info: SignatureInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._call(info, self._feed(info, inputs))
+        """Check and run; with ``--enable_batching`` merged with concurrent calls (predict, classify, regress)."""
+        feed = self._feed(info, inputs)
+        if self.batcher is not None:
+            return self.batcher.run((id(self), info.name), feed, lambda merged: self._call(info, merged))
+        return self._call(info, feed)
 
     def _feed(self, info: SignatureInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Check dtypes against the signature (InvalidArgument, as the session's feed check does).
@@ -292,11 +296,7 @@ class Servable:
             if alias in seen:
                 raise InvalidArgument(f"duplicate output tensor alias: {alias}")
             seen.add(alias)
-        feed = self._feed(info, inputs)
-        if self.batcher is not None:
-            outputs = self.batcher.run((id(self), info.name), feed, lambda merged: self._call(info, merged))
-        else:
-            outputs = self._call(info, feed)
+        outputs = self._run(info, inputs)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return info, outputs
