@@ -23,7 +23,7 @@ from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.model_server.errors import InvalidArgument, ResourceExhausted, Unimplemented
-from serving.wire import DTYPES, dtype_for_numpy
+from serving.wire import DTYPES, dtype_for_numpy, json_dtypes
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
@@ -163,11 +163,8 @@ def _strings(value: Any, level: int = 0) -> Any:
 _JSON_KINDS = {"U": "String", "S": "String", "b": "Boolean", "i": "Number", "u": "Number", "f": "Number"}
 
 
-#: Tensor dtypes json_tensor.cc converts (AddValueToTensor / AddSingleValueAndAdvance); others are refused.
-JSON_DTYPES = frozenset(
-    np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int16, np.int8, np.uint8, np.int64, np.bool_,
-                          np.uint32, np.uint64, object)
-)
+#: Tensor dtypes json_tensor.cc converts: the one table in serving.wire, shared with the client's REST transport.
+JSON_DTYPES = json_dtypes.JSON_DTYPES
 
 
 def _first_scalar(value: Any) -> Any:
@@ -307,7 +304,7 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
     with ``surrogateescape`` here and the REST layer encodes the body with it. Output dtypes TF Serving's JSON
     cannot carry are INVALID_ARGUMENT ("Failed to write JSON value for tensor type: half").
     """
-    if array.dtype.kind not in "OSU" and array.dtype not in JSON_DTYPES:
+    if not json_dtypes.json_carries(array.dtype):
         raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_string(array.dtype)}")
     if array.dtype == object or array.dtype.kind in "SU":
         if name.endswith("_bytes"):
