@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 from serving.model_server.errors import FlagError
 
-__all__ = ["UNSUPPORTED_UPSTREAM_FLAGS", "ServerOptions", "parse_flags", "usage"]
+__all__ = ["OUR_FLAGS", "UNSUPPORTED_UPSTREAM_FLAGS", "ServerOptions", "parse_flags", "usage"]
 
 _CPUS = os.cpu_count() or 1
 
@@ -107,6 +107,9 @@ _HELP: dict[str, str] = {
 }
 
 FLAG_NAMES: tuple[str, ...] = tuple(_HELP)
+
+#: Flags of ours: tensorflow_model_server has no such flag (its help says "(ours; ...)" too).
+OUR_FLAGS: frozenset[str] = frozenset({"request_memory_budget_bytes", "drain_timeout_seconds"})
 
 #: tensorflow_model_server flags (main.cc, TF Serving 2.21) that this stand-in does not implement.
 UNSUPPORTED_UPSTREAM_FLAGS: frozenset[str] = frozenset(

@@ -129,8 +129,13 @@ class RestApi:
             if match:
                 model, version, label, api = match.groups()
                 api = api.lower()
-                payload = self._prediction(api, *self._spec(model, version, label), body,
-                                           reservation or Reservation(self._budget))
+                own = reservation is None  # called without the server's connection: hold and release here
+                held = Reservation(self._budget) if reservation is None else reservation
+                try:
+                    payload = self._prediction(api, *self._spec(model, version, label), body, held)
+                finally:
+                    if own:
+                        self._budget.release(held.total)
             else:
                 match = _STATUS.fullmatch(path) if http_method == "GET" else None
                 if not match:
@@ -507,10 +512,11 @@ class RestServer:
     def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), then close connections."""
         httpd = self._httpd
+        with httpd.condition:
+            httpd.closing = True  # first: an accept loop waiting for a connection slot gives up
         httpd.shutdown()
         deadline = time.monotonic() + grace
         with httpd.condition:
-            httpd.closing = True
             while httpd.inflight and time.monotonic() < deadline:
                 httpd.condition.wait(deadline - time.monotonic())
             connections = list(httpd.connections)
