@@ -17,6 +17,13 @@ p50/p99 latency per row, and gRPC predict as a percentage of the echo floor.
 
 ``--baseline DIR`` adds a row, interleaved with the others: gRPC predict on the model server of another
 checkout (``git worktree add /tmp/base <revision>``), to measure a change side by side.
+
+``--load`` (issue 21) measures instead a fixed count of requests (``--count``) from ``--clients`` concurrent
+clients, each request drawn (seeded) from a mix of sizes (``LOAD_MIX``: mostly small, some of 64 Ki and
+1 Mi floats sent as ``tensor_content``), against the echo server and the model server in turn (echo, predict,
+echo, predict, ...: ``--rounds``); prints req/s, p50/p99 and errors by status for each, predict as a
+percentage of echo, and the model server's peak resident memory (VmHWM, ``/proc/<pid>/status``) beside
+its memory budget (``--request_memory_budget_bytes``, default 10% of the container's memory).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from collections.abc import Callable
 from concurrent import futures
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -57,7 +65,8 @@ def echo_server(port: int, threads: int) -> None:
         "tensorflow.serving.PredictionService",
         {"Predict": grpc.unary_unary_rpc_method_handler(lambda request, context: request)},
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=[
+        ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])  # as the model server
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -75,6 +84,122 @@ def _request_bytes() -> bytes:
     tensor.tensor_shape.dim.add(size=3)
     tensor.float_val.extend([1.0, 2.0, 5.0])
     return request.SerializeToString()
+
+
+#: Request sizes (float elements) and their shares in ``--load``.
+LOAD_MIX = ((3, 0.70), (1024, 0.20), (65536, 0.09), (1 << 20, 0.01))
+
+
+def _load_payloads(count: int, seed: int = 0) -> list[bytes]:
+    import random
+
+    from tensorflow_serving.apis import predict_pb2
+
+    by_size = {}
+    for size, _share in LOAD_MIX:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        tensor = request.inputs["x"]
+        tensor.dtype = 1  # DT_FLOAT
+        tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_content = (float(size % 7) * _ones(size)).tobytes()
+        by_size[size] = request.SerializeToString()
+    draw = random.Random(seed).choices([s for s, _ in LOAD_MIX], [w for _, w in LOAD_MIX], k=count)
+    return [by_size[size] for size in draw]
+
+
+def _ones(size: int) -> Any:
+    import numpy as np
+
+    return np.ones(size, np.float32)
+
+
+def _drive_count(call: Callable[[bytes], object], payloads: list[bytes], clients: int) -> dict[str, Any]:
+    """Send every payload once from ``clients`` threads; returns req/s, p50/p99 ms and status counts."""
+    import grpc
+
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+    position = iter(range(len(payloads)))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                index = next(position, None)
+            if index is None:
+                return
+            start = time.perf_counter()
+            try:
+                call(payloads[index])
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                codes[code] = codes.get(code, 0) + 1
+
+    begin = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - begin
+    quantiles = statistics.quantiles(sorted(latencies), n=100)
+    return {"rps": len(payloads) / elapsed, "p50": quantiles[49] * 1000, "p99": quantiles[98] * 1000,
+            "codes": codes}
+
+
+def _vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def load_main(args: argparse.Namespace, echo_port: int, grpc_port: int, server_pid: int) -> int:
+    """``--load``: see the module docstring."""
+    import grpc
+
+    from serving.model_server.budget import default_budget_bytes
+
+    payloads = _load_payloads(args.count)
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    rows: dict[str, list[dict[str, Any]]] = {"grpc echo (floor)": [], "grpc predict": []}
+    before = _vm_kib(server_pid, "VmRSS")
+    with grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=options) as echo_channel, \
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=options) as server_channel:
+        calls = {"grpc echo (floor)": echo_channel.unary_unary(PREDICT_METHOD),
+                 "grpc predict": server_channel.unary_unary(PREDICT_METHOD)}
+        for call in calls.values():  # warm up
+            for payload in payloads[:20]:
+                call(payload, timeout=60)
+        for _ in range(args.rounds):
+            for name, call in calls.items():
+                rows[name].append(_drive_count(functools.partial(call, timeout=60), payloads, args.clients))
+    peak = _vm_kib(server_pid, "VmHWM")
+    budget = args.budget or default_budget_bytes()
+    mix = ", ".join(f"{share:.0%} x {size}" for size, share in LOAD_MIX)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.clients} clients, {args.count} requests "
+          f"per row and round (floats per request: {mix}), {args.rounds} interleaved rounds, median shown")
+    print(f"{'':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}  statuses")
+    medians = {}
+    for name, runs in rows.items():
+        middle = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+        medians[name] = middle["rps"]
+        codes = {}
+        for run in runs:
+            for code, n in run["codes"].items():
+                codes[code] = codes.get(code, 0) + n
+        print(f"{name:<20}{middle['rps']:>9.0f}{middle['p50']:>9.2f}{middle['p99']:>9.2f}  {codes}")
+    ratios = [p["rps"] / e["rps"] for p, e in zip(rows["grpc predict"], rows["grpc echo (floor)"], strict=True)]
+    print(f"grpc predict = {100 * medians['grpc predict'] / medians['grpc echo (floor)']:.0f}% of the echo floor's "
+          f"requests/s (per round: {', '.join(f'{100 * r:.0f}%' for r in ratios)})")
+    print(f"model server resident memory: {before / 1024:.0f} MiB before, peak {peak / 1024:.0f} MiB "
+          f"(rise {(peak - before) / 1024:.0f} MiB); request memory budget {budget / 2**20:.0f} MiB")
+    return 0
 
 
 def _drive(call: Callable[[], object], seconds: float, concurrency: int) -> tuple[float, float, float, int]:
@@ -140,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-flag", dest="server_flag", action="append", default=[],
                         help="extra flag for the model server, e.g. --server-flag=--tensorflow_inter_op_parallelism=1")
     parser.add_argument("--baseline", type=Path, help="another checkout whose model server gets a row too")
+    parser.add_argument("--load", action="store_true", help="fixed-count load with mixed sizes (issue 21)")
+    parser.add_argument("--clients", type=int, default=8, help="--load: concurrent clients")
+    parser.add_argument("--count", type=int, default=2000, help="--load: requests per row and round")
+    parser.add_argument("--budget", type=int, default=0, help="--load: the server's --request_memory_budget_bytes")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)  # internal: run the echo server
     args = parser.parse_args(argv)
     if args.echo_server:
@@ -164,8 +293,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return process, grpc_port, rest_port
 
+    if args.load and args.budget:
+        args.server_flag.append(f"--request_memory_budget_bytes={args.budget}")
     server, grpc_port, rest_port = model_server(REPO)
     processes = [echo, server]
+    if args.load:
+        try:
+            assert echo.stdout is not None
+            echo.stdout.readline()
+            _wait_for(lambda: _model_ready(rest_port))
+            return load_main(args, echo_port, grpc_port, server.pid)
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=60)
     if args.baseline:
         baseline, baseline_port, baseline_rest = model_server(args.baseline.resolve())
         processes.append(baseline)

@@ -1,7 +1,8 @@
 """``python -m serving.model_server``: the command line of the local TF Serving stand-in.
 
 Flags are ``tensorflow_model_server``'s (see :mod:`serving.model_server.flags`). Exit status: 0 after a
-clean shutdown (SIGTERM or SIGINT: in-flight requests finish first), 1 when the server cannot start
+clean shutdown (SIGTERM or SIGINT: gRPC health turns NOT_SERVING, new requests are refused with UNAVAILABLE
+/ HTTP 503, requests in flight get up to ``--drain_timeout_seconds`` to finish), 1 when the server cannot start
 (unreadable config, port in use), 2 for bad flags. Errors are one line on stderr; ``--verbose`` (ours,
 not TF Serving's) adds tracebacks and debug logs.
 """
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     server.wait()
-    server.stop()
+    server.drain()  # health NOT_SERVING, new requests UNAVAILABLE, in-flight ones finish (--drain_timeout_seconds)
+    server.stop(grace=1.0)
     return 0
 
 

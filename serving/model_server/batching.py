@@ -5,20 +5,29 @@ requests on the same servable and signature whose inputs agree in dtype and in e
 first are concatenated along dimension 0, run once, and the outputs split back by row counts. There are no
 extra threads: the first caller becomes the batch's leader, waits up to ``batch_timeout_micros`` for the
 batch to fill to ``max_batch_size`` rows, runs it, and hands leadership to the next waiting request; up to
-``num_batch_threads`` batches run at once. If a merged batch fails, or its outputs are not batch-major,
-every request in it is re-run alone, so one bad request never fails its neighbours.
+``num_batch_threads`` batches run at once. Predict, classify and regress are batched alike.
+
+As upstream (``batching_session.cc`` ``ProcessBatch``): a merged batch that fails gives its error to every
+request in it (no request is run again); outputs that are not batch-major fail the batch ("Batched output
+tensor has 0 dimensions" / "...does not match sum of task sizes"). The queue holds at most
+``max_enqueued_batches`` batches (default 10, ``SharedBatchScheduler::QueueOptions``) of
+``max_batch_size`` rows waiting for a thread; a request that does not fit is refused with UNAVAILABLE
+"The batch scheduling queue to which this task was submitted is full" (``shared_batch_scheduler.h``).
+A request whose deadline passed while it waited is dropped, not run, with DEADLINE_EXCEEDED (upstream
+fails such a batch with RESOURCE_EXHAUSTED "Run() timeout exceeded while waiting in batching queue"
+when every task in it timed out; a gRPC caller sees DEADLINE_EXCEEDED either way).
 
 Requests are checked as TF Serving's batching session checks them (``batching_util.h``,
 ``SharedBatchScheduler``): every input needs a 0th dimension, all inputs the same one, and a request of more
 rows than ``max_batch_size`` (the input batch size limit) is refused with "Task size N is larger than
 maximum input batch size M". With ``enable_large_batch_splitting`` a request of up to ``max_batch_size``
 rows runs in pieces of at most ``max_execution_batch_size`` rows (default ``max_batch_size``). Not reproduced:
-padding to ``allowed_batch_sizes`` (a static-shape optimisation) and ``max_enqueued_batches`` (requests
-wait instead of being rejected).
+padding to ``allowed_batch_sizes`` (a static-shape optimisation).
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,10 +37,13 @@ from typing import Any
 import numpy as np
 
 from serving.model_server.config_protos import BatchingParameters
-from serving.model_server.errors import InvalidArgument
+from serving.model_server.errors import DeadlineExceeded, Internal, InvalidArgument, Unavailable
 from serving.model_server.metrics import ServerMetrics
 
-__all__ = ["Batcher"]
+__all__ = ["REQUEST_DEADLINE", "Batcher"]
+
+#: The current request's deadline (``time.monotonic()``), set by the frontends (gRPC: the caller's deadline).
+REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline", default=None)
 
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -42,6 +54,7 @@ class _Task:
     rows: int
     key: tuple[Any, ...]
     run: RunFn
+    deadline: float | None = None  # time.monotonic() past which the caller no longer waits
     lead: bool = False  # asked to lead a batch
     leading: bool = False  # leading one now
     finished: bool = False
@@ -69,6 +82,8 @@ class Batcher:
         self.execution_batch_size = self.max_batch_size
         if self.split and params.HasField("max_execution_batch_size"):
             self.execution_batch_size = params.max_execution_batch_size.value
+        self.max_enqueued_batches = params.max_enqueued_batches.value if params.HasField("max_enqueued_batches") \
+            else 10
         self._lock = threading.Condition()
         self._queues: dict[Any, _Queue] = {}
 
@@ -78,8 +93,11 @@ class Batcher:
             queue = self._queues.get(queue_key)
             return len(queue.pending) if queue else 0
 
-    def run(self, queue_key: Any, inputs: Mapping[str, np.ndarray], run: RunFn) -> dict[str, np.ndarray]:
-        """Run ``run(inputs)``, merged with concurrent calls on the same ``queue_key`` where possible."""
+    def run(self, queue_key: Any, inputs: Mapping[str, np.ndarray], run: RunFn,
+            deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run ``run(inputs)``, merged with concurrent calls on the same ``queue_key`` where possible.
+
+        ``deadline`` (``time.monotonic()``): past it, a request still queued is dropped, not run."""
         if not inputs:
             raise InvalidArgument("Batching Run() must have at least one input tensor")
         if any(a.ndim == 0 for a in inputs.values()):
@@ -101,9 +119,12 @@ class Batcher:
             self._record([size], [0.0])
             return run(inputs)
         key = tuple(sorted((alias, a.dtype.str, a.shape[1:]) for alias, a in inputs.items()))
-        task = _Task(inputs, size, key, run)
+        task = _Task(inputs, size, key, run, deadline if deadline is not None else REQUEST_DEADLINE.get())
         with self._lock:
             queue = self._queues.setdefault(queue_key, _Queue())
+            waiting = sum(t.rows for t in queue.pending if not t.leading)
+            if waiting + size > self.max_enqueued_batches * self.max_batch_size:
+                raise Unavailable("The batch scheduling queue to which this task was submitted is full")
             queue.pending.append(task)
             if queue.running < self.num_batch_threads:
                 queue.running += 1
@@ -124,6 +145,11 @@ class Batcher:
         return task.result
 
     def _take(self, queue: _Queue, first: _Task) -> list[_Task]:
+        now = time.monotonic()
+        for task in [t for t in queue.pending if t.deadline is not None and t.deadline <= now]:
+            queue.pending.remove(task)  # its caller gave up: dropped, not run
+            task.error = DeadlineExceeded("Deadline exceeded while the request waited in the batching queue")
+            task.finished = True
         candidates = ([first] if first in queue.pending else []) + [t for t in queue.pending if t is not first]
         batch, rows = [], 0
         for task in candidates:
@@ -180,11 +206,16 @@ class Batcher:
         merged = {alias: np.concatenate([t.inputs[alias] for t in batch]) for alias in batch[0].inputs}
         try:
             outputs = batch[0].run(merged)
-            if any(o.ndim == 0 or o.shape[0] != total for o in outputs.values()):
-                raise ValueError("outputs are not batch-major")
-        except Exception:
-            for task in batch:  # re-run alone: each request gets its own answer or error
-                _run_alone(task)
+            del merged
+            for alias, output in outputs.items():  # SplitOutputTensors (batching_session.cc)
+                if output.ndim == 0:
+                    raise Internal("Batched output tensor has 0 dimensions")
+                if output.shape[0] != total:
+                    raise Internal(f"Batched output tensor's 0th dimension does not equal the sum of the 0th "
+                                   f"dimension sizes of the input tensors ({alias}: {output.shape[0]} != {total})")
+        except BaseException as exc:  # as upstream: every request of the batch gets the batch's error
+            for task in batch:
+                task.error = exc
             return
         offset = 0
         for task in batch:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 from serving.model_server.errors import FlagError
 
-__all__ = ["UNSUPPORTED_UPSTREAM_FLAGS", "ServerOptions", "parse_flags", "usage"]
+__all__ = ["OUR_FLAGS", "UNSUPPORTED_UPSTREAM_FLAGS", "ServerOptions", "parse_flags", "usage"]
 
 _CPUS = os.cpu_count() or 1
 
@@ -23,10 +23,13 @@ _CPUS = os.cpu_count() or 1
 class ServerOptions:
     """Everything the server is configured with; field names are the flag names.
 
-    The last fields (``host``, ``max_request_bytes``, ``grace_period_seconds``,
-    ``max_decoded_request_bytes``) are not flags: ``tensorflow_model_server`` has no such options, so
-    they are set only by code (tests, embedding). ``max_decoded_request_bytes`` bounds the memory one
-    request's decoded tensors may take (see ``docs/model_server.md``, "Memory per request").
+    The last fields (``host``, ``max_request_bytes``, ``grace_period_seconds`` (:meth:`ModelServer.stop`'s
+    bound), ``max_decoded_request_bytes``) are not flags:
+    ``tensorflow_model_server`` has no such options, so they are set only by code (tests, embedding).
+    ``max_decoded_request_bytes`` bounds the memory one request's decoded tensors may take (see
+    ``docs/model_server.md``, "Memory"). ``request_memory_budget_bytes`` and ``drain_timeout_seconds``
+    are flags of ours (upstream has neither): the server-wide budget (0: derived from the container's
+    memory limit) and the SIGTERM drain bound.
     """
 
     port: int = 8500
@@ -55,6 +58,9 @@ class ServerOptions:
     enable_signature_method_name_check: bool = False
     ssl_config_file: str = ""
     enable_grpc_healthcheck_service: bool = False
+    # Flags of ours (tensorflow_model_server has no such flags).
+    request_memory_budget_bytes: int = 0
+    drain_timeout_seconds: int = 30
     # Not flags (see the class docstring).
     host: str = "0.0.0.0"
     max_request_bytes: int = 64 * 1024 * 1024
@@ -93,9 +99,17 @@ _HELP: dict[str, str] = {
     "ssl_config_file": "If non-empty, read an ascii SSLConfig protobuf from the supplied file name and set up a "
     "secure gRPC channel.",
     "enable_grpc_healthcheck_service": "Enable the standard gRPC health checking service (grpc.health.v1).",
+    "request_memory_budget_bytes": "(ours; not a tensorflow_model_server flag) Bytes that the decoded data of "
+    "all requests in flight may take together; a request beyond it is RESOURCE_EXHAUSTED (HTTP 429). "
+    "0: 10% of the container's memory limit (cgroup memory.max), else of the machine's memory.",
+    "drain_timeout_seconds": "(ours; not a tensorflow_model_server flag) On SIGTERM: health NOT_SERVING, new "
+    "requests UNAVAILABLE (HTTP 503), in-flight ones get up to this many seconds to finish, then exit 0.",
 }
 
 FLAG_NAMES: tuple[str, ...] = tuple(_HELP)
+
+#: Flags of ours: tensorflow_model_server has no such flag (its help says "(ours; ...)" too).
+OUR_FLAGS: frozenset[str] = frozenset({"request_memory_budget_bytes", "drain_timeout_seconds"})
 
 #: tensorflow_model_server flags (main.cc, TF Serving 2.21) that this stand-in does not implement.
 UNSUPPORTED_UPSTREAM_FLAGS: frozenset[str] = frozenset(
@@ -220,6 +234,9 @@ def parse_flags(argv: Sequence[str], base: ServerOptions | None = None) -> Serve
         raise FlagError(  # upstream: Server::BuildAndStart fails with this InvalidArgument
             "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
         )
+    for name in ("request_memory_budget_bytes", "drain_timeout_seconds"):
+        if getattr(options, name) < 0:
+            raise FlagError(f"Expected --{name} >= 0. Received: --{name}={getattr(options, name)}")
     if options.grpc_max_threads < 1:
         raise FlagError(f"Expected --grpc_max_threads >= 1. Received: --grpc_max_threads={options.grpc_max_threads}")
     return options

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -33,19 +34,23 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
 from serving.model_server import tensors
+from serving.model_server.batching import REQUEST_DEADLINE
+from serving.model_server.budget import MemoryBudget, predict_cost
 from serving.model_server.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
     ModelServerError,
+    Unavailable,
     Unimplemented,
 )
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.servable import Servable, serialize_input
+from serving.model_server.tensors import classification_rows
 from serving.wire.codec import encode_model_spec, encode_predict_response
 
-__all__ = ["ModelService", "PredictionService", "add_services"]
+__all__ = ["Admission", "ModelService", "PredictionService", "add_services"]
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +78,51 @@ def _fill_spec(spec: _model_pb2.ModelSpec, servable: Servable, signature: str | 
         spec.signature_name = signature
 
 
+class Admission:
+    """What every request passes first: the drain state and the memory budget, shared by gRPC and REST."""
+
+    DRAINING_MESSAGE = "Server is draining (shutting down); send the request to another replica"
+
+    def __init__(self, budget: MemoryBudget, max_decoded_bytes: int = tensors.DEFAULT_MAX_DECODED_BYTES) -> None:
+        self.budget = budget
+        self.max_decoded_bytes = max_decoded_bytes
+        self.draining = False
+
+    def check(self) -> None:
+        """UNAVAILABLE once draining: clients (``serving.client``'s retries) go to another replica."""
+        if self.draining:
+            raise Unavailable(self.DRAINING_MESSAGE)
+
+
+def _wire_cost(nbytes: int) -> int:
+    return 2 * nbytes  # grpc's received bytes and protobuf's parsed message
+
+
+def _examples_cost(request: Any) -> int:
+    """Classify/regress: the parsed message, the serialized examples, and TensorFlow's copy of them."""
+    return 4 * request.ByteSize()
+
+
 class _Base:
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics,
-                 max_decoded_bytes: int = tensors.DEFAULT_MAX_DECODED_BYTES) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, admission: Admission) -> None:
         self._manager = manager
         self._metrics = metrics
         self._in_flight = metrics.in_flight.labels("grpc")
-        self._max_decoded_bytes = max_decoded_bytes
+        self._admission = admission
+        self._budget = admission.budget
 
-    def _call(self, method: str, model: str, context: grpc.ServicerContext, run: Callable[[], _R]) -> _R:
+    def _call(self, method: str, model: str | Callable[[], str], context: grpc.ServicerContext,
+              run: Callable[[], _R]) -> _R:
         start = time.perf_counter()
         status = "OK"
         in_flight = self._in_flight
         in_flight.inc()
         try:
+            self._admission.check()
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("Deadline exceeded before the request was processed")
+            REQUEST_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
             if not context.is_active():  # the caller gave up while the request queued: do not run it
                 raise Cancelled("The caller cancelled the request before it was processed")
             result = run()
@@ -106,56 +139,65 @@ class _Base:
             context.abort(grpc.StatusCode.INTERNAL, f"Internal error in {method}: {exc}")
         finally:
             in_flight.dec()
-            self._metrics.observe(model, method, "grpc", status, time.perf_counter() - start)
+            self._metrics.observe(model() if callable(model) else model, method, "grpc", status,
+                                  time.perf_counter() - start)
         raise AssertionError("unreachable")  # pragma: no cover - context.abort always raises
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, Classify, Regress and GetModelMetadata."""
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> bytes:
-        """Answers with ``PredictResponse`` wire bytes (see the module docstring)."""
+    def Predict(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        """Takes the request's wire bytes and answers with ``PredictResponse`` wire bytes (see the module
+        docstring): the memory budget is reserved from the wire size before parsing, and from the declared
+        shapes before decoding (:mod:`serving.model_server.budget`)."""
+        model = [""]
 
         def run() -> bytes:
-            servable = self._manager.resolve(*_spec_args(_spec(request)))
-            tensors.check_decoded_size(request.inputs, self._max_decoded_bytes)
-            inputs = {alias: tensors.make_ndarray(proto) for alias, proto in request.inputs.items()}
-            info, outputs = servable.predict(request.model_spec.signature_name, inputs, request.output_filter)
-            spec = encode_model_spec(servable.name, servable.version, None, info.name)
-            return encode_predict_response(spec, outputs)
+            with self._budget.hold(_wire_cost(len(raw)), "the request's wire bytes") as reservation:
+                try:
+                    request = predict_pb2.PredictRequest.FromString(raw)
+                except DecodeError as exc:
+                    raise InvalidArgument(f"Expected a serialized PredictRequest. Received: {exc}") from None
+                model[0] = request.model_spec.name
+                servable = self._manager.resolve(*_spec_args(_spec(request)))
+                tensors.check_decoded_size(request.inputs, self._admission.max_decoded_bytes)
+                reservation.add(predict_cost(request.inputs, servable.batcher is not None), "the request's tensors")
+                inputs = {alias: tensors.make_ndarray(proto) for alias, proto in request.inputs.items()}
+                signature, output_filter = request.model_spec.signature_name, list(request.output_filter)
+                del request  # the parsed message's copy of the values is not needed any more
+                info, outputs = servable.predict(signature, inputs, output_filter)
+                spec = encode_model_spec(servable.name, servable.version, None, info.name)
+                return encode_predict_response(spec, outputs)
 
-        return self._call("predict", request.model_spec.name, context, run)
+        return self._call("predict", lambda: model[0], context, run)
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext) -> Any:
         def run() -> classification_pb2.ClassificationResponse:
-            servable = self._manager.resolve(*_spec_args(_spec(request)))
-            info, classes, scores = servable.classify(request.model_spec.signature_name, serialize_input(request.input))
-            response = classification_pb2.ClassificationResponse()
-            _fill_spec(response.model_spec, servable, info.name)
-            rows = (classes if classes is not None else scores).shape[0]
-            for i in range(rows):
-                classification = response.result.classifications.add()
-                width = (classes if classes is not None else scores).shape[1]
-                for j in range(width):
-                    item = classification.classes.add()
-                    if classes is not None:
-                        label = classes[i, j]
-                        item.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-                    if scores is not None:
-                        item.score = float(scores[i, j])
-            return response
+            with self._budget.hold(_examples_cost(request), "the request's examples"):
+                servable = self._manager.resolve(*_spec_args(_spec(request)))
+                serialized = serialize_input(request.input)
+                info, classes, scores = servable.classify(request.model_spec.signature_name, serialized)
+                response = classification_pb2.ClassificationResponse()
+                _fill_spec(response.model_spec, servable, info.name)
+                for row in classification_rows(classes, scores):
+                    classification = response.result.classifications.add()
+                    for label, score in row:
+                        classification.classes.add(label=label, score=score)
+                return response
 
         return self._call("classify", request.model_spec.name, context, run)
 
     def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> Any:
         def run() -> regression_pb2.RegressionResponse:
-            servable = self._manager.resolve(*_spec_args(_spec(request)))
-            info, values = servable.regress(request.model_spec.signature_name, serialize_input(request.input))
-            response = regression_pb2.RegressionResponse()
-            _fill_spec(response.model_spec, servable, info.name)
-            for value in values.tolist():
-                response.result.regressions.add(value=float(value))
-            return response
+            with self._budget.hold(_examples_cost(request), "the request's examples"):
+                servable = self._manager.resolve(*_spec_args(_spec(request)))
+                info, values = servable.regress(request.model_spec.signature_name, serialize_input(request.input))
+                response = regression_pb2.RegressionResponse()
+                _fill_spec(response.model_spec, servable, info.name)
+                for value in values.tolist():
+                    response.result.regressions.add(value=float(value))
+                return response
 
         return self._call("regress", request.model_spec.name, context, run)
 
@@ -211,8 +253,9 @@ def model_status(
 class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus and HandleReloadConfigRequest."""
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, reload: Callable[..., None]) -> None:
-        super().__init__(manager, metrics)
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, admission: Admission,
+                 reload: Callable[..., None]) -> None:
+        super().__init__(manager, metrics, admission)
         self._reload = reload
 
     def GetModelStatus(
@@ -237,10 +280,10 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(server: grpc.Server, prediction: PredictionService, model: ModelService) -> None:
-    """Register both services on ``server``: the generated registration, except that Predict has no
-    response serializer (it answers with wire bytes)."""
+    """Register both services on ``server``: the generated registration, except that Predict has neither
+    request deserializer nor response serializer (it takes and answers wire bytes)."""
     methods = {
-        "Predict": (prediction.Predict, predict_pb2.PredictRequest, None),
+        "Predict": (prediction.Predict, None, None),
         "Classify": (prediction.Classify, classification_pb2.ClassificationRequest,
                      classification_pb2.ClassificationResponse),
         "Regress": (prediction.Regress, regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
@@ -251,7 +294,7 @@ def add_services(server: grpc.Server, prediction: PredictionService, model: Mode
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            behaviour, request_deserializer=request_type.FromString,
+            behaviour, request_deserializer=None if request_type is None else request_type.FromString,
             response_serializer=None if response_type is None else response_type.SerializeToString,
         )
         for name, (behaviour, request_type, response_type) in methods.items()

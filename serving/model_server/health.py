@@ -72,6 +72,9 @@ class HealthService:
         self._statuses = dict.fromkeys(services, SERVING)
         self._changed = threading.Condition()
 
+    def services(self) -> list[str]:
+        return list(self._statuses)
+
     def set_status(self, service: str, status: int) -> None:
         with self._changed:
             self._statuses[service] = status

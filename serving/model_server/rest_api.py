@@ -8,10 +8,16 @@ Routes, status codes and bodies follow ``g3doc/api_rest.md`` and ``http_rest_api
 - ``GET <prometheus path>``: metrics, when ``--monitoring_config_file`` enables them
 
 Every error is ``{"error": "<message>"}`` with TF Serving's mapping of status codes (INVALID_ARGUMENT and
-FAILED_PRECONDITION 400, NOT_FOUND 404, ...); a body larger than the limit is 413, a request still running at
-``--rest_api_timeout_in_ms`` is answered 504 at that moment. Bodies come with Content-Length or chunked.
-Connections are HTTP/1.1 keep-alive, one thread each; requests run in a pool of ``--rest_api_num_threads``
-workers.
+FAILED_PRECONDITION 400, NOT_FOUND 404, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, ...); a body larger than
+the limit is 413, a request still running at ``--rest_api_timeout_in_ms`` is answered 504 at that moment.
+Bodies come with Content-Length or chunked.
+
+Memory (:mod:`serving.model_server.budget`): a body's length is reserved before it is read (chunked bodies:
+chunk by chunk), what parsing it takes before it is parsed, the reply's JSON before it is written; all
+is released once the request's worker is done. Over budget the answer is 429 at once (a body not read yet
+is discarded unread, in small pieces).
+Threads: connections are HTTP/1.1 keep-alive, served by at most :func:`max_connections` threads (further
+connections wait in the listen backlog); requests run in a pool of ``--rest_api_num_threads`` workers.
 """
 
 from __future__ import annotations
@@ -34,16 +40,19 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving.model_server import tensors
+from serving.model_server.budget import MemoryBudget, Reservation, parse_cost, predict_array_cost, reply_cost
 from serving.model_server.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ModelServerError,
+    ResourceExhausted,
+    Unavailable,
 )
-from serving.model_server.grpc_service import SIGNATURE_DEF_FIELD, model_metadata, model_status
+from serving.model_server.grpc_service import SIGNATURE_DEF_FIELD, Admission, model_metadata, model_status
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 
-__all__ = ["RestApi", "RestServer"]
+__all__ = ["RestApi", "RestServer", "max_connections"]
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +100,25 @@ def _error_body(message: str) -> bytes:
     return _json({"error": message})
 
 
+def max_connections(num_threads: int) -> int:
+    """Connections served at once (a thread each): four per request worker, at least 64."""
+    return max(64, 4 * num_threads)
+
+
 class RestApi:
     """Request handling without sockets: ``handle(method, path, body) -> (status, body, model, api)``."""
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, prometheus_path: str | None = None) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, prometheus_path: str | None = None,
+                 budget: MemoryBudget | None = None) -> None:
+        self._budget = budget if budget is not None else MemoryBudget(1 << 62)
         self._manager = manager
         self._metrics = metrics
         self.prometheus_path = prometheus_path
 
-    def handle(self, http_method: str, raw_path: str, body: bytes) -> tuple[int, bytes, str, str]:
+    def handle(self, http_method: str, raw_path: str, body: bytes,
+               reservation: Reservation | None = None) -> tuple[int, bytes, str, str]:
+        """Answer one request; ``reservation`` (the body's, from the connection) grows with what decoding
+        and the reply take (:func:`parse_cost`, :func:`reply_cost`) and may refuse with 429."""
         path = urlsplit(raw_path).path
         model, api = "", "unknown"
         start = time.perf_counter()
@@ -110,7 +129,13 @@ class RestApi:
             if match:
                 model, version, label, api = match.groups()
                 api = api.lower()
-                payload = self._prediction(api, *self._spec(model, version, label), body)
+                own = reservation is None  # called without the server's connection: hold and release here
+                held = Reservation(self._budget) if reservation is None else reservation
+                try:
+                    payload = self._prediction(api, *self._spec(model, version, label), body, held)
+                finally:
+                    if own:
+                        self._budget.release(held.total)
             else:
                 match = _STATUS.fullmatch(path) if http_method == "GET" else None
                 if not match:
@@ -201,7 +226,10 @@ class RestApi:
             )
         return doc
 
-    def _prediction(self, api: str, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+    def _prediction(self, api: str, name: str, version: int | None, label: str | None, body: bytes,
+                    reservation: Reservation) -> bytes:
+        parsing = parse_cost(body)
+        reservation.add(parsing, "the REST request's parsed JSON")
         doc = self._parse(body)
         servable = self._manager.resolve(name, version, label)
         signature = doc.get("signature_name", "")
@@ -210,31 +238,21 @@ class RestApi:
                 info = servable.signature(signature)
                 dtypes = {alias: dtype for alias, (dtype, _shape) in info.inputs.items()}
                 inputs, fmt = tensors.predict_inputs_from_json(doc, dtypes)
+                del doc  # the parsed JSON is the largest copy: gone before the model runs
+                reservation.charge(predict_array_cost(inputs) - parsing)  # parsing's share, exchanged
                 _info, outputs = servable.predict(signature, inputs)
+                del inputs
+                reservation.add(reply_cost(outputs), "the REST reply")
                 return _json(tensors.outputs_to_json(outputs, fmt))
             serialized = [e.SerializeToString() for e in tensors.examples_from_json(doc)]
             if api == "classify":
                 _info, classes, scores = servable.classify(signature, serialized)
-                shape = (classes if classes is not None else scores).shape
-                results = [
-                    [
-                        [
-                            _label(classes[i, j]) if classes is not None else "",
-                            float(scores[i, j]) if scores is not None else 0.0,
-                        ]
-                        for j in range(shape[1])
-                    ]
-                    for i in range(shape[0])
-                ]
-                return _json({"results": results})
+                rows = tensors.classification_rows(classes, scores)
+                return _json({"results": [[[label, score] for label, score in row] for row in rows]})
             _info, values = servable.regress(signature, serialized)
             return _json({"results": tensors.to_json_value(values.astype(np.float32), "outputs")})
         except RecursionError:
             raise InvalidArgument("Expected JSON nested at most a few hundred levels deep. Received: deeper") from None
-
-
-def _label(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -242,12 +260,28 @@ class _HttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], connections: int) -> None:
         super().__init__(address, handler)
         self.condition = threading.Condition()
         self.inflight = 0
         self.closing = False
         self.connections: set[socket.socket] = set()
+        self._slots = threading.BoundedSemaphore(connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most ``connections`` at once: the accept loop waits for a free slot
+        (new connections queue in the kernel's backlog meanwhile)."""
+        while not self._slots.acquire(timeout=0.5):
+            if self.closing:
+                self.shutdown_request(request)
+                return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
@@ -271,12 +305,14 @@ class RestServer:
         port: int,
         *,
         metrics: ServerMetrics,
+        admission: Admission,
         num_threads: int,
         timeout_ms: int,
         max_request_bytes: int,
         enable_cors: bool = False,
     ) -> None:
         workers = futures.ThreadPoolExecutor(max_workers=max(num_threads, 1), thread_name_prefix="rest")
+        budget = admission.budget
         self._workers = workers
         track_in_flight = metrics.in_flight.labels("rest").track_inprogress
         timeout = timeout_ms / 1000 if timeout_ms > 0 else None
@@ -313,29 +349,62 @@ class RestServer:
                 server: _HttpServer = self.server  # type: ignore[assignment]
                 with server.condition:
                     server.inflight += 1
+                reservation = Reservation(budget)
+                handed_over = False  # the reservation goes with the request to its worker
                 try:
-                    body = b""
-                    if method == "POST":
-                        body = self._read_body()
-                        if body is None:
-                            return
                     path = self.path
                     if api.prometheus_path and method == "GET" and urlsplit(path).path == api.prometheus_path:
                         page, content_type = metrics.exposition()
                         self._send(HTTPStatus.OK, page, content_type)
                         return
-                    status, out = self._run(method, path, body)
+                    try:
+                        admission.check()
+                    except Unavailable as exc:
+                        self._refuse(exc)
+                        return
+                    body = b""
+                    if method == "POST":
+                        body = self._read_body(reservation)
+                        if body is None:
+                            return
+                    handed_over = True
+                    status, out = self._run(method, path, body, reservation)
                     self._send(status, out)
                 finally:
+                    if not handed_over:
+                        budget.release(reservation.total)
                     with server.condition:
                         server.inflight -= 1
                         server.condition.notify_all()
 
-            def _read_body(self) -> bytes | None:
-                """The request body (Content-Length or chunked, as TF Serving's libevent server accepts); None
-                after answering an error."""
+            def _refuse(self, exc: ModelServerError) -> None:
+                """Answer before reading the body, then discard a Content-Length body in small pieces (so the
+                client, still sending, reads the answer rather than a reset) and close the connection."""
+                self.close_connection = True
+                metrics.observe("", "unknown", "rest", exc.code.name, 0.0)
+                self._send(exc.http_status, _error_body(exc.message))
+                if self.command == "POST" and "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    left = min(int(self.headers.get("Content-Length") or 0), max_request_bytes)
+                    with contextlib.suppress(OSError, ValueError):
+                        while left > 0:
+                            piece = self.rfile.read(min(left, 1 << 16))
+                            if not piece:
+                                break
+                            left -= len(piece)
+
+            def _reserve(self, reservation: Reservation, nbytes: int) -> bool:
+                try:
+                    reservation.add(nbytes, "the REST request body")
+                except ResourceExhausted as exc:
+                    self._refuse(exc)
+                    return False
+                return True
+
+            def _read_body(self, reservation: Reservation) -> bytes | None:
+                """The request body (Content-Length or chunked, as TF Serving's libevent server accepts), its
+                memory reserved first; None after answering an error."""
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    return self._read_chunked()
+                    return self._read_chunked(reservation)
                 length_header = self.headers.get("Content-Length")
                 try:
                     length = int(length_header or 0)
@@ -349,6 +418,8 @@ class RestServer:
                 if length > max_request_bytes:
                     self._too_large(f"Content-Length={length}")
                     return None
+                if not self._reserve(reservation, length):
+                    return None
                 return self.rfile.read(length)
 
             def _too_large(self, received: str) -> None:
@@ -357,7 +428,7 @@ class RestServer:
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _error_body(
                     f"Expected a request body of at most {max_request_bytes} bytes. Received: {received}"))
 
-            def _read_chunked(self) -> bytes | None:
+            def _read_chunked(self, reservation: Reservation) -> bytes | None:
                 parts: list[bytes] = []
                 total = 0
                 while True:
@@ -379,15 +450,23 @@ class RestServer:
                     if total > max_request_bytes:
                         self._too_large("more in chunks (Transfer-Encoding: chunked)")
                         return None
+                    if not self._reserve(reservation, size):
+                        return None
                     parts.append(self.rfile.read(size))
                     self.rfile.readline(1024)  # the CRLF after the chunk
 
-            def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+            def _run(self, method: str, path: str, body: bytes, reservation: Reservation) -> tuple[int, bytes]:
                 """Run the request in the worker pool; answer DEADLINE_EXCEEDED (504) at the
                 --rest_api_timeout_in_ms deadline even while the model still runs, as TF Serving's session
-                run timeout does (the abandoned run finishes in the background)."""
+                run timeout does (the abandoned run finishes in the background, its memory still reserved)."""
                 with track_in_flight():
-                    future = workers.submit(api.handle, method, path, body)
+                    try:
+                        future = workers.submit(api.handle, method, path, body, reservation)
+                    except RuntimeError:  # the pool is shut down: the server is stopping
+                        budget.release(reservation.total)
+                        error = Unavailable(Admission.DRAINING_MESSAGE)
+                        return error.http_status, _error_body(error.message)
+                    future.add_done_callback(lambda _f: budget.release(reservation.total))
                     try:
                         status, out, _model, _api = future.result(timeout=timeout)
                     except futures.TimeoutError:
@@ -414,8 +493,13 @@ class RestServer:
             do_PUT = do_DELETE = do_PATCH = _malformed
 
         Handler.timeout = max(timeout or 0, 60.0)  # socket reads: generous, so slow uploads are not cut short
-        self._httpd = _HttpServer((host, port), Handler)
+        self._httpd = _HttpServer((host, port), Handler, max_connections(num_threads))
         self._thread: threading.Thread | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being read, run or answered now (from their first byte to their last)."""
+        return self._httpd.inflight
 
     @property
     def port(self) -> int:
@@ -428,10 +512,11 @@ class RestServer:
     def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), then close connections."""
         httpd = self._httpd
+        with httpd.condition:
+            httpd.closing = True  # first: an accept loop waiting for a connection slot gives up
         httpd.shutdown()
         deadline = time.monotonic() + grace
         with httpd.condition:
-            httpd.closing = True
             while httpd.inflight and time.monotonic() < deadline:
                 httpd.condition.wait(deadline - time.monotonic())
             connections = list(httpd.connections)

@@ -5,6 +5,7 @@
     server = ModelServer(options)   # reads the config files (ConfigError if invalid)
     server.start()                  # waits until every model has an AVAILABLE version, then opens the ports
     ...
+    server.drain()                  # SIGTERM: health NOT_SERVING, new requests UNAVAILABLE, in-flight finish
     server.stop()                   # graceful: stop accepting, finish in-flight requests, unload
 
 Start-up order is TF Serving's (``server.cc`` builds ``ServerCore`` first, and
@@ -30,6 +31,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server import config as config_files
 from serving.model_server.batching import Batcher
+from serving.model_server.budget import MemoryBudget, default_budget_bytes
 from serving.model_server.config_protos import BatchingParameters
 from serving.model_server.errors import (
     ConfigError,
@@ -40,8 +42,8 @@ from serving.model_server.errors import (
     Unknown,
 )
 from serving.model_server.flags import ServerOptions
-from serving.model_server.grpc_service import ModelService, PredictionService, add_services
-from serving.model_server.health import HealthService
+from serving.model_server.grpc_service import Admission, ModelService, PredictionService, add_services
+from serving.model_server.health import NOT_SERVING, HealthService
 from serving.model_server.loader import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.rest_api import RestApi, RestServer
@@ -82,6 +84,8 @@ class ModelServer:
             self.batcher = Batcher(parameters, metrics=self.metrics)
         self._ssl_config = config_files.read_ssl_config(options.ssl_config_file) if options.ssl_config_file else None
         _configure_tensorflow_threads(options)
+        self.budget = MemoryBudget(options.request_memory_budget_bytes or default_budget_bytes())
+        self.admission = Admission(self.budget, options.max_decoded_request_bytes)
         self._stop = threading.Event()
         self.manager = ModelManager(
             self._load,
@@ -129,8 +133,8 @@ class ModelServer:
             ],
         )
         add_services(
-            self._grpc, PredictionService(self.manager, self.metrics, options.max_decoded_request_bytes),
-            ModelService(self.manager, self.metrics, self.reload_config),
+            self._grpc, PredictionService(self.manager, self.metrics, self.admission),
+            ModelService(self.manager, self.metrics, self.admission, self.reload_config),
         )
         if options.enable_grpc_healthcheck_service:
             self.health = HealthService()
@@ -144,9 +148,9 @@ class ModelServer:
         except RuntimeError as exc:
             raise OSError(f"Expected to bind the gRPC port. Received: {address} is not available ({exc})") from exc
         if options.rest_api_port:
-            api = RestApi(self.manager, self.metrics, self.prometheus_path)
+            api = RestApi(self.manager, self.metrics, self.prometheus_path, self.budget)
             self._rest = RestServer(
-                api, options.host, options.rest_api_port, metrics=self.metrics,
+                api, options.host, options.rest_api_port, metrics=self.metrics, admission=self.admission,
                 num_threads=options.rest_api_num_threads, timeout_ms=options.rest_api_timeout_in_ms,
                 max_request_bytes=options.max_request_bytes, enable_cors=options.rest_api_enable_cors_support,
             )
@@ -159,6 +163,34 @@ class ModelServer:
             self._spawn("config-poller", options.model_config_file_poll_wait_seconds, self._poll_config_file)
         log.info("%s: gRPC on port %d, REST on port %s, models %s", READY_MESSAGE, self.grpc_port,
                  self.rest_port or "(disabled)", ", ".join(self.manager.model_names()))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Begin a shutdown the way a rolling restart needs it (SIGTERM; ``--drain_timeout_seconds``).
+
+        At once: gRPC health answers NOT_SERVING for every service, and every new request is refused with
+        UNAVAILABLE (HTTP 503) while the ports stay open, so load balancers and clients move to another
+        replica. Then waits up to ``timeout`` seconds for the requests in flight to finish; returns whether
+        they all did. :meth:`stop` follows.
+        """
+        timeout = self.options.drain_timeout_seconds if timeout is None else timeout
+        self.admission.draining = True
+        if self.health is not None:
+            for service in self.health.services():
+                self.health.set_status(service, NOT_SERVING)
+        log.info("draining: new requests are refused with UNAVAILABLE; waiting up to %ss for in-flight ones",
+                 timeout)
+        deadline = time.monotonic() + timeout
+        while self.requests_in_flight() > 0:
+            if time.monotonic() >= deadline:
+                log.warning("drain timeout: %d request(s) still in flight", self.requests_in_flight())
+                return False
+            time.sleep(0.02)  # polling the in-flight gauge
+        return True
+
+    def requests_in_flight(self) -> int:
+        """Requests being processed now, over gRPC and REST (refused ones excluded once they are answered)."""
+        grpc_calls = int(self.metrics.in_flight.labels("grpc")._value.get())
+        return grpc_calls + (self._rest.in_flight if self._rest is not None else 0)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: no new requests, in-flight ones finish (up to ``grace`` seconds), models unload."""

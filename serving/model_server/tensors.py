@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,13 +23,14 @@ from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.model_server.errors import InvalidArgument, ResourceExhausted, Unimplemented
-from serving.wire import DTYPES, dtype_for_numpy
+from serving.wire import DTYPES, dtype_for_numpy, json_dtypes
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
     "JSON_DTYPES",
     "MAX_ELEMENTS",
     "check_decoded_size",
+    "classification_rows",
     "examples_from_input",
     "examples_from_json",
     "json_to_array",
@@ -161,11 +163,8 @@ def _strings(value: Any, level: int = 0) -> Any:
 _JSON_KINDS = {"U": "String", "S": "String", "b": "Boolean", "i": "Number", "u": "Number", "f": "Number"}
 
 
-#: Tensor dtypes json_tensor.cc converts (AddValueToTensor / AddSingleValueAndAdvance); others are refused.
-JSON_DTYPES = frozenset(
-    np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int16, np.int8, np.uint8, np.int64, np.bool_,
-                          np.uint32, np.uint64, object)
-)
+#: Tensor dtypes json_tensor.cc converts: the one table in serving.wire, shared with the client's REST transport.
+JSON_DTYPES = json_dtypes.JSON_DTYPES
 
 
 def _first_scalar(value: Any) -> Any:
@@ -262,7 +261,12 @@ def predict_inputs_from_json(
                 columns[names[0]].append(element)
         arrays = {}
         for n in names:
-            items = [json_to_array(v, input_dtypes[n], n) for v in columns[n]]
+            with contextlib.suppress(InvalidArgument):  # one conversion of the whole column: no array per row
+                column = json_to_array(columns[n], input_dtypes[n], n)
+                if column.ndim and column.shape[0] == len(instances):
+                    arrays[n] = column
+                    continue
+            items = [json_to_array(v, input_dtypes[n], n) for v in columns[n]]  # for upstream's error texts
             shapes = {a.shape for a in items}
             if len(shapes) != 1:
                 raise InvalidArgument(
@@ -290,6 +294,9 @@ def predict_inputs_from_json(
 # ---------------------------------------------------------------------------------------------- numpy -> JSON
 
 
+_TEXT_BLOCK = 1 << 16
+
+
 def to_json_value(array: np.ndarray, name: str) -> Any:
     """One output array as JSON-ready nested lists (strings decoded, ``*_bytes`` as ``{"b64"}``).
 
@@ -297,7 +304,7 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
     with ``surrogateescape`` here and the REST layer encodes the body with it. Output dtypes TF Serving's JSON
     cannot carry are INVALID_ARGUMENT ("Failed to write JSON value for tensor type: half").
     """
-    if array.dtype.kind not in "OSU" and array.dtype not in JSON_DTYPES:
+    if not json_dtypes.json_carries(array.dtype):
         raise InvalidArgument(f"Failed to write JSON value for tensor type: {type_string(array.dtype)}")
     if array.dtype == object or array.dtype.kind in "SU":
         if name.endswith("_bytes"):
@@ -308,8 +315,13 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
             )
         return convert(array).tolist() if array.ndim else convert(array.item())
     if array.dtype == np.float32:
-        # Shortest decimal that round-trips the float32 (what TF Serving prints), not float64's expansion.
-        return np.asarray(array.astype(str), dtype=np.float64).tolist()
+        # Shortest decimal that round-trips the float32 (what TF Serving prints), not float64's expansion;
+        # in blocks, as the text form takes 128 bytes an element.
+        flat = array.reshape(-1)
+        shortest = np.empty(flat.shape, np.float64)
+        for start in range(0, flat.size, _TEXT_BLOCK):
+            shortest[start : start + _TEXT_BLOCK] = flat[start : start + _TEXT_BLOCK].astype(str)
+        return shortest.reshape(array.shape).tolist()
     return array.tolist()
 
 
@@ -331,6 +343,18 @@ def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> dict[str, An
     columns = {n: to_json_value(outputs[n], n) for n in names}
     size = next(iter(batch.values()))
     return {"predictions": [{n: columns[n][i] for n in names} for i in range(size)]}
+
+
+def classification_rows(classes: np.ndarray | None, scores: np.ndarray | None) -> list[list[tuple[str, float]]]:
+    """Classify results, one list of ``(label, score)`` per example, for both gRPC and REST: a missing
+    ``classes`` output gives ``""`` labels and missing ``scores`` give 0.0 (unset fields, as upstream's
+    ``classifier.cc`` leaves them). Labels are UTF-8 (invalid bytes replaced)."""
+    shape = (classes if classes is not None else scores).shape  # type: ignore[union-attr]
+    labels = [[""] * shape[1]] * shape[0] if classes is None else [
+        [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row] for row in classes.tolist()
+    ]
+    values = [[0.0] * shape[1]] * shape[0] if scores is None else scores.astype(np.float64).tolist()
+    return [list(zip(label_row, score_row, strict=True)) for label_row, score_row in zip(labels, values, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------- JSON -> Example

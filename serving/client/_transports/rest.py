@@ -27,6 +27,7 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 from serving.client._errors import InvalidInput, from_http_error, from_os_error, make_error
 from serving.client._model import ModelMetadata, TensorSpec, metadata_from_proto, status_from_proto
 from serving.client._transports.base import AsyncTransport, Reply, Request, Transport
+from serving.wire.json_dtypes import JSON_NUMERIC_DTYPES
 from serving.wire.proto import get_model_metadata_pb2, get_model_status_pb2
 
 __all__ = ["AsyncRestTransport", "RestTransport", "from_json_value", "to_json_value"]
@@ -34,12 +35,6 @@ __all__ = ["AsyncRestTransport", "RestTransport", "from_json_value", "to_json_va
 RestFormat = Literal["columnar", "row"]
 
 
-#: The numeric dtypes TF Serving's JSON carries (``AddValueToTensor`` and ``AddSingleValueAndAdvance`` in
-#: tensorflow_serving/util/json_tensor.cc): float16, bfloat16, uint16 and complex numbers are refused there.
-JSON_NUMERIC_DTYPES = frozenset(
-    np.dtype(name) for name in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32",
-                                "uint64", "bool")
-)
 
 
 def to_json_value(name: str, value: np.ndarray[Any, Any]) -> Any:

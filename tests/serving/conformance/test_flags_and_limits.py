@@ -22,7 +22,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.model_server import FlagError, parse_flags
-from serving.model_server.flags import FLAG_NAMES, UNSUPPORTED_UPSTREAM_FLAGS
+from serving.model_server.flags import FLAG_NAMES, OUR_FLAGS, UNSUPPORTED_UPSTREAM_FLAGS
 
 from .conftest import wait_until
 
@@ -53,7 +53,8 @@ def test_every_upstream_flag_is_implemented_or_refused_by_name() -> None:
     for name in ("allow_version_labels_for_unavailable_models", "enable_signature_method_name_check",
                  "ssl_config_file", "enable_grpc_healthcheck_service"):
         assert name in FLAG_NAMES
-    assert set(FLAG_NAMES) <= set(UPSTREAM_FLAGS)
+    assert set(FLAG_NAMES) - OUR_FLAGS <= set(UPSTREAM_FLAGS)
+    assert not OUR_FLAGS & set(UPSTREAM_FLAGS)  # ours (docs/model_server.md, "Flags"): upstream has no such flag
 
 
 def test_batching_parameters_without_enable_batching_is_refused() -> None:

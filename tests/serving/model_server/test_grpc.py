@@ -238,3 +238,16 @@ def test_status_of_an_unknown_model_is_not_found(model_stub: Any) -> None:
         model_stub.GetModelStatus(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "Could not find any versions of model nope" in info.value.details()
+
+
+def test_an_empty_model_name_is_invalid_argument(hp2_server: Any) -> None:
+    """server_core.cc ServableRequestFromModelSpec: "ModelSpec has no name specified." (not NOT_FOUND)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = ""
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
+    with grpc.insecure_channel(f"127.0.0.1:{hp2_server.grpc_port}") as channel, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "ModelSpec has no name specified."

@@ -129,4 +129,6 @@ def test_rest_request_over_the_timeout_is_504(start_server: Any, busy_base: Path
     status, body = http("POST", url, '{"inputs": {"seconds": 0.6}}')
     assert status == 504
     assert "--rest_api_timeout_in_ms=200" in body["error"]
-    assert http("POST", url, '{"inputs": {"seconds": 0.0}}')[0] == 200
+    # The server answers normally afterwards (polled: on a loaded machine the abandoned 0.6 s run still
+    # competes for the two cores, and the next request can itself pass the 200 ms timeout).
+    wait_until(lambda: http("POST", url, '{"inputs": {"seconds": 0.0}}')[0] == 200, timeout=30)

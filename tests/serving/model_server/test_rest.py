@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import http, png
+from .conftest import http, png, wait_until
 
 
 def _url(server: Any, path: str) -> str:
@@ -194,3 +194,30 @@ def test_cors_headers_only_when_enabled(start_server: Any, model_base: Path) -> 
     response.read()
     assert response.getheader("Access-Control-Allow-Origin") == "*"
     connection.close()
+
+
+def test_connection_threads_are_capped_and_the_server_serves_after(start_server: Any, model_base: Path) -> None:
+    """Issue 21: no thread per connection without bound; 80 idle connections get at most
+    max_connections(--rest_api_num_threads) threads (64 here), the rest wait in the listen backlog."""
+    import socket
+    import threading
+
+    from serving.model_server.rest_api import max_connections
+
+    server = start_server("--model_name=hp2", f"--model_base_path={model_base}", "--rest_api_num_threads=2")
+    cap = max_connections(2)
+
+    def connection_threads() -> int:
+        return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+    before = connection_threads()  # other servers' connection threads in this test process, if any
+    sockets = [socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) for _ in range(cap + 16)]
+    try:
+        wait_until(lambda: connection_threads() - before >= cap)
+        assert connection_threads() - before <= cap
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_until(lambda: connection_threads() <= before)
+    status, body = http("POST", f"http://127.0.0.1:{server.rest_port}/v1/models/hp2:predict", '{"instances": [1.0]}')
+    assert (status, body) == (200, {"predictions": [2.5]})
