@@ -9,12 +9,13 @@ flag neither knows is rejected as unknown; both raise :class:`FlagError` (the CL
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 from serving.model_server.errors import FlagError
 
-__all__ = ["OUR_FLAGS", "UNSUPPORTED_UPSTREAM_FLAGS", "ServerOptions", "parse_flags", "usage"]
+__all__ = ["OUR_FLAGS", "UNSUPPORTED_UPSTREAM_FLAGS", "ServerOptions", "grpc_channel_arguments", "parse_flags", "usage"]
 
 _CPUS = os.cpu_count() or 1
 
@@ -58,6 +59,7 @@ class ServerOptions:
     enable_signature_method_name_check: bool = False
     ssl_config_file: str = ""
     enable_grpc_healthcheck_service: bool = False
+    grpc_channel_arguments: str = ""
     # Flags of ours (tensorflow_model_server has no such flags).
     request_memory_budget_bytes: int = 0
     drain_timeout_seconds: int = 30
@@ -99,6 +101,8 @@ _HELP: dict[str, str] = {
     "ssl_config_file": "If non-empty, read an ascii SSLConfig protobuf from the supplied file name and set up a "
     "secure gRPC channel.",
     "enable_grpc_healthcheck_service": "Enable the standard gRPC health checking service (grpc.health.v1).",
+    "grpc_channel_arguments": "A comma separated list of arguments to be passed to the grpc server. "
+    "(e.g. grpc.max_connection_age_ms=2000)",
     "request_memory_budget_bytes": "(ours; not a tensorflow_model_server flag) Bytes that the decoded data of "
     "all requests in flight may take together; a request beyond it is RESOURCE_EXHAUSTED (HTTP 429). "
     "0: 10% of the container's memory limit (cgroup memory.max), else of the machine's memory.",
@@ -118,7 +122,6 @@ UNSUPPORTED_UPSTREAM_FLAGS: frozenset[str] = frozenset(
         "enable_profiler",
         "enable_serialization_as_tensor_content",
         "flush_filesystem_caches",
-        "grpc_channel_arguments",
         "grpc_socket_path",
         "mixed_precision",
         "num_load_threads",
@@ -239,4 +242,20 @@ def parse_flags(argv: Sequence[str], base: ServerOptions | None = None) -> Serve
             raise FlagError(f"Expected --{name} >= 0. Received: --{name}={getattr(options, name)}")
     if options.grpc_max_threads < 1:
         raise FlagError(f"Expected --grpc_max_threads >= 1. Received: --grpc_max_threads={options.grpc_max_threads}")
+    grpc_channel_arguments(options.grpc_channel_arguments)  # a malformed list is a usage error, not a crash
     return options
+
+
+def grpc_channel_arguments(value: str) -> list[tuple[str, int | str]]:
+    """``--grpc_channel_arguments`` as ``tensorflow_model_server`` passes it to gRPC (``model_servers/server.cc``
+    at tensorflow/serving@9d981c5c, ``parseGrpcChannelArgs``): split on ",", each on "=" into key and value;
+    a value that ``absl::SimpleAtoi`` reads as an int32 goes in as an integer, anything else as a string.
+    Upstream indexes past the end on an entry without "=": here that is a :class:`FlagError`."""
+    arguments: list[tuple[str, int | str]] = []
+    for entry in value.split(",") if value else []:
+        key, sep, raw = entry.partition("=")
+        if not key or not sep:
+            raise FlagError(f"Expected --grpc_channel_arguments as key=value[,key=value...]. Received: {value!r}")
+        number = int(raw) if re.fullmatch(r"\s*[+-]?\d+\s*", raw) else None
+        arguments.append((key, number) if number is not None and -(2**31) <= number < 2**31 else (key, raw))
+    return arguments

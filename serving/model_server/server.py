@@ -41,7 +41,7 @@ from serving.model_server.errors import (
     StartupError,
     Unknown,
 )
-from serving.model_server.flags import ServerOptions
+from serving.model_server.flags import ServerOptions, grpc_channel_arguments
 from serving.model_server.grpc_service import Admission, ModelService, PredictionService, add_services
 from serving.model_server.health import NOT_SERVING, HealthService
 from serving.model_server.loader import ModelManager
@@ -130,6 +130,7 @@ class ModelServer:
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *grpc_channel_arguments(options.grpc_channel_arguments),  # e.g. connection ageing (the chart)
             ],
         )
         add_services(

@@ -68,10 +68,7 @@ class Pod:
 
     # -- the server ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        # The stand-in refuses --grpc_channel_arguments by name (docs/model_server.md): connection ageing is
-        # left to the real server (tests/deploy/chart/test_serving_deployment.py checks its syntax).
-        args = [arg.replace(CONTAINER_CONFIG_DIR, str(self.config_dir)) for arg in self.container["args"]
-                if not arg.startswith("--grpc_channel_arguments=")]
+        args = [arg.replace(CONTAINER_CONFIG_DIR, str(self.config_dir)) for arg in self.container["args"]]
         args = [re.sub(r"^--port=\d+$", f"--port={self.named['grpc']}", a) for a in args]
         args = [re.sub(r"^--rest_api_port=\d+$", f"--rest_api_port={self.named['http']}", a) for a in args]
         args = [re.sub(r"^--file_system_poll_wait_seconds=\d+$", "--file_system_poll_wait_seconds=1", a) for a in args]

@@ -33,8 +33,8 @@ def _grpc_channel_arguments(args: list[str]) -> dict[str, int | str]:
 
 
 def _server_args(container: dict) -> list[str]:
-    """The arguments the local stand-in (serving/model_server) can parse: it refuses --grpc_channel_arguments by
-    name (docs/model_server.md), so that flag is checked apart, against server.cc's parsing."""
+    """The arguments less connection ageing, which the chart adds to serving/config/command.txt's command line
+    (the compose stack runs one replica, so its command line does not age connections)."""
     return [arg for arg in container["args"] if not arg.startswith(AGEING_FLAG)]
 
 
@@ -47,7 +47,7 @@ def test_should_run_the_command_line_of_serving_config_when_defaults_are_used() 
 def test_should_pass_valid_model_server_flags_when_value_set_is_rendered(value_set: str) -> None:
     container = containers(render(value_set).one(TEMPLATE))[0]
     assert container["command"] == ["tensorflow_model_server"]
-    options = parse_flags(_server_args(container))  # tensorflow_model_server's flags, as the local stand-in reads them
+    options = parse_flags(container["args"])  # tensorflow_model_server's flags, as the local stand-in reads them
     assert options.model_config_file == f"{CONTAINER_CONFIG_DIR}/models.config"
     assert options.monitoring_config_file == f"{CONTAINER_CONFIG_DIR}/monitoring.config"
     assert (options.port, options.rest_api_port) == (8500, 8501)

@@ -110,3 +110,28 @@ def test_cli_version_and_help_exit_0() -> None:
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0
     assert "--model_config_file_poll_wait_seconds" in help_.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("grpc.max_connection_age_ms=20000,grpc.max_connection_age_grace_ms=10000",
+         [("grpc.max_connection_age_ms", 20000), ("grpc.max_connection_age_grace_ms", 10000)]),
+        ("grpc.primary_user_agent=tfstack", [("grpc.primary_user_agent", "tfstack")]),
+        ("grpc.x=2147483648", [("grpc.x", "2147483648")]),  # past int32: SimpleAtoi fails, so a string
+        ("grpc.x=1_000", [("grpc.x", "1_000")]),  # SimpleAtoi takes no underscores (Python's int() would)
+        ("", []),
+    ],
+    ids=["ageing", "string", "past-int32", "underscore", "empty"],
+)
+def test_grpc_channel_arguments_parse_as_tensorflow_model_server_passes_them(value: str, expected: list) -> None:
+    """model_servers/server.cc (tensorflow/serving@9d981c5c), parseGrpcChannelArgs + absl::SimpleAtoi into int32."""
+    from serving.model_server.flags import grpc_channel_arguments
+
+    assert grpc_channel_arguments(value) == expected
+    assert parse_flags(["--model_base_path=/m", f"--grpc_channel_arguments={value}"]).grpc_channel_arguments == value
+
+
+def test_a_grpc_channel_argument_without_a_value_is_a_flag_error() -> None:
+    with pytest.raises(FlagError, match="key=value"):
+        parse_flags(["--model_base_path=/m", "--grpc_channel_arguments=grpc.max_connection_age_ms"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,25 @@ def test_an_empty_model_name_is_invalid_argument(hp2_server: Any) -> None:
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "ModelSpec has no name specified."
+
+
+def test_connection_ageing_from_grpc_channel_arguments_closes_a_clients_connection(
+        start_server: Any, model_base: Any) -> None:
+    """--grpc_channel_arguments=grpc.max_connection_age_ms=... (what the chart sets): the server ends every
+    connection after that age (GOAWAY), so a long-lived client channel reconnects and, behind a Service,
+    can land on another replica. Observed from gRPC's own connectivity states: READY, then not READY."""
+    server = start_server("--model_name=half_plus_two", f"--model_base_path={model_base}",
+                          "--grpc_channel_arguments=grpc.max_connection_age_ms=300,grpc.max_connection_age_grace_ms=100")
+    left_ready = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if grpc.ChannelConnectivity.READY in states and state != grpc.ChannelConnectivity.READY:
+            left_ready.set()
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        channel.subscribe(watch, try_to_connect=True)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        assert left_ready.wait(timeout=30), f"the connection was never aged: states {states}"
+        channel.unsubscribe(watch)
