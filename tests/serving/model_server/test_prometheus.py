@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import threading
@@ -155,6 +156,20 @@ def test_should_answer_every_dashboard_query_when_prometheus_scrapes_the_local_s
     loads = _query(prometheus_url, ":tensorflow:cc:saved_model:load_attempt_count")
     assert [(s["metric"]["status"], s["value"][1]) for s in loads] == [("success", "1")]
     assert loads[0]["metric"]["model_path"].endswith("half_plus_two/00000123")
+    # The chart's alerts (templates/serving-prometheusrule.yaml) read series that the server really exports.
+    missing = [name for name in _alerted_series() if not _query(prometheus_url, f'count({{__name__="{name}"}})')]
+    assert not missing, f"the chart's PrometheusRule reads series the server never exported: {missing}"
+
+
+def _alerted_series() -> set[str]:
+    """The TF Serving series named in the rendered serving PrometheusRule's expressions."""
+    from tests.deploy.rendering import render
+
+    rule = render("monitoring").one("serving-prometheusrule.yaml")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    names = {name for expr in exprs for name in re.findall(r":tensorflow:[a-z_:]+", expr)}
+    assert names, exprs
+    return names
 
 
 def test_should_pass_promtool_parsing_when_it_checks_the_metrics_page(metrics_server: Any) -> None:
