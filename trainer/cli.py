@@ -151,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.subcommand][1](args)
     except (TrainerError, OSError) as exc:
+        # --verbose adds the traceback, never changes the exit code (a re-raise would exit 1: "retry").
         if args.verbose:
-            raise
+            log.error("%s", type(exc).__name__, exc_info=exc)
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:

@@ -768,7 +768,7 @@ def _check_resumable(
         previous = json.loads(path.read_text())
         changed = sorted(key for key in identity if previous.get(key) != identity[key])
         if changed:
-            raise SearchError(
+            raise ConfigError(  # bad input (exit 2): a restart would meet the same run directory
                 f"Expected {config.model_run_dir} to hold a search over the same data and search space, so that it "
                 f"can resume. Received differences in: {', '.join(changed)}. Pass --overwrite to start afresh, or "
                 f"another --model-name or --run-dir"
