@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 from trainer import config as config_module
+from trainer import preemption
 from trainer.errors import EXIT_NOT_PUBLISHED, EXIT_PEER_LOST, ConfigError, TrainerError, exit_code, is_peer_error
 
 __all__ = ["main"]
@@ -58,6 +59,7 @@ def search_command(args: argparse.Namespace) -> int:
     from trainer.cluster import resolve
 
     config = config_module.from_namespace(args)
+    preemption.install(config.termination_grace_seconds)
     cluster = resolve(os.environ)
     log.info("cluster: %s", cluster.describe())
     _set_tf_config(cluster)
@@ -146,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="subcommand", required=True)
     for make_parser, _run in _COMMANDS.values():
         make_parser(subparsers)
+    # First thing: as PID 1 of a container a process without a SIGTERM handler ignores SIGTERM.
+    preemption.install()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:

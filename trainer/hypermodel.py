@@ -450,7 +450,8 @@ class TransferHyperModel(kt.HyperModel):
             _continue_best_epoch(callbacks, before)
 
         def with_backup(phase: str) -> list[keras.callbacks.Callback]:
-            return [*callbacks, *backup.callbacks(phase)] if backup is not None else callbacks
+            # The backup first: a resumed epoch it shortens must end before EarlyStopping reads stop_training.
+            return [*backup.callbacks(phase), *callbacks] if backup is not None else callbacks
 
         depth = hp.values.get("unfreeze_depth", 0) if self.spec.pretrained else 0
         head_epochs = min(self.spec.head_epochs, epochs) if depth else epochs

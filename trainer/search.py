@@ -32,7 +32,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, distribute, plots
+from trainer import data, distribute, plots, preemption
 from trainer.cluster import Cluster
 from trainer.config import HEADS, SearchConfig
 from trainer.errors import ConfigError, PeerLostError, SearchError, TrainerError
@@ -164,7 +164,9 @@ class _SearchHooks:
 
     def _tfstack_trial_backup(self, trial: kt.engine.trial.Trial) -> distribute.TrialBackup:
         return distribute.TrialBackup(self.tfstack_backup_root / f"trial_{trial.trial_id}",
-                                      writer=self.tfstack_cluster.is_chief)
+                                      writer=self.tfstack_cluster.is_chief,
+                                      multi_worker=self.tfstack_cluster.num_workers > 1,
+                                      steps_per_epoch=self.tfstack_agreement["train_steps_per_epoch"])
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         self.tfstack_watchdog.beat(f"trial {trial.trial_id}")
@@ -493,7 +495,8 @@ def search_trials(
             watchdog.callback(),
         ]
         try:
-            with watchdog.armed("the search"):
+            # SIGTERM while the search runs: every worker saves the trial at one step and exits 4.
+            with watchdog.armed("the search"), preemption.training():
                 tuner.search(plan.train, validation_data=plan.val, epochs=plan.epochs, callbacks=callbacks,
                              verbose=2)
         except kt.errors.FatalError as exc:
