@@ -5,8 +5,8 @@
 
 Exit status follows the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): 0 done,
 1 crash (retry), 2 bad input or configuration (do not retry), 3 finished but not published, 4 a peer
-was lost or the group could not form (restart the whole group), 130 interrupted. Errors print one line
-on stderr; the traceback with --verbose.
+was lost, the group could not form, or SIGTERM (restart the whole group; a rerun resumes), 130
+interrupted (Ctrl-C). Errors print one line on stderr; the traceback with --verbose (same code).
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ def launch_command_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="Restart a failed group (a failed oracle: everything) up to this many times in all, as "
                         "Kubernetes restarts pods (default 0).")
+    parser.add_argument("--termination-grace-seconds", type=float, default=None,
+                        help="Seconds between SIGTERM and SIGKILL: on SIGTERM the launcher passes it on, waits for "
+                        "the processes to save and exit, and exits 4 (default: TFSTACK_TERMINATION_GRACE_SECONDS, "
+                        "else 30).")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the trainer command, e.g. -- search ...")
     return parser
 
@@ -133,7 +137,7 @@ def launch_command(args: argparse.Namespace) -> int:
     if args.groups < 1:
         raise ConfigError(f"Expected --groups >= 1. Received: --groups={args.groups}")
     return launch(command, workers=args.workers, groups=args.groups, env=dict(os.environ),
-                  max_restarts=args.max_restarts)
+                  max_restarts=args.max_restarts, termination_grace=args.termination_grace_seconds)
 
 
 _COMMANDS = {
