@@ -140,7 +140,9 @@ class _Process:
             text = children.read_text().split() if children.exists() else []
             if text:
                 inner = int(text[0])
-                assert Path(f"/proc/{inner}/status").read_text().split("NSpid:")[1].split()[-1] == "1"
+                nspid = next(line for line in Path(f"/proc/{inner}/status").read_text().splitlines()
+                             if line.startswith("NSpid:"))
+                assert nspid.split()[-1] == "1", nspid  # its pid in its own namespace
                 return inner
             time.sleep(0.01)  # polling /proc for unshare's child
         raise AssertionError(f"unshare {self.process.pid} started no child")
