@@ -138,7 +138,8 @@ class SearchConfig:
         "half of the memory available to it, container limits included), else none.",
         default="auto",
     )
-    mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_float16 on GPUs, float32 on CPUs.",
+    mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_bfloat16 on GPUs of compute capability >= 8.0 "
+                                "(Ampere, Hopper), else mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
     xla: bool = _opt("Compile training steps with XLA.", default=False)
     cluster_formation_timeout: float = _opt(

@@ -45,6 +45,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from trainer import loss_scale
 from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,9 @@ def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
+        # Under mixed_float16 every replica agrees whether a step overflowed (trainer.loss_scale).
+        optimizer=loss_scale.for_policy(keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
+                                        model.dtype_policy),
         loss=loss,
         # Keras 3 applies sample weights only to `weighted_metrics` (keras/src/trainers/compile_utils.py,
         # CompileMetrics): padded copies carry weight 0 and must not count in val_accuracy.

@@ -580,6 +580,8 @@ def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
         "data_fingerprint": plan.splits.fingerprint,
         "train_steps_per_epoch": math.ceil(len(plan.splits.train) / plan.global_batch),
         "val_steps": math.ceil(len(plan.splits.val) / plan.global_batch),
+        # Each worker picks its policy from its own GPUs: a group on mixed GPU generations must not mix them.
+        "dtype_policy": plan.spec.dtype_policy,
     }
     if not grouped:
         already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
