@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,36 @@ class _EpochLog(keras.callbacks.Callback):
         os.replace(incoming, self.path)
 
 
+class _ReplayEarlyStopping(keras.callbacks.Callback):
+    """Feeds EarlyStopping the epochs of this phase trained before a restart, so its patience goes on.
+
+    Keras's ``EarlyStopping.on_train_begin`` starts from scratch (wait 0, best inf); this callback acts at
+    the first ``on_epoch_begin``, after every ``on_train_begin``, and passes each earlier epoch's logs
+    (from the trial's epoch log) to ``on_epoch_end``: ``wait``, ``best`` and ``best_epoch`` end as they
+    were. If patience had already run out, ``stop_training`` stays set and the fit stops after one step.
+    """
+
+    def __init__(self, targets: list[keras.callbacks.EarlyStopping], logs: dict[int, dict[str, float]],
+                 first_epoch: int) -> None:
+        super().__init__()
+        self.targets = targets
+        self.logs = logs
+        self.first_epoch = first_epoch
+        self._done = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        earlier = sorted(e for e in self.logs if self.first_epoch <= e < epoch)
+        for target in self.targets:
+            for e in earlier:
+                target.on_epoch_end(e, dict(self.logs[e]))
+        if earlier and self.targets:
+            log.info("early stopping resumed after %d epoch(s) of this phase: wait %d, best %s at epoch %d",
+                     len(earlier), self.targets[0].wait, self.targets[0].best, self.targets[0].best_epoch + 1)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -157,12 +188,19 @@ class TrialBackup:
     multi_worker: bool = False
     steps_per_epoch: int | None = None
 
-    def callbacks(self, phase: str) -> list[keras.callbacks.Callback]:
-        """The callbacks one phase's ``fit`` needs: restore/save its backup, log its epochs."""
+    def callbacks(self, phase: str, *, others: Sequence[keras.callbacks.Callback] = (),
+                  first_epoch: int = 0) -> list[keras.callbacks.Callback]:
+        """The callbacks one phase's ``fit`` needs: restore/save its backup, log its epochs.
+
+        `others`: the fit's other callbacks; an ``EarlyStopping`` among them is given the epochs of
+        this phase (from `first_epoch` on) trained before a restart.
+        """
         # The epoch log first: it is never behind the weights backup (a re-run epoch overwrites its entry).
+        stopping = [c for c in others if isinstance(c, keras.callbacks.EarlyStopping)]
         return [_EpochLog(self.root / "epochs.json", writer=self.writer),
                 backup_and_restore(self.root / phase, writer=self.writer, delete_checkpoint=False,
-                                   multi_worker=self.multi_worker, steps_per_epoch=self.steps_per_epoch)]
+                                   multi_worker=self.multi_worker, steps_per_epoch=self.steps_per_epoch),
+                _ReplayEarlyStopping(stopping, self.epoch_logs(), first_epoch)]
 
     def epoch_logs(self) -> dict[int, dict[str, float]]:
         """Logs of the epochs completed so far, by global epoch index (empty for a fresh trial)."""
