@@ -304,3 +304,54 @@ def _alive(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
 
+
+
+@pytest.mark.slow
+def test_hyperband_sigtermed_mid_search_resumes_in_a_rerun_of_two_workers(
+    tmp_path: Path, processes: list[_Process]
+) -> None:
+    """Hyperband's continuing trials load an earlier trial's checkpoint on every worker: stop the group once
+    the first round is done (SIGTERM to the launcher, passed on), run the same command again."""
+    write_folder(tmp_path / "images", classes=2, per_class=12, size=8)
+    command = [sys.executable, "-m", "trainer", "launch", "--workers", "2", "--termination-grace-seconds", "30", "--",
+               "search", "--data", "images", "--model-name", "toy", "--run-dir", "runs", "--export-base", "models",
+               "--backbone", "small_cnn", "--weights", "none", "--image-size", "8", "--tuner", "hyperband",
+               "--epochs", "3", "--batch-size", "4", "--patience", "5", "--publish", "always"]
+    first = _Process(command, tmp_path / "first.log", cwd=tmp_path, env=_env(), pid1=False)
+    processes.append(first)
+    deadline = time.monotonic() + 600
+    while first.text().count(" COMPLETED: ") < 2 * 3:  # both workers logged the first round's three trials
+        assert first.process.poll() is None and time.monotonic() < deadline, first.text()[-3000:]
+        time.sleep(0.1)  # polling the launcher's output for the first round's three trials
+    first.process.send_signal(signal.SIGTERM)
+    (code,) = _wait_all([first], timeout=30)
+    assert code == errors.EXIT_PEER_LOST, first.text()[-3000:]
+    done_before = _completed(first.text())
+
+    again = _Process(command, tmp_path / "again.log", cwd=tmp_path, env=_env(), pid1=False)
+    processes.append(again)
+    (code,) = _wait_all([again], timeout=600)
+    assert code == 0, again.text()[-4000:]
+    assert f"{len(done_before)} trials already completed" in again.text()
+    trials = {}
+    for path in (tmp_path / "runs" / "toy" / "tuner").glob("*/trial_*/trial.json"):
+        record = json.loads(path.read_text())
+        trials[record["trial_id"]] = record
+    statuses = {trial_id: t["status"] for trial_id, t in trials.items()}
+    assert statuses and set(statuses.values()) == {"COMPLETED"}, statuses
+    continuing = [t for t in trials.values() if t["hyperparameters"]["values"].get("tuner/trial_id")]
+    assert continuing, "no Hyperband trial continued an earlier one"
+    rerun = _completed(again.text())
+    assert not set(rerun) & set(done_before), "a trial completed before the SIGTERM ran again"
+    assert sorted(set(rerun) | set(done_before)) == sorted(trials), "every trial completed exactly once"
+    for trial in rerun:  # both workers of the group ended each rerun trial with the same weights
+        digests = {line.split(" weights: ")[1] for line in again.text().splitlines()
+                   if f"trial {trial} weights: " in line}
+        assert len(digests) == 1, (trial, digests)
+    assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"]
+
+
+def _completed(text: str) -> list[str]:
+    """Trial ids the chief logged as COMPLETED."""
+    return [line.split(" trial ")[1].split()[0] for line in text.splitlines()
+            if line.startswith("[worker 0]") and " COMPLETED: " in line]
