@@ -157,6 +157,8 @@ class _SearchHooks:
     tfstack_metrics: SearchMetrics
     tfstack_backup_root: Path
     tfstack_history_root: Path | None
+    tfstack_shared_project: Path
+    """The chief's tuner project dir on the shared volume (a non-chief's own tuner dir is scratch)."""
     tfstack_watchdog: StallWatchdog
 
     tfstack_agreement: dict[str, Any]
@@ -184,6 +186,21 @@ class _SearchHooks:
             }, f"trial {trial.trial_id}")
         self.tfstack_metrics.trial.set(_trial_number(trial))
         self.tfstack_metrics.epoch.set(0)
+
+    def _build_hypermodel(self, hp: kt.HyperParameters) -> keras.Model:
+        # A Hyperband trial that continues an earlier one loads that trial's best-epoch checkpoint from this
+        # worker's own tuner dir (keras_tuner/src/tuners/hyperband.py, _build_hypermodel). KerasTuner's
+        # SaveBestEpoch writes it on the chief only (a non-chief's copy goes to a temp dir it deletes:
+        # keras_tuner/src/engine/tuner_utils.py), so a non-chief copies the chief's first. It is complete:
+        # the chief wrote it before the collective of this trial's agreement check in on_trial_begin.
+        earlier = hp.values.get("tuner/trial_id")
+        if earlier and not self.tfstack_cluster.is_chief:
+            mine = Path(self._get_checkpoint_fname(earlier))  # type: ignore[attr-defined]
+            chiefs = self.tfstack_shared_project / mine.relative_to(self.project_dir)  # type: ignore[attr-defined]
+            if chiefs.is_file() and not mine.is_file():
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(chiefs, mine)
+        return super()._build_hypermodel(hp)  # type: ignore[misc]
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         kwargs["backup"] = self._tfstack_trial_backup(trial)
@@ -576,6 +593,7 @@ def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
     tuner.tfstack_backup_root = dirs.backup_dir
     tuner.tfstack_history_root = (run_root / "histories") if cluster.is_chief else None
     tuner.tfstack_watchdog = watchdog
+    tuner.tfstack_shared_project = run_root / "tuner" / config.model_name
     tuner.tfstack_agreement = {
         "data_fingerprint": plan.splits.fingerprint,
         "train_steps_per_epoch": math.ceil(len(plan.splits.train) / plan.global_batch),
