@@ -33,7 +33,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -73,7 +72,6 @@ class _State:
         self.requested = threading.Event()
         self.grace = DEFAULT_GRACE_SECONDS
         self.training = 0  # > 0 while a fit runs: the batch-end check saves and raises, not the handler
-        self.signal_time = 0.0
         self.installed = False
         self.cancel = threading.Event()  # ends a pending deadline (tests, via `reset`)
 
@@ -131,7 +129,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
     first = not _state.requested.is_set()
     _state.requested.set()
     if first:
-        _state.signal_time = time.monotonic()
         limit = deadline_seconds(_state.grace)
         threading.Thread(target=_deadline, args=(limit, _state.cancel), name="tfstack-sigterm-deadline",
                          daemon=True).start()

@@ -169,8 +169,10 @@ def processes() -> Iterator[list[_Process]]:
     yield started
     for p in started:
         if p.pid1 and p.process.poll() is None:
-            with contextlib.suppress(AssertionError, ProcessLookupError):
-                os.kill(p.target(), signal.SIGKILL)  # PID 1 dies: the kernel kills the whole namespace
+            children = Path(f"/proc/{p.process.pid}/task/{p.process.pid}/children")
+            for pid in (children.read_text().split() if children.exists() else []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)  # PID 1 dies: the kernel kills the whole namespace
         p.kill()
 
 
