@@ -18,7 +18,14 @@ import tensorflow as tf
 
 from trainer.errors import ConfigError
 
-__all__ = ["MIXED_PRECISION_CHOICES", "Accelerator", "apply", "choose_accelerator"]
+__all__ = [
+    "BFLOAT16_CAPABILITY",
+    "MIXED_PRECISION_CHOICES",
+    "Accelerator",
+    "apply",
+    "choose_accelerator",
+    "gpu_capability",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +62,35 @@ def _device_type(device: Any) -> str:
     return str(kind).upper()
 
 
+BFLOAT16_CAPABILITY = (8, 0)
+"""CUDA compute capability from which GPUs compute in bfloat16 on tensor cores (Ampere, Hopper, ...)."""
+
+
+def gpu_capability(device: Any) -> tuple[int, int] | None:
+    """The CUDA compute capability of a physical GPU (``tf.config.experimental.get_device_details``), or None."""
+    try:
+        capability = tf.config.experimental.get_device_details(device).get("compute_capability")
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None  # not a PhysicalDevice (a simulated one in tests), or a GPU without details (ROCm)
+    return (int(capability[0]), int(capability[1])) if capability else None
+
+
 def choose_accelerator(
-    devices: Sequence[Any], *, mixed_precision: str | None = "auto", xla: bool = False
+    devices: Sequence[Any], *, mixed_precision: str | None = "auto", xla: bool = False,
+    capabilities: Sequence[tuple[int, int] | None] | None = None,
 ) -> Accelerator:
     """Pick dtype policy, collectives and memory settings for the visible `devices`.
 
     Args:
         devices: the visible physical devices (``tf.config.list_physical_devices()``), or anything
             with a ``device_type`` attribute, or plain type strings such as ``"GPU"``.
-        mixed_precision: ``"auto"`` (or None): ``mixed_float16`` on GPUs, ``float32`` on CPUs;
-            ``"off"``: always float32; ``"mixed_float16"`` / ``"mixed_bfloat16"``: that policy.
+        mixed_precision: ``"auto"`` (or None): on GPUs ``mixed_bfloat16`` when every GPU has compute
+            capability >= 8.0 (no loss scaling needed), else ``mixed_float16`` (loss scaling agreed across
+            replicas, `trainer.loss_scale`); ``float32`` on CPUs. ``"off"``: always float32;
+            ``"mixed_float16"`` / ``"mixed_bfloat16"``: that policy.
         xla: compile train steps with XLA.
+        capabilities: the GPUs' compute capabilities (default: read with `gpu_capability`; unknown counts
+            as below 8.0).
 
     Raises:
         ConfigError: `mixed_precision` is not one of `MIXED_PRECISION_CHOICES`.
@@ -77,7 +102,12 @@ def choose_accelerator(
         )
     gpus = sum(1 for device in devices if _device_type(device) == "GPU")
     if gpus:
-        policy = "mixed_float16" if choice == "auto" else choice
+        policy = choice
+        if choice == "auto":
+            if capabilities is None:
+                capabilities = [gpu_capability(d) for d in devices if _device_type(d) == "GPU"]
+            bf16 = bool(capabilities) and all(c is not None and c >= BFLOAT16_CAPABILITY for c in capabilities)
+            policy = "mixed_bfloat16" if bf16 else "mixed_float16"
         return Accelerator("gpu", gpus, "float32" if policy == "off" else policy, "NCCL", True, bool(xla))
     policy = "float32" if choice in ("auto", "off") else choice
     return Accelerator("cpu", 0, policy, "RING", False, bool(xla))

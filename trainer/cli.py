@@ -5,8 +5,8 @@
 
 Exit status follows the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): 0 done,
 1 crash (retry), 2 bad input or configuration (do not retry), 3 finished but not published, 4 a peer
-was lost or the group could not form (restart the whole group), 130 interrupted. Errors print one line
-on stderr; the traceback with --verbose.
+was lost, the group could not form, or SIGTERM (restart the whole group; a rerun resumes), 130
+interrupted (Ctrl-C). Errors print one line on stderr; the traceback with --verbose (same code).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 from trainer import config as config_module
+from trainer import preemption
 from trainer.errors import EXIT_NOT_PUBLISHED, EXIT_PEER_LOST, ConfigError, TrainerError, exit_code, is_peer_error
 
 __all__ = ["main"]
@@ -58,6 +59,7 @@ def search_command(args: argparse.Namespace) -> int:
     from trainer.cluster import resolve
 
     config = config_module.from_namespace(args)
+    preemption.install(config.termination_grace_seconds)
     cluster = resolve(os.environ)
     log.info("cluster: %s", cluster.describe())
     _set_tf_config(cluster)
@@ -114,6 +116,10 @@ def launch_command_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="Restart a failed group (a failed oracle: everything) up to this many times in all, as "
                         "Kubernetes restarts pods (default 0).")
+    parser.add_argument("--termination-grace-seconds", type=float, default=None,
+                        help="Seconds between SIGTERM and SIGKILL: on SIGTERM the launcher passes it on, waits for "
+                        "the processes to save and exit, and exits 4 (default: TFSTACK_TERMINATION_GRACE_SECONDS, "
+                        "else 30).")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the trainer command, e.g. -- search ...")
     return parser
 
@@ -131,7 +137,7 @@ def launch_command(args: argparse.Namespace) -> int:
     if args.groups < 1:
         raise ConfigError(f"Expected --groups >= 1. Received: --groups={args.groups}")
     return launch(command, workers=args.workers, groups=args.groups, env=dict(os.environ),
-                  max_restarts=args.max_restarts)
+                  max_restarts=args.max_restarts, termination_grace=args.termination_grace_seconds)
 
 
 _COMMANDS = {
@@ -146,13 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="subcommand", required=True)
     for make_parser, _run in _COMMANDS.values():
         make_parser(subparsers)
+    # First thing: as PID 1 of a container a process without a SIGTERM handler ignores SIGTERM.
+    preemption.install()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return _COMMANDS[args.subcommand][1](args)
     except (TrainerError, OSError) as exc:
+        # --verbose adds the traceback, never changes the exit code (a re-raise would exit 1: "retry").
         if args.verbose:
-            raise
+            log.error("%s", type(exc).__name__, exc_info=exc)
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:

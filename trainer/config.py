@@ -138,7 +138,8 @@ class SearchConfig:
         "half of the memory available to it, container limits included), else none.",
         default="auto",
     )
-    mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_float16 on GPUs, float32 on CPUs.",
+    mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_bfloat16 on GPUs of compute capability >= 8.0 "
+                                "(Ampere, Hopper), else mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
     xla: bool = _opt("Compile training steps with XLA.", default=False)
     cluster_formation_timeout: float = _opt(
@@ -148,6 +149,11 @@ class SearchConfig:
     collective_timeout: float = _opt(
         "Seconds a worker may go without training progress (a batch, an evaluation step, a cross-worker check) "
         "before it exits with code 4: a peer is alive but stuck. 0 = never.", default=600.0,
+    )
+    termination_grace_seconds: float = _opt(
+        "Seconds between SIGTERM and SIGKILL (the chart's terminationGracePeriodSeconds): on SIGTERM every worker "
+        "saves the trial at one agreed step and exits 4 within this time less 5 s (trainer.preemption).",
+        default=30.0,
     )
 
     def __post_init__(self) -> None:
@@ -178,6 +184,9 @@ class SearchConfig:
                             f"Received: cluster_formation_timeout={self.cluster_formation_timeout}")
         if not self.collective_timeout >= 0:
             problems.append(f"Expected collective_timeout >= 0. Received: collective_timeout={self.collective_timeout}")
+        if not self.termination_grace_seconds > 0:
+            problems.append("Expected termination_grace_seconds > 0. "
+                            f"Received: termination_grace_seconds={self.termination_grace_seconds}")
         if not 0.0 <= self.publish_tolerance < 1.0:
             problems.append(f"Expected publish_tolerance in [0, 1). Received: {self.publish_tolerance}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from trainer import preemption
 from trainer.accelerator import MIXED_PRECISION_CHOICES, Accelerator, apply, choose_accelerator
 from trainer.agreement import assert_workers_agree, payload_hash
 from trainer.backup import TrialBackup, backup_and_restore
@@ -83,6 +84,8 @@ def make_strategy(
             cluster_resolver=resolver,
             communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation),
         )
+        # TensorFlow's preemption notifier took SIGTERM over when the strategy started: take it back.
+        preemption.reinstall()
         log.info(
             "strategy: MultiWorkerMirroredStrategy over %d workers (%s), %d replicas in sync",
             cluster.num_workers, accelerator.communication, strategy.num_replicas_in_sync,

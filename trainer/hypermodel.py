@@ -45,6 +45,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from trainer import loss_scale
 from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,9 @@ def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
+        # Under mixed_float16 every replica agrees whether a step overflowed (trainer.loss_scale).
+        optimizer=loss_scale.for_policy(keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
+                                        model.dtype_policy),
         loss=loss,
         # Keras 3 applies sample weights only to `weighted_metrics` (keras/src/trainers/compile_utils.py,
         # CompileMetrics): padded copies carry weight 0 and must not count in val_accuracy.
@@ -449,8 +452,11 @@ class TransferHyperModel(kt.HyperModel):
         if before:
             _continue_best_epoch(callbacks, before)
 
-        def with_backup(phase: str) -> list[keras.callbacks.Callback]:
-            return [*callbacks, *backup.callbacks(phase)] if backup is not None else callbacks
+        def with_backup(phase: str, first_epoch: int) -> list[keras.callbacks.Callback]:
+            # The backup first: a resumed epoch it shortens must end before EarlyStopping reads stop_training.
+            if backup is None:
+                return callbacks
+            return [*backup.callbacks(phase, others=callbacks, first_epoch=first_epoch), *callbacks]
 
         depth = hp.values.get("unfreeze_depth", 0) if self.spec.pretrained else 0
         head_epochs = min(self.spec.head_epochs, epochs) if depth else epochs
@@ -462,7 +468,7 @@ class TransferHyperModel(kt.HyperModel):
 
         if initial_epoch < head_epochs:
             record(model.fit(*args, epochs=head_epochs, initial_epoch=initial_epoch,
-                             callbacks=with_backup("phase1"), **kwargs))
+                             callbacks=with_backup("phase1", 0), **kwargs))
             # KerasTuner adds TensorBoard's hparams KerasCallback next to a TensorBoard callback
             # (keras_tuner/src/engine/tuner.py, _configure_tensorboard_dir); it is valid for one fit only
             # (tensorboard/plugins/hparams/_keras.py raises "cannot be reused across training sessions").
@@ -472,7 +478,7 @@ class TransferHyperModel(kt.HyperModel):
             with model.distribute_strategy.scope():
                 _compile(model, self.spec, hp.get("learning_rate") * hp.get("fine_tune_factor"))
             record(model.fit(*args, epochs=epochs, initial_epoch=max(head_epochs, initial_epoch),
-                             callbacks=with_backup("phase2"), **kwargs))
+                             callbacks=with_backup("phase2", head_epochs), **kwargs))
         first_run = min(by_epoch, default=epochs)
         epochs_logged = {**{e: logs for e, logs in before.items() if initial_epoch <= e < first_run}, **by_epoch}
         merged = keras.callbacks.History()

@@ -22,7 +22,10 @@ plain launch above, with no oracle.
   restarted (the oracle gives it its trial back); a failed oracle restarts everything (it reloads
   its state and hands the running trials out again). Exit codes 2 (bad input: do not retry) and 3 (not
   published) are final: everyone is stopped and `launch` returns that code.
-- Signals: Ctrl-C or SIGTERM to the launcher stops every worker and returns 130. The reader
+- Signals: SIGTERM to the launcher (a preemption) is passed on to every process, which saves and exits
+  4 (`trainer.preemption`); the launcher waits for them up to the termination grace period less 4 s
+  (then SIGKILL) and returns 4: run the same command again to resume. Ctrl-C stops every worker the
+  same way and returns 130. The reader
   threads block SIGINT and SIGTERM, so the kernel delivers them to the main thread, which waits
   for worker events with a timeout and so runs Python signal handlers promptly wherever it is.
 """
@@ -45,8 +48,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from trainer import preemption
 from trainer.cluster import GROUP_VARIABLES, local_tf_configs
-from trainer.errors import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, ConfigError
+from trainer.errors import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, EXIT_PEER_LOST, ConfigError
 
 __all__ = ["free_ports", "launch", "worker_command"]
 
@@ -288,6 +292,7 @@ def launch(
     cwd: str | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
+    termination_grace: float | None = None,
 ) -> int:
     """Run ``python -m <module> <argv...>`` as `groups` x `workers` local processes (+ an oracle); 0 when all succeed.
 
@@ -304,10 +309,13 @@ def launch(
         host: loopback address the workers listen on.
         cwd: working directory of the workers (default: this process's).
         stdout, stderr: where prefixed worker output goes (default: this process's).
+        termination_grace: seconds between a SIGTERM to the launcher and its SIGKILL (default:
+            ``TFSTACK_TERMINATION_GRACE_SECONDS`` in `env`, else 30); the children, which get it in their
+            environment, save and exit within it.
 
     Returns:
         0 when every process exited 0; else the failed process's exit status (128 + N when killed by
-        signal N), or 130 when interrupted.
+        signal N), 4 after SIGTERM (preempted: rerun to resume), or 130 after Ctrl-C.
     """
     if workers < 1:
         raise ConfigError(f"Expected workers >= 1. Received: workers={workers}")
@@ -315,6 +323,11 @@ def launch(
         raise ConfigError(f"Expected groups >= 1. Received: groups={groups}")
     if max_restarts < 0:
         raise ConfigError(f"Expected max_restarts >= 0. Received: max_restarts={max_restarts}")
+    if termination_grace is None:
+        termination_grace = preemption.grace_from_env(dict(env))
+    elif termination_grace <= 0:
+        raise ConfigError(f"Expected termination_grace > 0. Received: termination_grace={termination_grace}")
+    env = {**env, preemption.GRACE_ENV: f"{termination_grace:g}"}
     run = _Launch(argv, workers=workers, groups=groups, env=env, python=python, module=module, host=host, cwd=cwd,
                   out=stdout or sys.stdout, err=stderr or sys.stderr)
     restarts = 0
@@ -347,7 +360,12 @@ def launch(
                                 line, group.key, restarts, max_restarts)
                     group.stop(grace_period, reason=f"restarting group {group.key}")
                     run.start(group.key)
-        except (KeyboardInterrupt, _Stop):
+        except _Stop:
+            # Preempted: the children got SIGTERM too, save at one step and exit 4 within their deadline.
+            log.warning("SIGTERM: passing it on to every process")
+            run.stop_all(max(1.0, termination_grace - 4.0), reason="SIGTERM")
+            return EXIT_PEER_LOST
+        except KeyboardInterrupt:
             log.warning("interrupted")
             run.stop_all(grace_period, reason="interrupted")
             return 130

@@ -32,7 +32,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, distribute, plots
+from trainer import data, distribute, plots, preemption
 from trainer.cluster import Cluster
 from trainer.config import HEADS, SearchConfig
 from trainer.errors import ConfigError, PeerLostError, SearchError, TrainerError
@@ -157,6 +157,8 @@ class _SearchHooks:
     tfstack_metrics: SearchMetrics
     tfstack_backup_root: Path
     tfstack_history_root: Path | None
+    tfstack_shared_project: Path
+    """The chief's tuner project dir on the shared volume (a non-chief's own tuner dir is scratch)."""
     tfstack_watchdog: StallWatchdog
 
     tfstack_agreement: dict[str, Any]
@@ -164,7 +166,9 @@ class _SearchHooks:
 
     def _tfstack_trial_backup(self, trial: kt.engine.trial.Trial) -> distribute.TrialBackup:
         return distribute.TrialBackup(self.tfstack_backup_root / f"trial_{trial.trial_id}",
-                                      writer=self.tfstack_cluster.is_chief)
+                                      writer=self.tfstack_cluster.is_chief,
+                                      multi_worker=self.tfstack_cluster.num_workers > 1,
+                                      steps_per_epoch=self.tfstack_agreement["train_steps_per_epoch"])
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         self.tfstack_watchdog.beat(f"trial {trial.trial_id}")
@@ -182,6 +186,21 @@ class _SearchHooks:
             }, f"trial {trial.trial_id}")
         self.tfstack_metrics.trial.set(_trial_number(trial))
         self.tfstack_metrics.epoch.set(0)
+
+    def _build_hypermodel(self, hp: kt.HyperParameters) -> keras.Model:
+        # A Hyperband trial that continues an earlier one loads that trial's best-epoch checkpoint from this
+        # worker's own tuner dir (keras_tuner/src/tuners/hyperband.py, _build_hypermodel). KerasTuner's
+        # SaveBestEpoch writes it on the chief only (a non-chief's copy goes to a temp dir it deletes:
+        # keras_tuner/src/engine/tuner_utils.py), so a non-chief copies the chief's first. It is complete:
+        # the chief wrote it before the collective of this trial's agreement check in on_trial_begin.
+        earlier = hp.values.get("tuner/trial_id")
+        if earlier and not self.tfstack_cluster.is_chief:
+            mine = Path(self._get_checkpoint_fname(earlier))  # type: ignore[attr-defined]
+            chiefs = self.tfstack_shared_project / mine.relative_to(self.project_dir)  # type: ignore[attr-defined]
+            if chiefs.is_file() and not mine.is_file():
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(chiefs, mine)
+        return super()._build_hypermodel(hp)  # type: ignore[misc]
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         kwargs["backup"] = self._tfstack_trial_backup(trial)
@@ -493,7 +512,8 @@ def search_trials(
             watchdog.callback(),
         ]
         try:
-            with watchdog.armed("the search"):
+            # SIGTERM while the search runs: every worker saves the trial at one step and exits 4.
+            with watchdog.armed("the search"), preemption.training():
                 tuner.search(plan.train, validation_data=plan.val, epochs=plan.epochs, callbacks=callbacks,
                              verbose=2)
         except kt.errors.FatalError as exc:
@@ -573,10 +593,13 @@ def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
     tuner.tfstack_backup_root = dirs.backup_dir
     tuner.tfstack_history_root = (run_root / "histories") if cluster.is_chief else None
     tuner.tfstack_watchdog = watchdog
+    tuner.tfstack_shared_project = run_root / "tuner" / config.model_name
     tuner.tfstack_agreement = {
         "data_fingerprint": plan.splits.fingerprint,
         "train_steps_per_epoch": math.ceil(len(plan.splits.train) / plan.global_batch),
         "val_steps": math.ceil(len(plan.splits.val) / plan.global_batch),
+        # Each worker picks its policy from its own GPUs: a group on mixed GPU generations must not mix them.
+        "dtype_policy": plan.spec.dtype_policy,
     }
     if not grouped:
         already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
@@ -768,7 +791,7 @@ def _check_resumable(
         previous = json.loads(path.read_text())
         changed = sorted(key for key in identity if previous.get(key) != identity[key])
         if changed:
-            raise SearchError(
+            raise ConfigError(  # bad input (exit 2): a restart would meet the same run directory
                 f"Expected {config.model_run_dir} to hold a search over the same data and search space, so that it "
                 f"can resume. Received differences in: {', '.join(changed)}. Pass --overwrite to start afresh, or "
                 f"another --model-name or --run-dir"

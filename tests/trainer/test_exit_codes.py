@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,66 @@ def test_a_stuck_peer_is_detected_and_both_workers_exit_4(tmp_path: Path) -> Non
     logs = [(tmp_path / f"worker{rank}.log").read_text() for rank in range(2)]
     assert codes == [errors.EXIT_PEER_LOST] * 2, "\n".join(log[-3000:] for log in logs)
     assert "No training progress" in logs[0] and "(--collective-timeout 5s)" in logs[0]
+
+
+# --- every documented error, as a user meets it, with and without --verbose ------------------------------------
+
+def _write_mismatched_identity(cwd: Path) -> None:
+    """A run directory holding another search's record: resuming it must be refused (exit 2, not 1)."""
+    record = cwd / "runs" / "images" / "search.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"epochs": 1234, "tuner": "random"}))
+
+
+# (id, argv after `python -m trainer [--verbose]`, extra environment, setup, fragment of the error line, code).
+# `{data}` is the image folder, `{empty}` an empty folder. Rows marked "tf" import TensorFlow (about 6 s each).
+_TABLE: list[tuple[str, list[str], dict[str, str], Any, str, int, bool]] = [
+    ("unknown-flag", ["search", "--no-such-flag"], {}, None, "--no-such-flag", 2, False),
+    ("bad-value", ["search", "--batch-size", "0"], {}, None, "batch_size", 2, False),
+    ("not-a-number", ["search", "--epochs", "two"], {}, None, "epochs", 2, False),
+    ("bad-choice", ["search", "--tuner", "grid"], {}, None, "tuner", 2, False),
+    ("conflicting-flags", ["search", "--backbone", "auto,small_cnn"], {}, None, "auto", 2, False),
+    ("fractions-conflict", ["search", "--val-fraction", "0.5", "--test-fraction", "0.45"], {}, None,
+     "val_fraction + test_fraction", 2, False),
+    ("unknown-env", ["search"], {"TFSTACK_BATCHSIZE": "4"}, None, "TFSTACK_BATCHSIZE", 2, False),
+    ("bad-env", ["search"], {"TFSTACK_EPOCHS": "many"}, None, "TFSTACK_EPOCHS", 2, False),
+    ("missing-config-file", ["search", "--config", "nope.json"], {}, None, "nope.json", 2, False),
+    ("bad-tf-config", ["search"], {"TF_CONFIG": "{not json"}, None, "TF_CONFIG", 2, False),
+    ("launch-without-command", ["launch", "--workers", "2"], {}, None, "trainer command", 2, False),
+    ("launch-no-workers", ["launch", "--workers", "0", "--", "search"], {}, None, "--workers", 2, False),
+    ("missing-data", ["search", "--data", "no/such/folder"], {}, None, "no/such/folder", 2, True),
+    ("empty-data", ["search", "--data", "{empty}"], {}, None, "sub-folder", 2, True),
+    ("hyperband-with-groups", ["search", "--tuner", "hyperband"],
+     {"TFSTACK_GROUPS": "2", "TFSTACK_GROUP": "0", "TFSTACK_ORACLE": "127.0.0.1:1"}, None, "hyperband", 2, True),
+    ("resume-mismatch", ["search", "--data", "{data}", "--backbone", "small_cnn", "--image-size", "16"], {},
+     _write_mismatched_identity, "Pass --overwrite to start afresh", 2, True),
+]
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["plain", "verbose"])
+@pytest.mark.parametrize(
+    ("argv", "env", "setup", "fragment", "code"),
+    [pytest.param(*row[1:6], id=row[0], marks=[pytest.mark.slow] if row[6] else []) for row in _TABLE],
+)
+def test_every_documented_error_keeps_its_exit_code(
+    tmp_path: Path, folder: Path, verbose: bool, argv: list[str], env: dict[str, str], setup: Any, fragment: str,
+    code: int,
+) -> None:
+    # The data folder's name ("images") is the model name the resume-mismatch row's record is written for.
+    (tmp_path / "empty").mkdir()
+    if setup is not None:
+        setup(tmp_path)
+    argv = [a.format(data=folder, empty=tmp_path / "empty") for a in argv]
+    if argv[0] == "search":
+        argv += ["--run-dir", "runs", "--export-base", "models"]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", *(["--verbose"] if verbose else []), *argv],
+        cwd=tmp_path, env=_env(**env), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == code, result.stderr[-3000:]
+    assert fragment in result.stderr, result.stderr[-3000:]
+    if not verbose:
+        assert "Traceback" not in result.stderr
+    elif "usage:" not in result.stderr:  # argparse's own usage errors have no traceback to show
+        assert "Traceback" in result.stderr, "--verbose shows the traceback (and keeps the exit code)"
+    assert not (tmp_path / "models").exists(), "no partial artefact"

@@ -16,7 +16,7 @@ from tests.trainer.images import write_folder
 from trainer.cluster import Cluster
 from trainer.config import load
 from trainer.data import DataSplits, ImageFile
-from trainer.errors import SearchError
+from trainer.errors import ConfigError
 from trainer.progress import SearchMetrics
 from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, model_spec, run_search
 
@@ -116,7 +116,7 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_a_different_data_set_never_resumes_another_search(tmp_path: Path, folder: Path) -> None:
     run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
     other = write_folder(tmp_path / "other", classes=3, per_class=15, fmt="bmp")
-    with pytest.raises(SearchError, match="data_fingerprint") as info:
+    with pytest.raises(ConfigError, match="data_fingerprint") as info:
         run_search(_config(tmp_path, other, max_trials="1", epochs="1"), SINGLE)
     assert "--overwrite" in str(info.value)
     assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1"], "nothing exported"
@@ -167,7 +167,7 @@ def test_resume_refuses_another_schedule(tmp_path: Path, folder: Path, change: d
     run_search(_config(tmp_path, folder, max_trials="1", epochs="1"), SINGLE)
     name = next(iter(change))
     settings = {"max_trials": "1", "epochs": "1", **change}
-    with pytest.raises(SearchError, match=name):
+    with pytest.raises(ConfigError, match=name):
         run_search(_config(tmp_path, folder, **settings), SINGLE)
 
 
