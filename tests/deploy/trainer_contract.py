@@ -8,7 +8,7 @@ between), so these are the container's exit codes. k8s/chart/templates/_helpers.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from tests.deploy.pods import Pod
 from trainer import config as trainer_config
@@ -24,22 +24,14 @@ EXIT_CODES = {
 }
 
 
-#: The trainer's save deadline after SIGTERM, set by the chart from trainer.terminationGracePeriodSeconds
-#: (issue 23 makes the trainer read it; engineer 23's trainer/config.py defines the field).
+#: The trainer's save deadline after SIGTERM (trainer/config.py ``termination_grace_seconds``), set by the
+#: chart from trainer.terminationGracePeriodSeconds less a margin.
 SAVE_DEADLINE_VARIABLE = "TFSTACK_TERMINATION_GRACE_SECONDS"
 
 
 def load_config(env: Mapping[str, str]) -> trainer_config.SearchConfig:
-    """trainer.config.load over a rendered pod's environment (it refuses unknown TFSTACK_* names). While
-    the trainer in this tree does not know SAVE_DEADLINE_VARIABLE yet (before issue 23's branch is merged),
-    that one variable is checked here (a positive whole number of seconds) and left out; once it does, the
-    trainer itself checks it."""
-    env = dict(env)
-    known = any(f"{trainer_config.ENV_PREFIX}{f.name.upper()}" == SAVE_DEADLINE_VARIABLE
-                for f in fields(trainer_config.SearchConfig))
-    if not known and SAVE_DEADLINE_VARIABLE in env:
-        assert int(env.pop(SAVE_DEADLINE_VARIABLE)) > 0
-    return trainer_config.load({}, env)
+    """trainer.config.load over a rendered pod's environment (it refuses unknown TFSTACK_* names)."""
+    return trainer_config.load({}, dict(env))
 
 
 @dataclass(frozen=True)

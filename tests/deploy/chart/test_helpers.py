@@ -18,7 +18,7 @@ from tests.deploy.rendering import (
     render_values,
     trainer_workloads,
 )
-from tests.deploy.trainer_contract import EXIT_CODES, SAVE_DEADLINE_VARIABLE
+from tests.deploy.trainer_contract import EXIT_CODES, SAVE_DEADLINE_VARIABLE, load_config
 
 STANDARD = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
             "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart"}
@@ -108,6 +108,7 @@ def test_should_give_the_trainer_its_save_deadline_inside_the_grace_period_when_
             deadline = int(env_of(spec["containers"][0])[SAVE_DEADLINE_VARIABLE])
             assert deadline == trainer["terminationGracePeriodSeconds"] - trainer["terminationGraceMarginSeconds"]
             assert 0 < deadline < spec["terminationGracePeriodSeconds"]
+            assert load_config(env_of(spec["containers"][0])).termination_grace_seconds == deadline  # as read
 
 
 def test_should_refuse_a_margin_that_leaves_the_trainer_no_time_to_save() -> None:
