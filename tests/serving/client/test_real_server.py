@@ -8,8 +8,6 @@ to produce on demand (tests/serving/client/test_faults.py).
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from serving.client import (
 )
 from tests.serving.client.conftest import free_port, start_model_server
 from tests.serving.client.models import ECHO_DTYPES, MODEL, build_toy_model, copy_version
+from tests.serving.client.replicas import poll
 
 X = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
 
@@ -45,20 +44,6 @@ def _transport(target: str) -> str:
 
 def _count(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
-
-
-def _poll(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Wait until ``predicate()`` is truthy, re-checking on an event's timeout (never a fixed sleep)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        tick.wait(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -293,7 +278,7 @@ def test_metadata_follows_a_rollout_that_changes_the_signature(
         assert client.predict({"x": X})["y"].tolist() == (2 * X + 1).tolist()
         assert client.metadata().version == 1
         copy_version(build_toy_model(tmp_path / "v2-float64", 2, x_dtype="float64"), server.base, 2)
-        _poll(lambda: client.status().available_versions == (2,))
+        poll(lambda: client.status().available_versions == (2,))
 
         # cached v1 metadata would refuse float64: the client asks again and sends
         out = client.predict({"x": X.astype(np.float64)})
@@ -311,6 +296,6 @@ def test_grpc_answers_from_another_version_drop_the_cached_metadata(
     with _client(f"127.0.0.1:{server.grpc_port}") as client:
         assert client.metadata().version == 1
         copy_version(toy_versions[2], server.base, 2)
-        _poll(lambda: client.status().available_versions == (2,))
+        poll(lambda: client.status().available_versions == (2,))
         client.predict({"images": [b"a"]}, signature="images")  # valid for both versions; v2 answers
         assert client.metadata().version == 2  # fetched again: the answer said version 2
