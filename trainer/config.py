@@ -111,6 +111,11 @@ class SearchConfig:
         "val_loss before it stops, however few steps an epoch has (a 120-image folder has 3; 0 = epochs only).",
         default=150,
     )
+    min_steps: int = _opt(
+        "Optimizer steps a trial trains before early stopping starts watching val_loss (0 = from the first "
+        "epoch): on small folders val_loss first rises while the accuracy still climbs.",
+        default=300,
+    )
     batch_size: int = _opt("Batch size per replica (the global batch is this times the number of replicas).",
                            default=32)
     scale_learning_rate: bool = _opt("Multiply learning rates by the number of replicas.", default=False)
@@ -161,7 +166,7 @@ class SearchConfig:
         for name in ("max_trials", "epochs", "head_epochs", "batch_size", "initial_trials"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"Expected {name} >= 1. Received: {name}={getattr(self, name)}")
-        for name in ("patience", "patience_steps"):
+        for name in ("patience", "patience_steps", "min_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"Expected {name} >= 0. Received: {name}={getattr(self, name)}")
         for name in ("val_fraction", "test_fraction"):

@@ -488,8 +488,7 @@ def search_trials(
         tuner = _search_tuner(config, cluster, plan, metrics, dirs, watchdog)
         callbacks: list[keras.callbacks.Callback] = [
             # val_loss moves smoothly where val_accuracy jumps by whole images on small validation sets.
-            keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience_epochs(
-                config.patience, config.patience_steps, math.ceil(len(plan.splits.train) / plan.global_batch))),
+            _early_stopping(config, math.ceil(len(plan.splits.train) / plan.global_batch)),
             ProgressCallback(metrics, plan.global_batch),
             keras.callbacks.TensorBoard(log_dir=str(dirs.logs_dir), write_graph=False, profile_batch=0),
             watchdog.callback(),
@@ -729,6 +728,15 @@ def auto_epochs(train_images: int, global_batch: int, steps: int = 600) -> int:
     """
     steps_per_epoch = max(1, math.ceil(train_images / global_batch))
     return int(min(200, max(10, math.ceil(steps / steps_per_epoch))))
+
+
+def _early_stopping(config: SearchConfig, steps_per_epoch: int) -> keras.callbacks.EarlyStopping:
+    """Stop on val_loss, counted in optimizer steps: not before ``--min-steps``, after ``--patience-steps``."""
+    start = math.ceil(config.min_steps / max(1, steps_per_epoch))
+    patience = patience_epochs(config.patience, config.patience_steps, steps_per_epoch)
+    log.info("early stopping: from epoch %d, patience %d epochs (%d optimizer steps an epoch)", start, patience,
+             steps_per_epoch)
+    return keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, start_from_epoch=start)
 
 
 def patience_epochs(patience: int, patience_steps: int, steps_per_epoch: int) -> int:
