@@ -39,6 +39,22 @@ seed 42, 20% validation, 10% test):
 
 The table gives held-out (test split) accuracy, balanced accuracy (mean recall per class), the
 chance level (majority-class share for accuracy; 1/C for balanced accuracy) and wall time.
+
+Small folders (issue 26), ``--only letters-2`` etc.: a user's few dozen images a class, and a second
+folder of the same classes in another style that neither the search nor the CNN ever sees:
+
+==============  =======  =========  ======================  =====================
+folder          classes  per class  trained on              held out
+==============  =======  =========  ======================  =====================
+letters-2       2        60         O, X in 4 sans fonts    4 serif fonts (60)
+letters-3       3        40         L, O, X in 4 sans fonts 4 serif fonts (40)
+shapes-3-small  3        30         shapes on flat colour   on a faint grating (40)
+==============  =======  =========  ======================  =====================
+
+For each of ``--seeds`` seeds: the default search (``--weights none --max-trials 2 --seed S``; its
+exported model is scored through its ``serving_default`` signature on the held-out folder's encoded
+PNGs) and the plain CNN on the same split (`trainer.data.scan` with seed S), scored on the same
+images; the table gives the mean and spread over seeds of the held-out balanced accuracy.
 """
 
 from __future__ import annotations
@@ -197,6 +213,88 @@ PRETRAIN = Folder(PRETRAIN_FOLDER, ("disc", "square", "triangle", "cross", "g0",
                   (64, 64), "png-rgb", "shape, texture", _pretrain)
 
 
+# Small folders (issue 26): a user's few dozen images a class, held-out images in another style.
+# Fonts ship with matplotlib (a trainer dependency), so every machine renders the same pixels.
+_FONT_DIR = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf"
+TRAIN_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Oblique.ttf")
+HELDOUT_FONTS = ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "STIXGeneral.ttf", "cmss10.ttf")
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallFolder:
+    """A small training folder in one style and a held-out folder of the same classes in another."""
+
+    name: str
+    class_names: tuple[str, ...]
+    per_class: int
+    """Images a class in the training folder (the search splits it into train / val / test)."""
+    heldout_per_class: int
+    train_style: str
+    heldout_style: str
+    draw: Callable[[int, int, np.random.Generator, bool], np.ndarray]
+    """`draw(label, side, rng, heldout)`: an RGB uint8 image in the training or the held-out style."""
+
+
+def _letter(text: str, side: int, rng: np.random.Generator, fonts: tuple[str, ...]) -> np.ndarray:
+    """`text` in a random one of `fonts`, random size, place and colours (ink darker than paper), pixel noise."""
+    fill, background = sorted(_contrasting(rng), key=sum)
+    image = Image.new("RGB", (side, side), background)
+    font = ImageFont.truetype(str(_FONT_DIR / fonts[int(rng.integers(len(fonts)))]),
+                              size=max(8, int(side * rng.uniform(0.7, 0.9))))
+    pen = ImageDraw.Draw(image)
+    left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+    x = rng.uniform(0, max(1.0, side - (right - left))) - left
+    y = rng.uniform(0, max(1.0, side - (bottom - top))) - top
+    pen.text((x, y), text, font=font, fill=fill)
+    return _noise(image, rng, 8)
+
+
+def _letters(letters: str) -> Callable[[int, int, np.random.Generator, bool], np.ndarray]:
+    def draw(label: int, side: int, rng: np.random.Generator, heldout: bool) -> np.ndarray:
+        return _letter(letters[label], side, rng, HELDOUT_FONTS if heldout else TRAIN_FONTS)
+    return draw
+
+
+def _small_shape(label: int, side: int, rng: np.random.Generator, heldout: bool) -> np.ndarray:
+    """Shapes on plain backgrounds to train on; held out, on a faint grating (30% of the paper's colour)."""
+    kind = ("disc", "square", "triangle")[label]
+    if not heldout:
+        return _shape(kind, side, rng)
+    fill, background = _contrasting(rng)
+    shape = _shape(kind, side, rng, fill=fill, background=background).astype(np.float32)
+    grating = _grating(float(rng.uniform(0, 180)), 3, side, rng).astype(np.float32)
+    paper = np.all(np.abs(shape - np.array(background, np.float32)) < 20, axis=-1, keepdims=True)
+    mixed = np.where(paper, 0.7 * shape + 0.3 * grating, shape)
+    return np.clip(mixed, 0, 255).astype(np.uint8)
+
+
+SMALL_FOLDERS: tuple[SmallFolder, ...] = (
+    SmallFolder("letters-2", ("O", "X"), 60, 60, "sans-serif fonts", "serif fonts", _letters("OX")),
+    SmallFolder("letters-3", ("L", "O", "X"), 40, 40, "sans-serif fonts", "serif fonts", _letters("LOX")),
+    SmallFolder("shapes-3-small", ("disc", "square", "triangle"), 30, 40, "flat colours", "on a faint grating",
+                _small_shape),
+)
+SMALL_SIDES = (32, 40)
+
+
+def write_small_folder(folder: SmallFolder, root: Path) -> tuple[Path, Path]:
+    """Write `root/<name>/<class>/` (training style) and `root/<name>-heldout/<class>/` (held-out style)."""
+    targets = (root / folder.name, root / f"{folder.name}-heldout")
+    for target, heldout, count in zip(targets, (False, True), (folder.per_class, folder.heldout_per_class),
+                                      strict=True):
+        marker = target / ".complete.json"
+        if marker.is_file():
+            continue
+        rng = np.random.default_rng(_stable_seed(target.name))
+        for label, name in enumerate(folder.class_names):
+            (target / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                side = int(rng.integers(SMALL_SIDES[0], SMALL_SIDES[1] + 1))
+                _save(folder.draw(label, side, rng, heldout), target / name / f"{i:04d}", "png-rgb")
+        marker.write_text("{}")
+    return targets
+
+
 def _save(pixels: np.ndarray, path: Path, fmt: str) -> Path:
     image = Image.fromarray(pixels)
     if fmt == "png-rgba":
@@ -258,6 +356,8 @@ class Row:
     balanced_chance: float
     seconds: float
     note: str = ""
+    seed: int | None = None
+    """Small-folder rows: the seed of the search (split, initialisation, oracle) and of the plain CNN."""
 
 
 def _chance(splits: Any) -> tuple[float, float]:
@@ -297,8 +397,9 @@ def run_search(root: Path, work: Path, name: str, args: argparse.Namespace, extr
     return json.loads((work / "runs" / name / "report" / "summary.json").read_text())
 
 
-def plain_cnn(splits: Any, size: int, epochs: int, seed: int) -> tuple[float, float]:
-    """The Keras tutorials' CNN on the same split; returns held-out (accuracy, balanced accuracy)."""
+def plain_cnn(splits: Any, size: int, epochs: int, seed: int, test: Any = None) -> tuple[float, float]:
+    """The Keras tutorials' CNN on the same split; returns held-out (accuracy, balanced accuracy) on `test`
+    (image files; default the split's test files)."""
     import keras
 
     from trainer import data
@@ -306,7 +407,7 @@ def plain_cnn(splits: Any, size: int, epochs: int, seed: int) -> tuple[float, fl
     keras.utils.set_random_seed(seed)
     x_train, y_train = data.load_arrays(splits.train, (size, size))
     x_val, y_val = data.load_arrays(splits.val, (size, size))
-    x_test, y_test = data.load_arrays(splits.test, (size, size))
+    x_test, y_test = data.load_arrays(splits.test if test is None else test, (size, size))
     model = keras.Sequential([
         keras.Input((size, size, 3)),
         keras.layers.Rescaling(1 / 255),
@@ -404,6 +505,106 @@ def bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
     return rows
 
 
+def heldout_files(root: Path, class_names: tuple[str, ...]) -> list[Any]:
+    """The held-out folder's images as `trainer.data.ImageFile`s, labelled in `class_names` order."""
+    from trainer.data import ImageFile
+
+    return [ImageFile(path, label) for label, name in enumerate(class_names)
+            for path in sorted((root / name).glob("*.png"))]
+
+
+def exported_scores(model_dir: Path, files: list[Any], class_names: tuple[str, ...]) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) of the newest exported version on encoded `files`, as a client sends them."""
+    import tensorflow as tf
+
+    version = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    served = tf.saved_model.load(str(version))
+    names = [n.decode() for n in served.serving_default(images=tf.constant([f.path.read_bytes() for f in files]))
+             ["class_name"].numpy()]
+    predicted = np.array([class_names.index(n) for n in names])
+    return _scores(np.array([f.label for f in files]), predicted, len(class_names))
+
+
+def _small_search(root: Path, work: Path, seed: int, heldout: list[Any], class_names: tuple[str, ...],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """The default search on a small folder; its summary with the held-out style's scores as test figures."""
+    budget = argparse.Namespace(max_trials=args.small_max_trials, epochs=args.epochs)
+    summary = run_search(root, work, "search", budget,
+                         ["--weights", "none", "--seed", str(seed), *args.small_search_args])
+    accuracy, balanced = exported_scores(work / "models" / "search", heldout, class_names)
+    summary["metrics"].update(test_accuracy=accuracy, test_balanced_accuracy=balanced)
+    return summary
+
+
+def small_bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
+    """Small-folder rows: per seed, the default search and the plain CNN, both scored on the held-out style."""
+    from trainer import data
+    from trainer.search import auto_epochs, auto_image_size
+
+    rows: list[Row] = []
+    for folder in [f for f in SMALL_FOLDERS if not args.only or f.name in args.only]:
+        root, heldout_root = write_small_folder(folder, scratch / "data")
+        class_names = tuple(sorted(folder.class_names))
+        heldout = heldout_files(heldout_root, class_names)
+        chance = (1.0 / len(class_names), 1.0 / len(class_names))  # balanced held-out folder
+        for seed in range(SEED, SEED + args.seeds):
+            work = scratch / "work" / folder.name / str(seed)
+            work.mkdir(parents=True, exist_ok=True)
+
+            search = functools.partial(_small_search, root, work, seed, heldout, class_names, args)
+            rows.append(_search_row(folder.name, "search", chance, search,
+                                    lambda hp: f"{hp['backbone']} {hp['head']}"))
+            rows[-1].seed = seed
+            log.warning("%s", rows[-1])
+            splits = data.scan(root, val_fraction=0.2, test_fraction=0.1, seed=seed)
+            size = auto_image_size("small_cnn", data.median_image_side(splits.train))
+            epochs = args.epochs or auto_epochs(len(splits.train), 32)
+            started = time.perf_counter()
+            accuracy, balanced = plain_cnn(splits, size, epochs, seed, test=heldout)
+            rows.append(Row(folder.name, "plain CNN", accuracy, balanced, *chance, time.perf_counter() - started,
+                            f"{size} px, {epochs} epochs", seed))
+            log.warning("%s", rows[-1])
+    return rows
+
+
+def small_table(rows: list[Row]) -> str:
+    """Mean and spread over seeds of the held-out balanced accuracy, per small folder and method."""
+    lines = ["| folder (held-out style) | method | balanced accuracy, mean ± sd | per seed | chance | wall s |",
+             "|---|---|---|---|---|---|"]
+    for (folder, method), group in _by_folder_method(rows).items():
+        values = np.array([r.balanced for r in group])
+        lines.append(f"| {folder} | {method} | {np.mean(values):.3f} ± {np.std(values):.3f} | "
+                     f"{' '.join(f'{v:.2f}' for v in values)} | {group[0].balanced_chance:.3f} | "
+                     f"{sum(r.seconds for r in group):.0f} |")
+    return "\n".join(lines)
+
+
+def _by_folder_method(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
+    grouped: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        grouped.setdefault((row.folder, row.method), []).append(row)
+    return grouped
+
+
+def small_verdict(rows: list[Row], tolerance: float) -> list[str]:
+    """Small folders: every seed of the search above chance; its mean not below the plain CNN's by `tolerance`."""
+    problems = []
+    grouped = _by_folder_method(rows)
+    for (folder, method), group in grouped.items():
+        if method != "search":
+            continue
+        for row in group:
+            if not row.balanced > row.balanced_chance + 0.05:
+                problems.append(f"{folder} seed {row.seed}: the default search is at chance "
+                                f"(balanced {row.balanced:.3f})")
+        search = float(np.mean([r.balanced for r in group]))
+        cnn = float(np.mean([r.balanced for r in grouped.get((folder, "plain CNN"), [])] or [0.0]))
+        if search < cnn - tolerance:
+            problems.append(f"{folder}: the default search ({search:.3f}) is below the plain CNN ({cnn:.3f}) "
+                            f"by more than {tolerance} (mean over seeds)")
+    return problems
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| folder | method | test accuracy | balanced accuracy | chance (acc / bal) | wall s | chosen |",
              "|---|---|---|---|---|---|---|"]
@@ -432,7 +633,7 @@ def verdict(rows: list[Row], tolerance: float) -> list[str]:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=[f.name for f in FOLDERS],
+    parser.add_argument("--only", action="append", choices=[f.name for f in (*FOLDERS, *SMALL_FOLDERS)],
                         help="run only this folder (repeatable)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each folder's images (default 1)")
     parser.add_argument("--max-trials", type=int, default=3, help="trials per search (default 3)")
@@ -446,6 +647,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="skip the pretrained-backbone column")
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="balanced-accuracy margin by which the search may trail the plain CNN (default 0.02)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per small folder (default 3)")
+    parser.add_argument("--small-max-trials", type=int, default=2,
+                        help="trials per search on the small folders (default 2, as in issue 26)")
+    parser.add_argument("--small-search-args", type=str.split, default=[],
+                        help="extra search flags for the small folders, one string (ablations: '--patience-steps 0')")
     parser.add_argument("--workdir", type=Path, default=None, help="keep folders and runs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     return parser.parse_args(argv)
@@ -457,12 +663,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tfstack-quality-") as temporary:
         scratch = args.workdir or Path(temporary)
-        rows = bench(args, scratch)
-    print(table(rows))
+        rows = bench(args, scratch) if not args.only or set(args.only) & {f.name for f in FOLDERS} else []
+        small = small_bench(args, scratch)
+    if rows:
+        print(table(rows))
+    if small:
+        print(small_table(small))
     print(f"total wall time: {time.perf_counter() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
-    problems = verdict(rows, args.tolerance)
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows + small], indent=1) + "\n")
+    problems = verdict(rows, args.tolerance) + small_verdict(small, args.tolerance)
     for problem in problems:
         print(f"goal missed: {problem}")
     return 1 if problems else 0

@@ -100,11 +100,22 @@ class SearchConfig:
     )
     epochs: int | None = _opt(
         "Epochs per trial: the head phase plus the fine-tuning phase (hyperband's max epochs). Default: enough "
-        "epochs for about 600 optimizer steps, between 10 and 60 (small data sets need more epochs).",
+        "epochs for about 600 optimizer steps, between 10 and 200 (small data sets need more epochs).",
         default=None,
     )
     head_epochs: int = _opt("Epochs of the first phase (frozen backbone, head only) of each trial.", default=4)
-    patience: int = _opt("Early-stopping patience: epochs without a lower val_loss before a trial stops.", default=5)
+    patience: int = _opt("Early-stopping patience: epochs without a lower val_loss before a trial stops (at least "
+                         "--patience-steps optimizer steps' worth of epochs).", default=5)
+    patience_steps: int = _opt(
+        "Early-stopping patience in optimizer steps: a trial waits at least this many steps without a lower "
+        "val_loss before it stops, however few steps an epoch has (a 120-image folder has 3; 0 = epochs only).",
+        default=150,
+    )
+    min_steps: int = _opt(
+        "Optimizer steps a trial trains before early stopping starts watching val_loss (0 = from the first "
+        "epoch): on small folders val_loss first rises while the accuracy still climbs.",
+        default=300,
+    )
     batch_size: int = _opt("Batch size per replica (the global batch is this times the number of replicas).",
                            default=32)
     scale_learning_rate: bool = _opt("Multiply learning rates by the number of replicas.", default=False)
@@ -161,8 +172,9 @@ class SearchConfig:
         for name in ("max_trials", "epochs", "head_epochs", "batch_size", "initial_trials"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"Expected {name} >= 1. Received: {name}={getattr(self, name)}")
-        if self.patience < 0:
-            problems.append(f"Expected patience >= 0. Received: patience={self.patience}")
+        for name in ("patience", "patience_steps", "min_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"Expected {name} >= 0. Received: {name}={getattr(self, name)}")
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"Expected {name} in [0, 1). Received: {name}={getattr(self, name)}")

@@ -61,6 +61,7 @@ __all__ = [
     "held_out_warnings",
     "make_tuner",
     "model_spec",
+    "patience_epochs",
     "plan_search",
     "publish",
     "run_search",
@@ -506,7 +507,7 @@ def search_trials(
         tuner = _search_tuner(config, cluster, plan, metrics, dirs, watchdog)
         callbacks: list[keras.callbacks.Callback] = [
             # val_loss moves smoothly where val_accuracy jumps by whole images on small validation sets.
-            keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
+            _early_stopping(config, math.ceil(len(plan.splits.train) / plan.global_batch)),
             ProgressCallback(metrics, plan.global_batch),
             keras.callbacks.TensorBoard(log_dir=str(dirs.logs_dir), write_graph=False, profile_batch=0),
             watchdog.callback(),
@@ -743,9 +744,31 @@ def held_out_warnings(labels: np.ndarray, accuracy: float, recall: Mapping[str, 
 
 
 def auto_epochs(train_images: int, global_batch: int, steps: int = 600) -> int:
-    """Epochs for about `steps` optimizer steps, within [10, 60]: small data sets need more epochs."""
+    """Epochs for about `steps` optimizer steps, within [10, 200]: small data sets need more epochs.
+
+    The cap was 60: a 120-image folder (3 steps an epoch) then trained 180 steps at most; 200 epochs of
+    a few dozen images cost seconds on a CPU (docs/trainer.md, "Small folders").
+    """
     steps_per_epoch = max(1, math.ceil(train_images / global_batch))
-    return int(min(60, max(10, math.ceil(steps / steps_per_epoch))))
+    return int(min(200, max(10, math.ceil(steps / steps_per_epoch))))
+
+
+def _early_stopping(config: SearchConfig, steps_per_epoch: int) -> keras.callbacks.EarlyStopping:
+    """Stop on val_loss, counted in optimizer steps: not before ``--min-steps``, after ``--patience-steps``."""
+    start = math.ceil(config.min_steps / max(1, steps_per_epoch))
+    patience = patience_epochs(config.patience, config.patience_steps, steps_per_epoch)
+    log.info("early stopping: from epoch %d, patience %d epochs (%d optimizer steps an epoch)", start, patience,
+             steps_per_epoch)
+    return keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, start_from_epoch=start)
+
+
+def patience_epochs(patience: int, patience_steps: int, steps_per_epoch: int) -> int:
+    """Early-stopping patience in epochs: `patience`, or more epochs when they hold fewer than `patience_steps` steps.
+
+    Counted in epochs only, a 120-image folder (3 steps an epoch) stopped after 5 epochs, 15 steps: before
+    its BatchNormalization statistics and its logits had left their start (issue 26).
+    """
+    return max(patience, math.ceil(patience_steps / max(1, steps_per_epoch)))
 
 
 def balanced_class_weights(splits: data.DataSplits, threshold: float = 2.0) -> list[float] | None:

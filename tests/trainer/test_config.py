@@ -80,9 +80,11 @@ def test_lists_and_booleans_parse_from_strings() -> None:
         ({}, {"TFSTACK_OVERWRITE": "maybe"}, "TFSTACK_OVERWRITE"),
         ({"model_name": "a/b"}, {}, "model name"),
         ({"backbone": "auto,vgg16"}, {}, "'auto' alone"),
+        ({}, {"TFSTACK_PATIENCE_STEPS": "-1"}, "patience_steps >= 0"),
+        ({"min_steps": "-5"}, {}, "min_steps >= 0"),
     ],
     ids=["unknown-env", "unknown-backbone", "unknown-tuner", "not-int", "zero-trials", "fraction",
-         "bad-bool", "slash-in-name", "auto-and-named"],
+         "bad-bool", "slash-in-name", "auto-and-named", "negative-patience-steps", "negative-min-steps"],
 )
 def test_bad_values_name_the_setting(cli: dict[str, str], env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -84,3 +84,37 @@ def test_quality_bench_smoke_run_prints_every_row(tmp_path: Path) -> None:
     ]
     assert all(0.0 <= r["accuracy"] <= 1.0 and not r["note"].startswith("failed") for r in rows), rows
     assert "| shapes-2 | plain CNN |" in result.stdout and "total wall time" in result.stdout
+
+
+def test_small_folders_cover_what_issue_26_asks(tmp_path: Path) -> None:
+    """Two and three classes, 30-60 images a class, held out in another style; written deterministically."""
+    small = quality.SMALL_FOLDERS
+    assert {2, 3} <= {len(f.class_names) for f in small}
+    assert all(30 <= f.per_class <= 60 and f.train_style != f.heldout_style for f in small)
+    assert not set(quality.TRAIN_FONTS) & set(quality.HELDOUT_FONTS)
+    folder = small[0]
+    first = quality.write_small_folder(folder, tmp_path / "a")
+    second = quality.write_small_folder(folder, tmp_path / "b")
+    assert [_digest(p) for p in first] == [_digest(p) for p in second]
+    train, heldout = first
+    for root, count in ((train, folder.per_class), (heldout, folder.heldout_per_class)):
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(folder.class_names)
+        assert all(len(list((root / name).glob("*.png"))) == count for name in folder.class_names)
+    # Same classes, another style: no held-out image is a copy of a training image.
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in train.rglob("*.png")}
+    assert not digests & {hashlib.sha256(p.read_bytes()).hexdigest() for p in heldout.rglob("*.png")}
+
+
+def test_small_verdict_flags_chance_and_a_shortfall_against_the_plain_cnn() -> None:
+    def row(method: str, balanced: float, seed: int) -> quality.Row:
+        return quality.Row("letters-2", method, balanced, balanced, 0.5, 0.5, 1.0, seed=seed)
+
+    fine = [row("search", 0.86, 42), row("plain CNN", 0.80, 42), row("search", 0.80, 43), row("plain CNN", 0.84, 43)]
+    assert quality.small_verdict(fine, 0.02) == []
+    at_chance = [row("search", 0.50, 42), row("plain CNN", 0.60, 42), row("search", 0.95, 43),
+                 row("plain CNN", 0.60, 43)]
+    assert quality.small_verdict(at_chance, 0.02) == ["letters-2 seed 42: the default search is at chance "
+                                                      "(balanced 0.500)"]
+    below = [row("search", 0.70, 42), row("plain CNN", 0.80, 42)]
+    assert "below the plain CNN" in quality.small_verdict(below, 0.02)[0]
+    assert "0.700 ± 0.000" in quality.small_table(below)

@@ -18,7 +18,14 @@ from trainer.config import load
 from trainer.data import DataSplits, ImageFile
 from trainer.errors import ConfigError
 from trainer.progress import SearchMetrics
-from trainer.search import auto_epochs, balanced_class_weights, held_out_warnings, model_spec, run_search
+from trainer.search import (
+    auto_epochs,
+    balanced_class_weights,
+    held_out_warnings,
+    model_spec,
+    patience_epochs,
+    run_search,
+)
 
 SINGLE = Cluster(peers=(), rank=0, source="single")
 
@@ -124,11 +131,20 @@ def test_a_different_data_set_never_resumes_another_search(tmp_path: Path, folde
 
 @pytest.mark.parametrize(
     ("images", "batch", "expected"),
-    [(1258, 32, 15), (33, 4, 60), (100000, 32, 10), (300, 32, 60)],
-    ids=["digits", "tiny-capped", "large-floor", "small"],
+    [(1258, 32, 15), (33, 4, 67), (84, 32, 200), (12, 4, 200), (100000, 32, 10), (300, 32, 60)],
+    ids=["digits", "tiny", "issue-26-folder", "tiny-capped", "large-floor", "small"],
 )
 def test_auto_epochs_aim_at_a_fixed_number_of_steps(images: int, batch: int, expected: int) -> None:
     assert auto_epochs(images, batch) == expected
+
+
+@pytest.mark.parametrize(
+    ("patience", "steps", "per_epoch", "expected"),
+    [(5, 150, 40, 5), (5, 150, 3, 50), (5, 0, 3, 5), (0, 150, 1, 150), (8, 150, 19, 8)],
+    ids=["digits-epochs", "issue-26-folder-steps", "steps-off", "one-step-epochs", "epochs-win"],
+)
+def test_patience_counts_at_least_patience_steps(patience: int, steps: int, per_epoch: int, expected: int) -> None:
+    assert patience_epochs(patience, steps, per_epoch) == expected
 
 
 def _splits(counts: list[int]) -> DataSplits:
