@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.hypermodel import TransferHyperModel
     from trainer.progress import ProgressCallback, SearchMetrics
     from trainer.search import model_spec
+    from trainer.steps import steps_per_epoch
     from trainer.watchdog import StallWatchdog
 
     threads = args.tf_threads if args.pin else args.threads
@@ -144,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
-    one_pass = data.steps_per_epoch(len(splits.train), global_batch)
+    one_pass = steps_per_epoch(len(splits.train), global_batch)
     steps = one_pass * args.repeat
     images_per_epoch = steps * global_batch  # padded to whole global batches (padding has weight 0)
     spec = model_spec(config, splits.num_classes, replicas,
-                      steps=(steps, data.steps_per_epoch(len(splits.val), global_batch)), workers=cluster.num_workers)
+                      steps=(steps, steps_per_epoch(len(splits.val), global_batch)), workers=cluster.num_workers)
     size = (spec.image_size, spec.image_size)
     # The search's pipeline: one per worker over its shard, repeated; fit runs `steps` per epoch.
     train_ds = data.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,

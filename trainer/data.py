@@ -122,7 +122,6 @@ __all__ = [
     "memory_cache_budget",
     "scan",
     "shard_files",
-    "steps_per_epoch",
 ]
 
 log = logging.getLogger(__name__)
@@ -798,7 +797,7 @@ def distributed_dataset(
     present when padding (always with several workers) or class weights apply.
 
     ``repeat=True`` (what the search uses) repeats the batched shard forever, each pass reshuffled: pass
-    ``steps_per_epoch=ceil(len(files) / global_batch)`` (`steps_per_epoch`) to ``fit`` (and the same as
+    ``steps_per_epoch=ceil(len(files) / global_batch)`` (`trainer.steps.steps_per_epoch`) to ``fit`` (and the same as
     ``validation_steps``). One epoch is then exactly one pass, the same batches as without repeat, and
     Keras keeps one iterator for the whole ``fit`` instead of one per epoch; an infinite data set also
     spares tf.distribute its per-step "has any worker still data?" all-reduce (``_enable_get_next_as_optional``
@@ -940,11 +939,6 @@ def augmentation(
     if zoom:
         layers.append(keras.layers.RandomZoom(zoom, seed=seed, name="augment_zoom"))
     return keras.Sequential(layers, name="augmentation")
-
-
-def steps_per_epoch(images: int, global_batch: int) -> int:
-    """Global batches in one pass over `images` (the last one partial or padded): ``fit``'s steps per epoch."""
-    return max(1, math.ceil(images / global_batch))
 
 
 def global_batch_size(per_replica: int, replicas: int) -> int:

@@ -47,7 +47,6 @@ import keras
 import keras_tuner as kt
 
 from trainer.errors import ConfigError
-from trainer.steps import mark_async_safe
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +460,6 @@ class TransferHyperModel(kt.HyperModel):
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         backup = kwargs.pop("backup", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        mark_async_safe(callbacks)  # KerasTuner's and TensorBoard's batch hooks need no finished step
         before = backup.epoch_logs() if backup is not None else {}
         if before:
             _continue_best_epoch(callbacks, before)

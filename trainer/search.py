@@ -48,7 +48,7 @@ from trainer.hypermodel import (
 )
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.publish import Decision, gate_and_publish
-from trainer.steps import AverageBatchNormStatistics, steps_per_execution, sync_batchnorm
+from trainer.steps import AverageBatchNormStatistics, steps_per_epoch, steps_per_execution, sync_batchnorm
 from trainer.watchdog import StallWatchdog
 
 __all__ = [
@@ -429,8 +429,8 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
                                         formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
-    train_steps = data.steps_per_epoch(len(splits.train), global_batch)
-    val_steps = data.steps_per_epoch(len(splits.val), global_batch)
+    train_steps = steps_per_epoch(len(splits.train), global_batch)
+    val_steps = steps_per_epoch(len(splits.val), global_batch)
     spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy,
                       median_side=data.median_image_side(splits.train), steps=(train_steps, val_steps),
                       workers=cluster.num_workers)
@@ -604,8 +604,8 @@ def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
     tuner.tfstack_watchdog = watchdog
     tuner.tfstack_agreement = {
         "data_fingerprint": plan.splits.fingerprint,
-        "train_steps_per_epoch": data.steps_per_epoch(len(plan.splits.train), plan.global_batch),
-        "val_steps": data.steps_per_epoch(len(plan.splits.val), plan.global_batch),
+        "train_steps_per_epoch": steps_per_epoch(len(plan.splits.train), plan.global_batch),
+        "val_steps": steps_per_epoch(len(plan.splits.val), plan.global_batch),
     }
     if not grouped:
         already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")

@@ -11,10 +11,12 @@ every host wait for the device idles it. This module holds the rules the search 
   (a ``tf.while_loop`` over ``get_next_as_optional``, keras/src/backend/tensorflow/trainer.py) fails on
   TF 2.21 with "You must feed a value for placeholder tensor 'while/body/.../while/cond/Placeholder'"
   (measured with bench/scaling.py), so MWMS trains one step per call.
-- `mark_async_safe`: Keras converts a step's logs to Python (waiting for the device) after every step
-  unless every callback with a batch hook says ``async_safe`` (keras/src/callbacks/callback_list.py,
-  ``_configure_async_dispatch``). The trainer's own callbacks say so; this marks the library callbacks
-  the search uses whose batch hooks do nothing that needs the step finished.
+- Callbacks: Keras dispatches batch-end callbacks on a thread, without waiting for the step, only when
+  every callback is ``async_safe`` *and* the backend is thread-safe (keras/src/callbacks/callback_list.py,
+  ``_configure_async_dispatch``). Keras 3's TensorFlow backend says it is not (``IS_THREAD_SAFE = False``
+  in keras/src/backend/tensorflow/core.py): it converts every execution's logs to Python on the main
+  thread, so the host waits for each execution whatever the callbacks. The trainer's own batch callbacks
+  (progress, watchdog) are async-safe all the same; the lever on TensorFlow is `steps_per_execution`.
 - `sync_batchnorm`: synchronized BatchNormalization all-reduces batch statistics in every BN layer of
   every step (forward and backward). It pays only where a replica's batch is too small for its own
   statistics: below `SYNC_BATCHNORM_BELOW` images. Above, each replica normalises with its own batch
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -37,7 +38,7 @@ __all__ = [
     "MAX_STEPS_PER_EXECUTION",
     "SYNC_BATCHNORM_BELOW",
     "AverageBatchNormStatistics",
-    "mark_async_safe",
+    "steps_per_epoch",
     "steps_per_execution",
     "sync_batchnorm",
 ]
@@ -54,6 +55,12 @@ fewer images are too noisy); from 16 up, per-replica statistics (as ImageNet-in-
 al. 2017, with 32 per worker) and no collective inside the forward pass."""
 
 
+def steps_per_epoch(images: int, global_batch: int) -> int:
+    """Global batches in one pass over `images` (the last one partial or padded): ``fit``'s steps per epoch
+    over a repeated data set (`trainer.data.distributed_dataset` with ``repeat=True``)."""
+    return max(1, math.ceil(images / global_batch))
+
+
 def steps_per_execution(train_steps: int, val_steps: int | None = None, limit: int = MAX_STEPS_PER_EXECUTION,
                         *, workers: int = 1) -> int:
     """The largest N <= `limit` that divides `train_steps` (and `val_steps`): epochs stay exact; 1 with
@@ -67,35 +74,6 @@ def steps_per_execution(train_steps: int, val_steps: int | None = None, limit: i
 def sync_batchnorm(per_replica_batch: int, replicas: int) -> bool:
     """Whether BatchNormalization layers should be synchronized across `replicas` (`SYNC_BATCHNORM_BELOW`)."""
     return replicas > 1 and per_replica_batch < SYNC_BATCHNORM_BELOW
-
-
-def mark_async_safe(callbacks: Sequence[keras.callbacks.Callback]) -> list[str]:
-    """Mark the library callbacks whose batch hooks need no finished step as ``async_safe``; return the others.
-
-    KerasTuner's ``TunerCallback`` (keras_tuner/src/engine/tuner_utils.py) forwards ``on_batch_end`` to
-    ``Tuner.on_batch_end``, which does nothing unless a tuner overrides it; Keras's ``TensorBoard``
-    writes batch summaries only with ``update_freq`` other than "epoch" and profiles only with
-    ``profile_batch``. The names of the callbacks that still have batch hooks and are not marked are
-    returned (each makes Keras wait for every step).
-    """
-    import keras_tuner as kt
-    from keras.src.utils.python_utils import is_default  # what CallbackList itself checks
-
-    blocking = []
-    for callback in callbacks:
-        if getattr(callback, "async_safe", False):
-            continue
-        tuner = getattr(callback, "tuner", None)
-        tuner_forwarder = (type(callback).__name__ == "TunerCallback"
-                           and type(tuner).on_batch_end is kt.Tuner.on_batch_end)
-        epoch_summaries = (isinstance(callback, keras.callbacks.TensorBoard) and callback.update_freq == "epoch"
-                           and not getattr(callback, "_should_trace", True) and not callback.write_steps_per_second)
-        if tuner_forwarder or epoch_summaries:
-            callback.async_safe = True
-        elif not all(is_default(getattr(callback, hook)) for hook in
-                     ("on_batch_end", "on_train_batch_end", "on_test_batch_end")):
-            blocking.append(type(callback).__name__)
-    return blocking
 
 
 class AverageBatchNormStatistics(keras.callbacks.Callback):

@@ -214,7 +214,7 @@ def _repeated(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
     from tests.trainer.reads import counting_read_file
     from trainer import data
     from trainer.hypermodel import ModelSpec, TransferHyperModel
-    from trainer.steps import AverageBatchNormStatistics
+    from trainer.steps import AverageBatchNormStatistics, steps_per_epoch
 
     reads: list[str] = []
     tf.io.read_file = counting_read_file(tf.io.read_file, reads)
@@ -239,7 +239,7 @@ def _repeated(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
     with strategy.scope():
         model = TransferHyperModel(spec).build(kt.HyperParameters())
     history = model.fit(train, validation_data=val, epochs=2, verbose=0, callbacks=[AverageBatchNormStatistics()],
-                        steps_per_epoch=data.steps_per_epoch(len(splits.train), 8))
+                        steps_per_epoch=steps_per_epoch(len(splits.train), 8))
     weights = model.get_weights()
     np.savez(out / f"repeated_{cluster.rank}.npz", *[np.asarray(w) for w in weights])
     fresh = TransferHyperModel(spec).build(kt.HyperParameters())

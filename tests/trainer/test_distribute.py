@@ -58,7 +58,7 @@ def test_choose_accelerator_on_this_machine_and_xla() -> None:
                                                 xla=True)
     assert (accelerator.kind, accelerator.policy, accelerator.communication) == ("cpu", "float32", "RING")
     assert accelerator.jit_compile is True
-    assert "CPU" in accelerator.describe() and "XLA on" in accelerator.describe()
+    assert "CPU" in accelerator.describe() and "XLA requested" in accelerator.describe()
 
 
 def test_choose_accelerator_rejects_unknown_policy() -> None:
