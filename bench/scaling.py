@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scaling.py                       # 1 and 2 workers, 6 measured epochs each
     .venv/bin/python bench/scaling.py --epochs 10 --workers 1,2,3 --image-size 64
+    .venv/bin/python bench/scaling.py --global-batch 32 --threads 1,1 --rounds 2   # issue 25's target (+ --legacy)
     flock /tmp/tfstack-heavy.lock .venv/bin/python bench/scaling.py --pin --rounds 3   # one core per worker
 
 For each worker count the local launcher (`trainer.launch.launch`) starts that many processes of
@@ -13,6 +14,11 @@ on the digits' training split, per-replica batch 32 by default (global batch = 3
 padded to whole global batches. The first epoch (tracing, and the decode that fills the cache) is
 the warm-up and is not measured; the chief reports the global training images/s of the median
 epoch after it (and the mean) in a JSON file, read back here.
+
+``--global-batch G`` keeps the global batch at G for every worker count (issue 25's comparison: the
+2-worker step against 1.5 x the 1-worker step + 5 ms, printed as "target"); ``--threads INTRA,INTER``
+fixes TensorFlow's thread pools per worker without pinning; ``--legacy`` measures the step as it was
+before issue 25 (finite data set, synchronized BatchNormalization, one step per execution).
 
 Prints one row per worker count (global batch, images/s, per-worker images/s, ratio to 1 worker),
 the machine (CPUs, CPU model, RAM), the TensorFlow and Keras versions and the load averages before
@@ -241,8 +247,10 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
             lines.append(f"{n:>7} {step:>8.1f} {compute:>16.1f} {step - compute:>8.1f} {reduce_ms:>13.2f} "
                          f"{reduce_ms / step:>17.0%} {r['scalar_allreduce_seconds'] * 1e3:>20.2f} "
                          f"{r['cpu_share']:>14.0%}")
-        lines.append("step ms: the median epoch / steps per epoch (same per-replica batch at every count, so the "
-                     "1-worker step is the compute of one step); all-reduce ms: median of the chief's timed "
+        lines.append("step ms: the median epoch / steps per epoch (" + (
+                     "same global batch at every count: the target compares these" if args.global_batch else
+                     "same per-replica batch at every count, so the 1-worker step is the compute of one step")
+                     + "); all-reduce ms: median of the chief's timed "
                      "gradient-sized all-reduces after training, the same collective the optimizer runs per step; "
                      "scalar: the same for one float (a collective's latency); chief CPU busy: the chief "
                      "process's CPU seconds (all threads) per wall second over the measured epochs.")

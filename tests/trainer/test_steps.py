@@ -148,3 +148,24 @@ def test_model_spec_without_xla_never_leaves_it_to_auto() -> None:
     spec = model_spec(SearchConfig(backbone=("small_cnn",), weights="none", image_size=16), 3)
     assert spec.jit_compile is False
     assert ModelSpec(num_classes=3, image_size=16).steps_per_execution == 1
+
+
+def test_a_repeated_training_set_gives_the_same_first_epoch_and_never_ends(tmp_path) -> None:
+    from tests.trainer.images import write_folder
+    from trainer import data
+
+    splits = data.scan(write_folder(tmp_path / "images", classes=3, per_class=7), val_fraction=0.25, seed=1)
+    strategy = tf.distribute.get_strategy()
+    common = {"training": True, "seed": 3, "class_weights": [1.0, 2.0, 3.0]}
+    finite = data.distributed_dataset(strategy, splits.train, (8, 8), 4, **common)
+    repeated = data.distributed_dataset(strategy, splits.train, (8, 8), 4, repeat=True, **common)
+    assert repeated.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+    epoch = steps.steps_per_epoch(len(splits.train), 4)
+    first = list(finite.as_numpy_iterator())
+    again = list(repeated.take(2 * epoch).as_numpy_iterator())
+    assert len(first) == epoch and first[-1][0].shape[0] == len(splits.train) - 4 * (epoch - 1)  # partial last batch
+    for ours, theirs in zip(again[:epoch], first, strict=True):  # same batches, pixels, labels and weights
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    second = np.concatenate([batch[1] for batch in again[epoch:]])
+    assert sorted(second.tolist()) == sorted(f.label for f in splits.train)  # the next pass: every image once more
