@@ -47,6 +47,7 @@ import keras
 import keras_tuner as kt
 
 from trainer.errors import ConfigError
+from trainer.steps import AverageBatchNormStatistics
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ class ModelSpec:
     """Synchronize from-scratch BatchNormalization across replicas (`trainer.steps.sync_batchnorm`)."""
     steps_per_execution: int = 1
     """Train steps per call of the compiled function (`trainer.steps.steps_per_execution`)."""
+    steps_per_epoch: int | None = None
+    """``fit``'s steps per epoch when the training set repeats (`trainer.steps.steps_per_epoch`); None: one
+    pass of a finite set."""
     dtype_policy: str = "float32"
     """Keras dtype policy every model is built under (``mixed_float16`` / ``mixed_bfloat16`` / ``float32``)."""
     backbone_sizes: tuple[tuple[str, int], ...] = ()
@@ -460,6 +464,10 @@ class TransferHyperModel(kt.HyperModel):
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         backup = kwargs.pop("backup", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self.spec.steps_per_epoch:  # the search's training set repeats: an epoch is this many steps
+            kwargs.setdefault("steps_per_epoch", self.spec.steps_per_epoch)
+        if not self.spec.sync_batchnorm and model.distribute_strategy.num_replicas_in_sync > 1:
+            callbacks.append(AverageBatchNormStatistics())  # per-replica BN: equal statistics before validation
         before = backup.epoch_logs() if backup is not None else {}
         if before:
             _continue_best_epoch(callbacks, before)

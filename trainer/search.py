@@ -48,7 +48,7 @@ from trainer.hypermodel import (
 )
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.publish import Decision, gate_and_publish
-from trainer.steps import AverageBatchNormStatistics, steps_per_epoch, steps_per_execution, sync_batchnorm
+from trainer.steps import steps_per_epoch, steps_per_execution, sync_batchnorm
 from trainer.watchdog import StallWatchdog
 
 __all__ = [
@@ -158,6 +158,7 @@ def model_spec(
         backbone_sizes=tuple(sorted(sizes.items())),
         sync_batchnorm=sync_batchnorm(config.batch_size, replicas),
         steps_per_execution=steps_per_execution(*steps, workers=workers) if steps else 1,
+        steps_per_epoch=steps[0] if steps else None,
     )
 
 
@@ -337,12 +338,9 @@ class SearchPlan:
     epochs: int
     global_batch: int
     train: tf.data.Dataset | tf.distribute.DistributedDataset
-    """One pipeline per worker over its shard (`trainer.data.distributed_dataset`); a plain Dataset in one process."""
+    """One pipeline per worker over its shard (`trainer.data.distributed_dataset`); a plain Dataset in one process.
+    Repeated: ``spec.steps_per_epoch`` steps make an epoch."""
     val: tf.data.Dataset | tf.distribute.DistributedDataset
-    train_steps: int = 0
-    """Steps per epoch (``fit``'s ``steps_per_epoch``: the data sets repeat forever); 0 = one pass."""
-    val_steps: int = 0
-    """Validation steps per pass (the validation set is finite: one pass, `steps_per_execution` divides it)."""
 
     @property
     def train_counts(self) -> dict[str, int]:
@@ -469,8 +467,7 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
                                      name="train", fingerprint=splits.fingerprint, repeat=True)
     val = data.distributed_dataset(strategy, splits.val, size, global_batch, training=False, seed=config.seed,
                                    cache=cache, pad_to_full_batches=padded, name="val", fingerprint=splits.fingerprint)
-    return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val,
-                      train_steps, val_steps)
+    return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)
 
 
 def _choose_cache(config: SearchConfig, cluster: Cluster, splits: data.DataSplits, size: tuple[int, int],
@@ -518,13 +515,10 @@ def search_trials(
             keras.callbacks.TensorBoard(log_dir=str(dirs.logs_dir), write_graph=False, profile_batch=0),
             watchdog.callback(),
         ]
-        if not plan.spec.sync_batchnorm and plan.strategy.num_replicas_in_sync > 1:
-            callbacks.append(AverageBatchNormStatistics())  # per-replica BN: equal statistics before validation
-        steps = {"steps_per_epoch": plan.train_steps or None}
         try:
             with watchdog.armed("the search"):
                 tuner.search(plan.train, validation_data=plan.val, epochs=plan.epochs, callbacks=callbacks,
-                             verbose=2, **steps)
+                             verbose=2)
         except kt.errors.FatalError as exc:
             if isinstance(exc.__cause__, TrainerError):
                 raise exc.__cause__ from exc.__cause__.__cause__
@@ -604,8 +598,8 @@ def _search_tuner(config: SearchConfig, cluster: Cluster, plan: SearchPlan, metr
     tuner.tfstack_watchdog = watchdog
     tuner.tfstack_agreement = {
         "data_fingerprint": plan.splits.fingerprint,
-        "train_steps_per_epoch": steps_per_epoch(len(plan.splits.train), plan.global_batch),
-        "val_steps": steps_per_epoch(len(plan.splits.val), plan.global_batch),
+        "train_steps_per_epoch": math.ceil(len(plan.splits.train) / plan.global_batch),
+        "val_steps": math.ceil(len(plan.splits.val) / plan.global_batch),
     }
     if not grouped:
         already = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
