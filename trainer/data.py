@@ -797,8 +797,8 @@ def distributed_dataset(
     present when padding (always with several workers) or class weights apply.
 
     ``repeat=True`` (what the search uses) repeats the batched shard forever, each pass reshuffled: pass
-    ``steps_per_epoch=ceil(len(files) / global_batch)`` (`trainer.steps.steps_per_epoch`) to ``fit`` (and the same as
-    ``validation_steps``). One epoch is then exactly one pass, the same batches as without repeat, and
+    ``steps_per_epoch=ceil(len(files) / global_batch)`` (`trainer.steps.steps_per_epoch`) to ``fit`` (the
+    search repeats only the training set). One epoch is then exactly one pass, the same batches as without repeat, and
     Keras keeps one iterator for the whole ``fit`` instead of one per epoch; an infinite data set also
     spares tf.distribute its per-step "has any worker still data?" all-reduce (``_enable_get_next_as_optional``
     in tensorflow/python/distribute/input_lib.py returns False for INFINITE cardinality).
