@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scaling.py                       # 1 and 2 workers, 6 measured epochs each
     .venv/bin/python bench/scaling.py --epochs 10 --workers 1,2,3 --image-size 64
+    .venv/bin/python bench/scaling.py --global-batch 32 --threads 1,1 --rounds 2   # issue 25's target (+ --legacy)
     flock /tmp/tfstack-heavy.lock .venv/bin/python bench/scaling.py --pin --rounds 3   # one core per worker
 
 For each worker count the local launcher (`trainer.launch.launch`) starts that many processes of
@@ -13,6 +14,11 @@ on the digits' training split, per-replica batch 32 by default (global batch = 3
 padded to whole global batches. The first epoch (tracing, and the decode that fills the cache) is
 the warm-up and is not measured; the chief reports the global training images/s of the median
 epoch after it (and the mean) in a JSON file, read back here.
+
+``--global-batch G`` keeps the global batch at G for every worker count (issue 25's comparison: the
+2-worker step against 1.5 x the 1-worker step + 5 ms, printed as "target"); ``--threads INTRA,INTER``
+fixes TensorFlow's thread pools per worker without pinning; ``--legacy`` measures the step as it was
+before issue 25 (finite data set, synchronized BatchNormalization, one step per execution).
 
 Prints one row per worker count (global batch, images/s, per-worker images/s, ratio to 1 worker),
 the machine (CPUs, CPU model, RAM), the TensorFlow and Keras versions and the load averages before
@@ -71,6 +77,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6, help="measured epochs per run, after 1 warm-up (default 6)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size per replica (default 32)")
+    parser.add_argument("--global-batch", type=int, default=0,
+                        help="the same global batch at every worker count (per replica = G / workers; "
+                             "default 0: --batch-size per replica)")
+    parser.add_argument("--threads", default="", metavar="INTRA,INTER",
+                        help="TensorFlow's intra-op,inter-op pool sizes per worker without pinning (a fixed "
+                             "thread count per worker on a shared machine)")
+    parser.add_argument("--legacy", action="store_true",
+                        help="measure the step as it was before issue 25 (finite data set, synchronized "
+                             "BatchNormalization, 1 step per execution, blocking callbacks)")
     parser.add_argument("--image-size", type=int, default=32, help="square input size (default 32, the digits')")
     parser.add_argument("--workers", type=_worker_counts, default=(1, 2),
                         help="comma-separated worker counts, run in this order (default 1,2)")
@@ -89,6 +104,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.epochs < 1 or args.batch_size < 1 or args.image_size < 8 or args.rounds < 1 or args.repeat < 1:
         parser.error(f"Expected epochs, batch size, rounds, repeat >= 1 and image size >= 8. Received: "
                      f"{args.epochs}, {args.batch_size}, {args.rounds}, {args.repeat}, {args.image_size}")
+    if args.global_batch and any(args.global_batch % n for n in args.workers):
+        parser.error(f"Expected --global-batch divisible by every worker count. Received: {args.global_batch}")
     parts = args.tf_threads.split(",")
     if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
         parser.error(f"Expected --tf-threads INTRA,INTER as two integers >= 0. Received: {args.tf_threads!r}")
@@ -142,6 +159,9 @@ def run_one(workers: int, args: argparse.Namespace, digits: Path, scratch: Path)
             "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--seed", str(args.seed),
             "--repeat", str(args.repeat)]
     argv += ["--step-times"] if args.step_times else []
+    argv += ["--global-batch", str(args.global_batch)] if args.global_batch else []
+    argv += ["--threads", args.threads] if args.threads else []
+    argv += ["--legacy"] if args.legacy else []
     argv += ["--pin", "--tf-threads", args.tf_threads] if args.pin else []
     output = io.StringIO()
     started = time.perf_counter()
@@ -185,7 +205,12 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
         f"data: embedded digits, {first['train_images']} training images at {first['image_size']}px square, "
         f"x{args.repeat} per epoch, padded to whole global batches; per-replica batch {first['per_replica_batch']}; "
         f"{args.epochs} measured epochs after 1 warm-up epoch per run; {len(rounds)} round(s), order alternating",
-        f"placement: {pinning}",
+        f"placement: {pinning}; step: "
+        f"{'LEGACY (before issue 25)' if args.legacy else 'repeated data set, async-safe callbacks'}; per worker count "
+        "(steps per execution, BatchNormalization): " + ", ".join(
+            f"{r['workers']}: ({r.get('steps_per_execution', 1)}, "
+            f"{'synchronized' if r.get('sync_batchnorm', True) and r['workers'] > 1 else 'per replica'})"
+            for r in results),
         "",
         f"{'workers':>7}  {'strategy':<21} {'global batch':>12} {'steps/epoch':>11} {'images/s':>9} "
         f"{'per worker':>10} {'vs 1 worker':>11} {'efficiency':>10} {'rounds img/s':>20} {'wall s':>7}",
@@ -222,11 +247,20 @@ def report(rounds: list[dict[int, dict[str, Any]]], host: dict[str, Any], loads:
             lines.append(f"{n:>7} {step:>8.1f} {compute:>16.1f} {step - compute:>8.1f} {reduce_ms:>13.2f} "
                          f"{reduce_ms / step:>17.0%} {r['scalar_allreduce_seconds'] * 1e3:>20.2f} "
                          f"{r['cpu_share']:>14.0%}")
-        lines.append("step ms: the median epoch / steps per epoch (same per-replica batch at every count, so the "
-                     "1-worker step is the compute of one step); all-reduce ms: median of the chief's timed "
+        lines.append("step ms: the median epoch / steps per epoch (" + (
+                     "same global batch at every count: the target compares these" if args.global_batch else
+                     "same per-replica batch at every count, so the 1-worker step is the compute of one step")
+                     + "); all-reduce ms: median of the chief's timed "
                      "gradient-sized all-reduces after training, the same collective the optimizer runs per step; "
                      "scalar: the same for one float (a collective's latency); chief CPU busy: the chief "
                      "process's CPU seconds (all threads) per wall second over the measured epochs.")
+        for n, r in zip(counts, results, strict=True):
+            if n > 1 and r["global_batch"] == one["global_batch"]:
+                limit = 1.5 * one["step_seconds"] * 1e3 + 5
+                verdict = "met" if r["step_seconds"] * 1e3 <= limit else "missed"
+                lines.append(f"target (same global batch {r['global_batch']}): {n}-worker step "
+                             f"{r['step_seconds'] * 1e3:.1f} ms <= 1.5 x {one['step_seconds'] * 1e3:.1f} + 5 = "
+                             f"{limit:.1f} ms: {verdict}")
     for n, r in zip(counts, results, strict=True):
         if r["step_times"]:
             ordered = sorted(r["step_times"])

@@ -5,10 +5,15 @@ with its own ``TF_CONFIG``; with one worker the strategy is TensorFlow's default
 more it is ``MultiWorkerMirroredStrategy`` from `trainer.distribute.make_strategy` (which installs
 the Keras MWMS shim). The model is the search's: `trainer.search.model_spec` for the embedded
 digits with the ``small_cnn`` backbone and the ``flatten_dense_dropout`` head, built and compiled by
-`trainer.hypermodel.TransferHyperModel` with fixed hyperparameters. The training set is the
-search's, `trainer.data.distributed_dataset` (each worker decodes its own shard of the files) with
-``pad_to_full_batches=True`` at every worker count, so each epoch runs whole global batches and the
-same number of images whatever the count.
+`trainer.hypermodel.TransferHyperModel` with fixed hyperparameters, under the search's step rules
+(`trainer.search.model_spec`: steps per execution from the training and validation steps, synchronized
+BatchNormalization only below 16 images per replica, `trainer.steps`). The training set is the
+search's, `trainer.data.distributed_dataset` (each worker decodes its own shard of the files, repeated,
+with ``steps_per_epoch``) with ``pad_to_full_batches=True`` at every worker count, so each epoch runs
+whole global batches and the same number of images whatever the count. The search's per-batch
+callbacks run too (`trainer.progress.ProgressCallback`, the stall watchdog's beat). ``--global-batch G``
+keeps the global batch at G at every worker count (G / workers per replica) instead of the per-replica
+batch.
 
 Every worker trains; the chief (rank 0) writes ``<out>/result.json``: the seconds of each epoch
 (the first is the warm-up: tracing and the decode that fills the cache) and the global images/s
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -62,15 +68,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help=f"folder the chief writes {RESULT_FILE} into")
     parser.add_argument("--epochs", type=int, required=True, help="measured epochs, after 1 warm-up epoch")
     parser.add_argument("--batch-size", type=int, required=True, help="batch size per replica")
+    parser.add_argument("--global-batch", type=int, default=0,
+                        help="global batch at every worker count (per replica = global / workers); 0 = off")
     parser.add_argument("--image-size", type=int, required=True, help="square input size")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--pin", action="store_true",
                         help="pin worker i to the i-th allowed CPU, one TensorFlow thread per pool")
     parser.add_argument("--tf-threads", type=str, default="1,1",
                         help="with --pin: TensorFlow's intra-op,inter-op pool sizes (0 = TensorFlow's choice)")
+    parser.add_argument("--threads", type=str, default="",
+                        help="INTRA,INTER: TensorFlow's pool sizes without pinning (a fixed count per worker)")
     parser.add_argument("--step-times", action="store_true",
                         help="also time every training step (adds a host sync per step: Keras converts the logs)")
     parser.add_argument("--repeat", type=int, default=1, help="passes over the training split per epoch")
+    parser.add_argument("--legacy", action="store_true",
+                        help="the step before issue 25: finite data set (an iterator per epoch, an end-of-data "
+                             "all-reduce per step), synchronized BatchNormalization, 1 step per execution, "
+                             "callbacks that make Keras wait for every step")
     parser.add_argument("--allreduce-steps", type=int, default=30,
                         help="timed gradient all-reduces after training (several workers only)")
     return parser.parse_args(argv)
@@ -102,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import data, distribute  # imports TensorFlow: after the pinning
     from trainer.config import SearchConfig
 
+    per_replica = args.global_batch // cluster.num_workers if args.global_batch else args.batch_size
     config = SearchConfig(
         backbone=(HYPERPARAMETERS["backbone"],), heads=(HYPERPARAMETERS["head"],), weights="none",
-        image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs + 1, seed=args.seed,
+        image_size=args.image_size, batch_size=per_replica, epochs=args.epochs + 1, seed=args.seed,
     )
     splits = data.scan(args.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                        seed=config.seed)
@@ -114,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from trainer.hypermodel import TransferHyperModel
+    from trainer.progress import ProgressCallback, SearchMetrics
     from trainer.search import model_spec
+    from trainer.steps import steps_per_epoch
+    from trainer.watchdog import StallWatchdog
 
-    if args.pin:
-        intra, inter = (int(n) for n in args.tf_threads.split(","))
+    threads = args.tf_threads if args.pin else args.threads
+    if threads:
+        intra, inter = (int(n) for n in threads.split(","))
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     accelerator = distribute.choose_accelerator(tf.config.list_physical_devices(),
@@ -126,16 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
-    spec = model_spec(config, splits.num_classes, replicas)
-    size = (spec.image_size, spec.image_size)
-    # One pipeline of global batches sharded by DATA (not the search's per-worker shards, which have no
-    # .repeat()): the recorded figures were measured so.
-    train_ds = data.make_dataset(splits.train, size, global_batch, training=True, seed=config.seed,
-                                 pad_to_full_batches=True)
-    steps = -(-len(splits.train) // global_batch) * args.repeat
+    one_pass = steps_per_epoch(len(splits.train), global_batch)
+    steps = one_pass * args.repeat
     images_per_epoch = steps * global_batch  # padded to whole global batches (padding has weight 0)
-    if args.repeat > 1:
-        train_ds = train_ds.repeat()
+    spec = model_spec(config, splits.num_classes, replicas,
+                      steps=(steps, steps_per_epoch(len(splits.val), global_batch)), workers=cluster.num_workers)
+    size = (spec.image_size, spec.image_size)
+    # The search's pipeline: one per worker over its shard, repeated; fit runs `steps` per epoch.
+    train_ds = data.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
+                                        pad_to_full_batches=True, name="train",
+                                        repeat=not args.legacy or args.repeat > 1)
+    if args.legacy:
+        spec = dataclasses.replace(spec, sync_batchnorm=True, steps_per_execution=1)
 
     hp = kt.HyperParameters()
     hp.values.update(HYPERPARAMETERS)  # registered values win over the defaults when build() declares them
@@ -184,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
 
     timer = EpochTimer()
     step_timer = StepTimer()
+    search_callbacks = [ProgressCallback(SearchMetrics(), global_batch), StallWatchdog(0).callback()]
+    for callback in search_callbacks:
+        callback.async_safe = not args.legacy
     history = model.fit(train_ds, epochs=config.epochs, verbose=0,
-                        callbacks=[timer, step_timer] if args.step_times else [timer],
-                        steps_per_epoch=steps if args.repeat > 1 else None)
+                        callbacks=[*search_callbacks, timer, *([step_timer] if args.step_times else [])],
+                        steps_per_epoch=None if args.legacy and args.repeat == 1 else steps)
     threads = busiest_threads()  # before the all-reduce timing: training and start-up only
     allreduce = scalar = []
     if cluster.num_workers > 1:
@@ -201,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         "replicas": replicas,
         "strategy": f"MWMS ({accelerator.communication})" if cluster.num_workers > 1 else "default (1 process)",
         "per_replica_batch": config.batch_size,
+        "steps_per_execution": spec.steps_per_execution,
+        "legacy": args.legacy,
+        "sync_batchnorm": spec.sync_batchnorm,
         "global_batch": global_batch,
         "image_size": spec.image_size,
         "train_images": len(splits.train),

@@ -785,6 +785,7 @@ def distributed_dataset(
     class_weights: Sequence[float] | None = None,
     name: str = "data",
     fingerprint: str | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """What ``model.fit`` trains on under `strategy`: one pipeline per worker, each over its own shard.
 
@@ -794,6 +795,13 @@ def distributed_dataset(
     one worker and TensorFlow's default strategy this is that pipeline itself, a plain
     ``tf.data.Dataset`` batched by `global_batch`. Elements are as `make_dataset`'s, the weights
     present when padding (always with several workers) or class weights apply.
+
+    ``repeat=True`` (what the search uses) repeats the batched shard forever, each pass reshuffled: pass
+    ``steps_per_epoch=ceil(len(files) / global_batch)`` (`trainer.steps.steps_per_epoch`) to ``fit`` (the
+    search repeats only the training set). One epoch is then exactly one pass, the same batches as without repeat, and
+    Keras keeps one iterator for the whole ``fit`` instead of one per epoch; an infinite data set also
+    spares tf.distribute its per-step "has any worker still data?" all-reduce (``_enable_get_next_as_optional``
+    in tensorflow/python/distribute/input_lib.py returns False for INFINITE cardinality).
     """
     size = _check_size(image_size)
     weighted_always = pad_to_full_batches or class_weights is not None
@@ -810,7 +818,7 @@ def distributed_dataset(
                  "cache %s", name, shard.index, shard.count, len(shard.files), shard.padded_total,
                  shard.padded_total - len(files), batch, _cache_mode(cache))
         dataset = _pipeline(shard, size, batch, training=training, seed=seed, cache=cache, weighted=weighted,
-                            name=name, fingerprint=fingerprint)
+                            name=name, fingerprint=fingerprint, repeat=repeat)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded
         return dataset.with_options(options)
@@ -819,8 +827,9 @@ def distributed_dataset(
 
 
 def _pipeline(shard: Shard, size: tuple[int, int], batch_size: int, *, training: bool, seed: int,
-              cache: bool | str | Path, weighted: bool, name: str, fingerprint: str | None = None) -> tf.data.Dataset:
-    """read -> decode + resize -> uint8 (-> cache) -> shuffle -> batch -> prefetch, for one shard.
+              cache: bool | str | Path, weighted: bool, name: str, fingerprint: str | None = None,
+              repeat: bool = False) -> tf.data.Dataset:
+    """read -> decode + resize -> uint8 (-> cache) -> shuffle -> batch (-> repeat) -> prefetch, for one shard.
 
     Where the shuffle goes depends on the cache: after a memory cache (its buffer holds references to
     the cached tensors), before decoding without a cache (file names, not pixels, wait in the buffer),
@@ -863,6 +872,8 @@ def _pipeline(shard: Shard, size: tuple[int, int], batch_size: int, *, training:
             buffer = max(batch_size, DISK_SHUFFLE_BUFFER_BYTES // decoded_bytes(1, size))
             dataset = dataset.shuffle(min(count, buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
+    if repeat:  # after batch: every pass ends with the same (possibly partial) last batch as one epoch does
+        dataset = dataset.repeat()
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

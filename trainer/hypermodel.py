@@ -24,7 +24,8 @@ fully trainable from the start and ``unfreeze_depth`` is not searched. keras.app
 use BatchNormalization momentum 0.99-0.999, so trained from scratch for a few hundred steps their
 moving statistics stay near their initial values and the model in inference mode predicts one
 class: built from random weights, their BatchNormalization momentum is set to
-`SCRATCH_BN_MOMENTUM` (and synchronized across replicas, as in small_cnn).
+`SCRATCH_BN_MOMENTUM` (and synchronized across replicas where the per-replica batch is small, as in
+small_cnn: `ModelSpec.sync_batchnorm`, the rule in `trainer.steps`).
 
 Each backbone runs at its own input size (`ModelSpec.backbone_sizes`): the model takes
 ``image_size`` pixels and resizes inside the graph when its backbone's size differs, so a search
@@ -47,6 +48,7 @@ import keras_tuner as kt
 
 from trainer import loss_scale
 from trainer.errors import ConfigError
+from trainer.steps import AverageBatchNormStatistics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ __all__ = [
     "prepare_backbones",
     "set_unfreeze_depth",
     "unfrozen_layer_count",
+    "xla_blockers",
 ]
 
 SCRATCH_BN_MOMENTUM = 0.9
@@ -131,7 +134,15 @@ class ModelSpec:
     learning_rate_scale: float = 1.0
     seed: int = 42
     jit_compile: bool | str = "auto"
-    """Passed to ``model.compile``; True when XLA was asked for (``--xla``)."""
+    """Passed to ``model.compile``; True when XLA was asked for (``--xla``) and the model compiles
+    (`xla_blockers`: Keras's "auto" is off under any distribution strategy, so it is never left to "auto")."""
+    sync_batchnorm: bool = True
+    """Synchronize from-scratch BatchNormalization across replicas (`trainer.steps.sync_batchnorm`)."""
+    steps_per_execution: int = 1
+    """Train steps per call of the compiled function (`trainer.steps.steps_per_execution`)."""
+    steps_per_epoch: int | None = None
+    """``fit``'s steps per epoch when the training set repeats (`trainer.steps.steps_per_epoch`); None: one
+    pass of a finite set."""
     dtype_policy: str = "float32"
     """Keras dtype policy every model is built under (``mixed_float16`` / ``mixed_bfloat16`` / ``float32``)."""
     backbone_sizes: tuple[tuple[str, int], ...] = ()
@@ -260,11 +271,18 @@ def prepare_backbones(spec: ModelSpec) -> None:
     keras.backend.clear_session()
 
 
-def _small_cnn(image_size: int, seed: int) -> keras.Model:
+def xla_blockers(augmentation: tuple[tuple[str, Any], ...]) -> list[str]:
+    """The augmentation layers that XLA cannot compile: RandomRotation and RandomZoom resample through
+    ``ImageProjectiveTransformV3``, which has no XLA kernel (RandomFlip compiles)."""
+    return [kind for kind, _ in augmentation if kind in ("rotation", "zoom")]
+
+
+def _small_cnn(image_size: int, seed: int, synchronized: bool = True) -> keras.Model:
     """A VGG-style CNN for training from scratch: it trains in seconds on a CPU and converges on small data.
 
     Convolution -> BatchNormalization (momentum `SCRATCH_BN_MOMENTUM`, so the moving statistics used at
-    inference follow training within a few dozen steps; synchronized, so that under
+    inference follow training within a few dozen steps; synchronized when `synchronized` (small
+    per-replica batches, `trainer.steps.sync_batchnorm`), so that under
     MultiWorkerMirroredStrategy every worker normalises with the global batch's statistics and keeps
     identical moving statistics) -> ReLU. Without normalisation the same network
     sits on the chance-level loss plateau for many epochs on small folders, and early stopping ends the
@@ -279,15 +297,15 @@ def _small_cnn(image_size: int, seed: int) -> keras.Model:
     for block in range(blocks):
         filters = max(16, 128 >> (blocks - 1 - block))
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init)(x)
-        x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, synchronized=True)(x)
+        x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, synchronized=synchronized)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x) if x.shape[1] >= 2 else x
     return keras.Model(inputs, x, name="backbone_small_cnn")
 
 
-def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int) -> keras.Model:
+def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int, synchronized: bool = True) -> keras.Model:
     if spec.factory is None:
-        return _small_cnn(image_size, seed)
+        return _small_cnn(image_size, seed, synchronized)
     keras_weights = None if weights == "none" else weights
     try:
         model = spec.factory(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
@@ -299,7 +317,7 @@ def _backbone(spec: BackboneSpec, image_size: int, weights: str, seed: int) -> k
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
-                layer.synchronized = True
+                layer.synchronized = synchronized
     return model
 
 
@@ -358,7 +376,7 @@ def _build_model(spec: ModelSpec, *, backbone: str, head: str, units: int | None
     elif bspec.preprocess is not None:
         x = keras.layers.Lambda(bspec.preprocess, name="preprocess")(x)
 
-    base = _backbone(bspec, size, spec.weights, spec.seed)
+    base = _backbone(bspec, size, spec.weights, spec.seed, spec.sync_batchnorm)
     from_scratch = bspec.factory is None or not spec.pretrained
     base.trainable = from_scratch
     x = base(x, training=False if not from_scratch else None)
@@ -398,6 +416,7 @@ def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
         # CompileMetrics): padded copies carry weight 0 and must not count in val_accuracy.
         weighted_metrics=metrics,
         jit_compile=spec.jit_compile,
+        steps_per_execution=spec.steps_per_execution,
     )
 
 
@@ -448,6 +467,10 @@ class TransferHyperModel(kt.HyperModel):
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         backup = kwargs.pop("backup", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self.spec.steps_per_epoch:  # the search's training set repeats: an epoch is this many steps
+            kwargs.setdefault("steps_per_epoch", self.spec.steps_per_epoch)
+        if not self.spec.sync_batchnorm and model.distribute_strategy.num_replicas_in_sync > 1:
+            callbacks.append(AverageBatchNormStatistics())  # per-replica BN: equal statistics before validation
         before = backup.epoch_logs() if backup is not None else {}
         if before:
             _continue_best_epoch(callbacks, before)

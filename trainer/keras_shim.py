@@ -36,7 +36,10 @@ def install_keras_mwms_shim(version: str | None = None) -> bool:
 
     1. ``TensorFlowTrainer._maybe_symbolic_build`` calls ``strategy.reduce("MEAN", batch, axis=None)``
        on the first PerReplica input batch, which MWMS cannot do eagerly (conversion error). The
-       build needs only shapes and dtypes, so the shim builds from this worker's local batch.
+       build needs only shapes and dtypes, so the shim builds from the distributed data set's
+       ``element_spec`` (this worker's replica's spec): no iterator is opened and no batch is read
+       (upstream opens a throwaway iterator on every ``fit`` and ``evaluate``, which ``reset()`` then
+       drops), and nothing at all happens when the model, its metrics, loss and optimizer are built.
     2. ``reduce_per_replica`` reduces the step's logs with ``strategy.reduce("MEAN", v, axis=0)``,
        which fails on scalar losses and metrics. The shim reduces with ``axis=None``: the mean
        across replicas, as the single-worker path does, and identical on every worker.
@@ -78,14 +81,18 @@ def install_keras_mwms_shim(version: str | None = None) -> bool:
         strategy = self._distribute_strategy
         if strategy is None or iterator is None or not multi_worker(strategy):
             return original_build(self, iterator=iterator, data_batch=data_batch)
-        for _, _, it in iterator:
-            data_batch = tf.nest.map_structure(
-                lambda x: strategy.experimental_local_results(x)[0]
-                if isinstance(x, tf.distribute.DistributedValues)
-                else x,
-                next(it),
-            )
-            break
+        if _all_built(self):
+            return  # a second fit (phase 2), an evaluate inside fit: nothing to build, no iterator to open
+        data_batch = _local_spec(iterator)
+        if data_batch is None:  # no element_spec to read: build from one local batch (opens an iterator)
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues)
+                    else x,
+                    next(it),
+                )
+                break
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
@@ -99,3 +106,27 @@ def install_keras_mwms_shim(version: str | None = None) -> bool:
     _shim_installed = True
     log.info("installed the Keras %s MWMS shim (https://github.com/keras-team/keras/issues/20585)", version)
     return True
+
+
+def _all_built(model: Any) -> bool:
+    """What ``Trainer._symbolic_build`` (keras/src/trainers/trainer.py) checks before it builds anything."""
+    metrics, loss, optimizer = model._compile_metrics, model._compile_loss, model.optimizer
+    return (all(layer.built for layer in model._flatten_layers())
+            and (metrics is None or metrics.built) and (loss is None or loss.built)
+            and (optimizer is None or optimizer.built))
+
+
+def _local_spec(iterator: Any) -> Any:
+    """The (x, y[, weights]) TensorSpecs of one replica's batch, from a Keras epoch iterator's data set."""
+    dataset = getattr(iterator, "_distributed_dataset", None)
+    spec = getattr(dataset, "element_spec", None)
+    if spec is None:
+        return None
+
+    def local(value: Any) -> Any:
+        specs = getattr(value, "_value_specs", None)  # a PerReplicaSpec: one spec per local replica
+        return specs[0] if specs else value
+
+    spec = tf.nest.map_structure(local, spec, expand_composites=False)
+    flat = tf.nest.flatten(spec)
+    return spec if flat and all(isinstance(v, tf.TensorSpec) for v in flat) else None

@@ -60,10 +60,16 @@ class SearchMetrics:
 
 
 class ProgressCallback(keras.callbacks.Callback):
-    """Feeds `SearchMetrics` from Keras' epoch and batch hooks."""
+    """Feeds `SearchMetrics` from Keras' epoch and batch hooks.
+
+    Async-safe (it never reads the step's logs), so Keras need not wait for each step; with several
+    steps per execution ``on_train_batch_end`` gets the index of the execution's last step, which is
+    what the image count follows.
+    """
 
     def __init__(self, metrics: SearchMetrics, global_batch_size: int) -> None:
         super().__init__()
+        self.async_safe = True
         self.metrics = metrics
         self.global_batch_size = global_batch_size
         self._epoch_start = 0.0
@@ -79,8 +85,9 @@ class ProgressCallback(keras.callbacks.Callback):
         self._batches = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._batches += 1
-        self.metrics.images.inc(self.global_batch_size)
+        done = max(self._batches, batch + 1)  # `batch`: the last step of this execution, from 0 in the epoch
+        self.metrics.images.inc((done - self._batches) * self.global_batch_size)
+        self._batches = done
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         elapsed = time.perf_counter() - self._epoch_start

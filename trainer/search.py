@@ -44,9 +44,11 @@ from trainer.hypermodel import (
     find_backbone,
     fitting_heads,
     prepare_backbones,
+    xla_blockers,
 )
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.publish import Decision, gate_and_publish
+from trainer.steps import steps_per_epoch, steps_per_execution, sync_batchnorm
 from trainer.watchdog import StallWatchdog
 
 __all__ = [
@@ -111,12 +113,17 @@ def auto_image_size(backbone: str, median_side: int | None) -> int:
 
 def model_spec(
     config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32", *,
-    median_side: int | None = None,
+    median_side: int | None = None, steps: tuple[int, int] | None = None, workers: int = 1,
 ) -> ModelSpec:
     """The fixed part of the search space for `config` and a data set of `num_classes`.
 
     `median_side` (the data's median image side in pixels) picks each backbone's input size when
     ``config.image_size`` is not set (`auto_image_size`); the model input is the largest of them.
+    `steps` (training, validation steps per epoch) sets the steps per execution with one worker process
+    (`trainer.steps.steps_per_execution`; 1 with several `workers`: see there); BatchNormalization is
+    synchronized by `trainer.steps.sync_batchnorm`.
+    XLA (``--xla``) is on only where the model compiles (`xla_blockers`), and then explicitly
+    (``jit_compile=True``): Keras's "auto" is off under any distribution strategy.
     """
     backbones = config.backbones
     sizes = {b: config.image_size or auto_image_size(b, median_side) for b in backbones}
@@ -132,6 +139,10 @@ def model_spec(
     if config.zoom > 0:
         augmentation.append(("zoom", config.zoom))
     uses_pretrained = any(BACKBONE_SPECS[b].factory is not None for b in backbones)
+    blockers = xla_blockers(tuple(augmentation))
+    if config.xla and blockers:
+        log.warning("XLA off although --xla was given: augmentation %s does not compile (pass --rotation 0 "
+                    "--zoom 0, or keep flips only, to train with XLA)", ", ".join(blockers))
     return ModelSpec(
         num_classes=num_classes,
         image_size=image_size,
@@ -143,9 +154,12 @@ def model_spec(
         augmentation=tuple(augmentation),
         learning_rate_scale=float(replicas) if config.scale_learning_rate else 1.0,
         seed=config.seed,
-        jit_compile=True if config.xla else "auto",
+        jit_compile=bool(config.xla and not blockers),
         dtype_policy=policy,
         backbone_sizes=tuple(sorted(sizes.items())),
+        sync_batchnorm=sync_batchnorm(config.batch_size, replicas),
+        steps_per_execution=steps_per_execution(*steps, workers=workers) if steps else 1,
+        steps_per_epoch=steps[0] if steps else None,
     )
 
 
@@ -344,7 +358,8 @@ class SearchPlan:
     epochs: int
     global_batch: int
     train: tf.data.Dataset | tf.distribute.DistributedDataset
-    """One pipeline per worker over its shard (`trainer.data.distributed_dataset`); a plain Dataset in one process."""
+    """One pipeline per worker over its shard (`trainer.data.distributed_dataset`); a plain Dataset in one process.
+    Repeated: ``spec.steps_per_epoch`` steps make an epoch."""
     val: tf.data.Dataset | tf.distribute.DistributedDataset
 
     @property
@@ -432,17 +447,22 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
                                         formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = data.global_batch_size(config.batch_size, replicas)
+    train_steps = steps_per_epoch(len(splits.train), global_batch)
+    val_steps = steps_per_epoch(len(splits.val), global_batch)
     spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy,
-                      median_side=data.median_image_side(splits.train))
+                      median_side=data.median_image_side(splits.train), steps=(train_steps, val_steps),
+                      workers=cluster.num_workers)
+    log.info("step: %d per execution, BatchNormalization %s, XLA %s", spec.steps_per_execution,
+             "synchronized across replicas" if spec.sync_batchnorm else "per replica",
+             "on (jit_compile=True)" if spec.jit_compile is True else "off")
     log.info("search space: backbones %s at %s px, heads %s%s", ",".join(spec.backbones),
              dict(spec.backbone_sizes), ",".join(spec.heads),
              f", unfreeze depths {list(spec.unfreeze_depths)} (fractions of the backbone)"
              if spec.fine_tuned_backbones else "")
     epochs = config.epochs or auto_epochs(len(splits.train), global_batch)
     if config.epochs is None:
-        steps = math.ceil(len(splits.train) / global_batch)
-        log.info("epochs per trial: %d (%d optimizer steps at %d per epoch; --epochs sets it)", epochs, epochs * steps,
-                 steps)
+        log.info("epochs per trial: %d (%d optimizer steps at %d per epoch; --epochs sets it)", epochs,
+                 epochs * train_steps, train_steps)
     class_weights = balanced_class_weights(splits)
     if class_weights is not None:
         log.info("classes are imbalanced: weighting the loss by class %s",
@@ -457,11 +477,14 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: data
     size = (spec.image_size, spec.image_size)
     cache = _choose_cache(config, cluster, splits, size, global_batch)
     # Each worker reads and decodes only its shard (trainer.data.distributed_dataset). Several workers must
-    # each run the same number of steps: the lists are padded to full global batches (weight 0).
+    # each run the same number of steps: the lists are padded to full global batches (weight 0). Training
+    # repeats, with fit's steps_per_epoch: one iterator per fit, no per-step end-of-data all-reduce. Validation
+    # stays one finite pass: Keras opens a new iterator per pass anyway, and a pass cut at validation_steps
+    # would never complete its memory cache (decoding the split again every epoch).
     padded = cluster.num_workers > 1
     train = data.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
                                      cache=cache, pad_to_full_batches=padded, class_weights=class_weights,
-                                     name="train", fingerprint=splits.fingerprint)
+                                     name="train", fingerprint=splits.fingerprint, repeat=True)
     val = data.distributed_dataset(strategy, splits.val, size, global_batch, training=False, seed=config.seed,
                                    cache=cache, pad_to_full_batches=padded, name="val", fingerprint=splits.fingerprint)
     return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)

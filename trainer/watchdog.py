@@ -119,6 +119,10 @@ class StallWatchdog:
         watchdog = self
 
         class _Beat(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.async_safe = True  # beats from Keras's callback thread while the next step runs
+
             def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
                 watchdog.beat()
 

@@ -18,6 +18,10 @@ Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
   records ``val_accuracy`` from fit, the accuracy over the real validation images computed with
   ``model.predict``, the final weights, and every file this worker's pipelines read (counted by
   wrapping ``tf.io.read_file``).
+- ``repeated``: ``padded`` as the search now trains: the training set repeated with ``steps_per_epoch``
+  (validation stays one finite pass), BatchNormalization per replica with `AverageBatchNormStatistics`; also records
+  how many iterators ``fit`` opened over each data set and whether tf.distribute checks for the end
+  of data at every step (``_enable_get_next_as_optional``).
 - ``stuck``: ``fit`` under a 5 s `StallWatchdog`; worker 1 blocks forever after its first batch
   (alive but stuck), so both workers' watchdogs end them with exit code 4.
 """
@@ -203,6 +207,56 @@ def _padded(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, o
     ))
 
 
+def _repeated(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    import dataclasses
+
+    from tests.trainer.images import write_folder
+    from tests.trainer.reads import counting_read_file
+    from trainer import data
+    from trainer.hypermodel import ModelSpec, TransferHyperModel
+    from trainer.steps import AverageBatchNormStatistics, steps_per_epoch
+
+    reads: list[str] = []
+    tf.io.read_file = counting_read_file(tf.io.read_file, reads)
+    splits = data.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
+                       test_fraction=0.0, seed=1)
+    spec = dataclasses.replace(ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",)), sync_batchnorm=False)
+    common = {"pad_to_full_batches": True, "seed": 1}
+    train = data.distributed_dataset(strategy, splits.train, (16, 16), 8, training=True, name="train", repeat=True,
+                                     **common)
+    val = data.distributed_dataset(strategy, splits.val, (16, 16), 8, training=False, name="val", **common)
+    opened = {"train": 0, "val": 0}
+    names = {id(train): "train", id(val): "val"}
+    kind = type(train)
+    original = kind.__iter__
+
+    def counted(self: object) -> object:
+        if id(self) in names:
+            opened[names[id(self)]] += 1
+        return original(self)
+
+    kind.__iter__ = counted  # EpochIterator's iter() looks __iter__ up on the type
+    with strategy.scope():
+        model = TransferHyperModel(spec).build(kt.HyperParameters())
+    history = model.fit(train, validation_data=val, epochs=2, verbose=0, callbacks=[AverageBatchNormStatistics()],
+                        steps_per_epoch=steps_per_epoch(len(splits.train), 8))
+    weights = model.get_weights()
+    np.savez(out / f"repeated_{cluster.rank}.npz", *[np.asarray(w) for w in weights])
+    fresh = TransferHyperModel(spec).build(kt.HyperParameters())
+    fresh.set_weights(weights)
+    pixels, labels = data.load_arrays(splits.val, (16, 16))
+    real = float(np.mean(np.argmax(fresh.predict(pixels, verbose=0), axis=-1) == labels))
+    root = out / f"images{cluster.rank}"
+    (out / f"repeated_{cluster.rank}.json").write_text(json.dumps(
+        {"val_accuracy": [float(v) for v in history.history["val_accuracy"]], "real_accuracy": real,
+         "reads": [str(Path(p).relative_to(root)) for p in reads], "opened": opened,
+         "val": [str(f.path.relative_to(root)) for f in splits.val],
+         "end_of_data_check": [bool(getattr(d, "_enable_get_next_as_optional", True)) for d in (train, val)],
+         "synchronized": [layer.synchronized for layer in model._flatten_layers()
+                          if isinstance(layer, keras.layers.BatchNormalization)]}
+    ))
+
+
 def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
     distribute.assert_workers_agree(strategy, "same on every worker", "a shared value")
     try:
@@ -230,7 +284,7 @@ def main(argv: list[str]) -> int:
     distribute.apply(accelerator)
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree, "stuck": _stuck,
-             "padded": _padded}
+             "padded": _padded, "repeated": _repeated}
     modes[mode](strategy, cluster, out)
     return 0
 
