@@ -74,6 +74,9 @@ class _State:
         self.training = 0  # > 0 while a fit runs: the batch-end check saves and raises, not the handler
         self.installed = False
         self.cancel = threading.Event()  # ends a pending deadline (tests, via `reset`)
+        self.deadline_started = False
+        self.lock = threading.Lock()
+        self.wakeup_fd: int | None = None  # the write end of the pipe `_watch` reads
 
 
 _state = _State()
@@ -105,6 +108,27 @@ def install(grace: float | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
         _state.installed = True
+        if _state.wakeup_fd is None:
+            read_fd, _state.wakeup_fd = os.pipe()
+            os.set_blocking(_state.wakeup_fd, False)
+            threading.Thread(target=_watch, args=(read_fd,), name="tfstack-sigterm-watch", daemon=True).start()
+        signal.set_wakeup_fd(_state.wakeup_fd, warn_on_full_buffer=False)
+
+
+def _watch(read_fd: int) -> None:
+    """Start the deadline at the signal itself. A Python handler runs only when the main thread is back in
+    Python, which a collective blocked in C++ may never be; Python's C-level handler, though, writes every
+    signal number to the wakeup fd at once, and this thread reads it."""
+    while True:
+        try:
+            received = os.read(read_fd, 512)
+        except OSError:
+            return
+        if not received:
+            return
+        if signal.SIGTERM in received:
+            _state.requested.set()
+            _start_deadline()
 
 
 def reinstall() -> None:
@@ -115,9 +139,11 @@ def reinstall() -> None:
 
 def reset() -> None:
     """Forget a received SIGTERM and cancel its deadline (for tests that signal their own process)."""
-    _state.cancel.set()
-    _state.cancel = threading.Event()
-    _state.requested.clear()
+    with _state.lock:
+        _state.cancel.set()
+        _state.cancel = threading.Event()
+        _state.requested.clear()
+        _state.deadline_started = False
 
 
 def requested() -> bool:
@@ -126,15 +152,22 @@ def requested() -> bool:
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    first = not _state.requested.is_set()
     _state.requested.set()
-    if first:
-        limit = deadline_seconds(_state.grace)
-        threading.Thread(target=_deadline, args=(limit, _state.cancel), name="tfstack-sigterm-deadline",
-                         daemon=True).start()
-        log.warning("SIGTERM: stopping (saving first if training); exit 4 within %.0fs at the latest", limit)
+    _start_deadline()  # usually already started by `_watch`
     if _state.training == 0:
         raise Preempted(_message("stopped before training"))
+
+
+def _start_deadline() -> None:
+    """Once per SIGTERM (`reset` re-arms it): the thread that ends the process after the grace period."""
+    with _state.lock:
+        if _state.deadline_started:
+            return
+        _state.deadline_started = True
+        cancel = _state.cancel
+    limit = deadline_seconds(_state.grace)
+    threading.Thread(target=_deadline, args=(limit, cancel), name="tfstack-sigterm-deadline", daemon=True).start()
+    log.warning("SIGTERM: stopping (saving first if training); exit 4 within %.0fs at the latest", limit)
 
 
 def _message(where: str) -> str:
