@@ -3,7 +3,7 @@
     .venv/bin/python bench/decode_per_worker.py                    # 800 synthetic 320x240 JPEGs -> 224 px
     .venv/bin/python bench/decode_per_worker.py --data path/to/folder --image-size 224 --repeats 5
 
-One pass of the search's real input pipeline (`trainer.data.distributed_dataset`: read, decode,
+One pass of the search's real input pipeline (`trainer.pipeline.distributed_dataset`: read, decode,
 resize, cast to uint8, fill the memory cache, shuffle, batch; no model) over the training split,
 run as the only worker, then as worker 0 and as worker 1 of 2. Each run is a fresh process (the
 same script with ``--child``) so that no cache, thread pool or traced function carries over; the
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from trainer import data  # noqa: E402  (after the sys.path line, like the other benches)
+from trainer import pipeline, scan  # noqa: E402  (after the sys.path line, like the other benches)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -84,13 +84,13 @@ class _InputContexts:
 
 def _child(args: argparse.Namespace) -> int:
     workers, index = args.child
-    splits = data.scan(args.data, seed=args.seed)
+    splits = scan.scan(args.data, seed=args.seed)
     size = (args.image_size, args.image_size)
-    global_batch = data.global_batch_size(args.batch_size, workers)
-    dataset = data.distributed_dataset(_InputContexts(workers, index), splits.train, size, global_batch,
+    global_batch = pipeline.global_batch_size(args.batch_size, workers)
+    dataset = pipeline.distributed_dataset(_InputContexts(workers, index), splits.train, size, global_batch,
                                        training=True, seed=args.seed, cache="memory",
                                        pad_to_full_batches=workers > 1, name="train")
-    shard = data.shard_files(splits.train, global_batch, num_shards=workers, index=index, training=True,
+    shard = pipeline.shard_files(splits.train, global_batch, num_shards=workers, index=index, training=True,
                              seed=args.seed, pad_to_full_batches=workers > 1)
     before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     batches = sum(1 for _ in dataset)  # one full pass: decode + resize + cache fill

@@ -8,9 +8,9 @@ One model trains on three feeds, their epochs interleaved (A B C A B C ...) so m
 hits them alike, after one warm-up epoch each (tracing; for the folder pipeline also the decode
 that fills its cache):
 
-1. ``folder``: `trainer.data.make_dataset` over the image files (decode + resize once, cached,
+1. ``folder``: `trainer.pipeline.make_dataset` over the image files (decode + resize once, cached,
    shuffled, batched, prefetched), exactly what the search trains on.
-2. ``memory``: the same pixels decoded once by `trainer.data.load_arrays`, fed as
+2. ``memory``: the same pixels decoded once by `trainer.pipeline.load_arrays`, fed as
    ``from_tensor_slices -> shuffle -> batch -> prefetch``.
 3. ``numpy``: ``model.fit`` on the numpy arrays (Keras's own array adapter).
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from trainer import data  # noqa: E402  (after the sys.path line, like the other benches)
+from trainer import pipeline, scan  # noqa: E402  (after the sys.path line, like the other benches)
 
 log = logging.getLogger("bench.input_pipeline")
 
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="tfstack-bench-") as scratch:
-        root = args.data or data.ensure_digits(Path(scratch) / "digits")
+        root = args.data or scan.ensure_digits(Path(scratch) / "digits")
         started = time.perf_counter()
-        splits = data.scan(root, seed=args.seed)
+        splits = scan.scan(root, seed=args.seed)
         scan_s = time.perf_counter() - started
         return _run(args, splits, scan_s)
 
 
-def _run(args: argparse.Namespace, splits: data.DataSplits, scan_s: float) -> int:
+def _run(args: argparse.Namespace, splits: scan.DataSplits, scan_s: float) -> int:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -95,8 +95,8 @@ def _run(args: argparse.Namespace, splits: data.DataSplits, scan_s: float) -> in
     size = (args.image_size, args.image_size)
     files = splits.train
     n = len(files)
-    folder = data.make_dataset(files, size, args.batch_size, training=True, seed=args.seed)
-    x, y = data.load_arrays(files, size)
+    folder = pipeline.make_dataset(files, size, args.batch_size, training=True, seed=args.seed)
+    x, y = pipeline.load_arrays(files, size)
     memory = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(n, seed=args.seed)
               .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
 

@@ -22,7 +22,7 @@ Colours, positions and sizes are random in every folder, so only the named prope
 classes apart. A sixth folder, ``pretrain-8`` (8 classes of shapes and textures, 1,600 PNGs), is
 only used to pretrain a backbone.
 
-For each folder, in one run and on the same split (`trainer.data.scan` with the search's defaults:
+For each folder, in one run and on the same split (`trainer.scan.scan` with the search's defaults:
 seed 42, 20% validation, 10% test):
 
 1. ``search``: the default search as a user would run it offline,
@@ -53,7 +53,7 @@ shapes-3-small  3        30         shapes on flat colour   on a faint grating (
 
 For each of ``--seeds`` seeds: the default search (``--weights none --max-trials 2 --seed S``; its
 exported model is scored through its ``serving_default`` signature on the held-out folder's encoded
-PNGs) and the plain CNN on the same split (`trainer.data.scan` with seed S), scored on the same
+PNGs) and the plain CNN on the same split (`trainer.scan.scan` with seed S), scored on the same
 images; the table gives the mean and spread over seeds of the held-out balanced accuracy.
 """
 
@@ -402,12 +402,12 @@ def plain_cnn(splits: Any, size: int, epochs: int, seed: int, test: Any = None) 
     (image files; default the split's test files)."""
     import keras
 
-    from trainer import data
+    from trainer import pipeline
 
     keras.utils.set_random_seed(seed)
-    x_train, y_train = data.load_arrays(splits.train, (size, size))
-    x_val, y_val = data.load_arrays(splits.val, (size, size))
-    x_test, y_test = data.load_arrays(splits.test if test is None else test, (size, size))
+    x_train, y_train = pipeline.load_arrays(splits.train, (size, size))
+    x_val, y_val = pipeline.load_arrays(splits.val, (size, size))
+    x_test, y_test = pipeline.load_arrays(splits.test if test is None else test, (size, size))
     model = keras.Sequential([
         keras.Input((size, size, 3)),
         keras.layers.Rescaling(1 / 255),
@@ -436,14 +436,14 @@ def pretrain_backbone(root: Path, target: Path, epochs: int, seed: int) -> Path:
     """Train MobileNetV2 (from random weights, as the search builds it) on `root`; save its backbone weights."""
     import keras
 
-    from trainer import data
+    from trainer import pipeline, scan
     from trainer.hypermodel import BACKBONE_SPECS, _backbone
 
     keras.utils.set_random_seed(seed)
-    splits = data.scan(root, val_fraction=0.1, seed=seed)
+    splits = scan.scan(root, val_fraction=0.1, seed=seed)
     size = (PRETRAIN_SIZE, PRETRAIN_SIZE)
-    train = data.make_dataset(splits.train, size, 32, training=True, seed=seed)
-    val = data.make_dataset(splits.val, size, 32, training=False, seed=seed)
+    train = pipeline.make_dataset(splits.train, size, 32, training=True, seed=seed)
+    val = pipeline.make_dataset(splits.val, size, 32, training=False, seed=seed)
     spec = BACKBONE_SPECS["mobilenet_v2"]
     backbone = _backbone(spec, PRETRAIN_SIZE, "none", seed)
     inputs = keras.Input((*size, 3))
@@ -461,8 +461,8 @@ def pretrain_backbone(root: Path, target: Path, epochs: int, seed: int) -> Path:
 
 
 def bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
-    from trainer import data
-    from trainer.search import auto_epochs, auto_image_size
+    from trainer import scan
+    from trainer.search_space import auto_epochs, auto_image_size
 
     rows: list[Row] = []
     folders = [f for f in FOLDERS if not args.only or f.name in args.only]
@@ -476,7 +476,7 @@ def bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
         started = time.perf_counter()
         root = write_folder(folder, scratch / "data", args.scale)
         log.warning("%s: written in %.1f s", folder.name, time.perf_counter() - started)
-        splits = data.scan(root, val_fraction=0.2, test_fraction=0.1, seed=SEED)
+        splits = scan.scan(root, val_fraction=0.2, test_fraction=0.1, seed=SEED)
         chance, balanced_chance = _chance(splits)
         work = scratch / "work" / folder.name
         work.mkdir(parents=True, exist_ok=True)
@@ -486,7 +486,7 @@ def bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
                                 lambda hp: f"{hp['backbone']} {hp['head']}"))
         log.warning("%s", rows[-1])
 
-        size = auto_image_size("small_cnn", data.median_image_side(splits.train))
+        size = auto_image_size("small_cnn", scan.median_image_side(splits.train))
         epochs = args.epochs or auto_epochs(len(splits.train), 32)
         started = time.perf_counter()
         accuracy, balanced = plain_cnn(splits, size, epochs, SEED)
@@ -506,8 +506,8 @@ def bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
 
 
 def heldout_files(root: Path, class_names: tuple[str, ...]) -> list[Any]:
-    """The held-out folder's images as `trainer.data.ImageFile`s, labelled in `class_names` order."""
-    from trainer.data import ImageFile
+    """The held-out folder's images as `trainer.scan.ImageFile`s, labelled in `class_names` order."""
+    from trainer.scan import ImageFile
 
     return [ImageFile(path, label) for label, name in enumerate(class_names)
             for path in sorted((root / name).glob("*.png"))]
@@ -538,8 +538,8 @@ def _small_search(root: Path, work: Path, seed: int, heldout: list[Any], class_n
 
 def small_bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
     """Small-folder rows: per seed, the default search and the plain CNN, both scored on the held-out style."""
-    from trainer import data
-    from trainer.search import auto_epochs, auto_image_size
+    from trainer import scan
+    from trainer.search_space import auto_epochs, auto_image_size
 
     rows: list[Row] = []
     for folder in [f for f in SMALL_FOLDERS if not args.only or f.name in args.only]:
@@ -556,8 +556,8 @@ def small_bench(args: argparse.Namespace, scratch: Path) -> list[Row]:
                                     lambda hp: f"{hp['backbone']} {hp['head']}"))
             rows[-1].seed = seed
             log.warning("%s", rows[-1])
-            splits = data.scan(root, val_fraction=0.2, test_fraction=0.1, seed=seed)
-            size = auto_image_size("small_cnn", data.median_image_side(splits.train))
+            splits = scan.scan(root, val_fraction=0.2, test_fraction=0.1, seed=seed)
+            size = auto_image_size("small_cnn", scan.median_image_side(splits.train))
             epochs = args.epochs or auto_epochs(len(splits.train), 32)
             started = time.perf_counter()
             accuracy, balanced = plain_cnn(splits, size, epochs, seed, test=heldout)

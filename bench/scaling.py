@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from trainer import data  # noqa: E402  (after the sys.path line, like the other benches)
+from trainer import scan  # noqa: E402  (after the sys.path line, like the other benches)
 from trainer.launch import launch  # noqa: E402
 
 WORKER_MODULE = "bench.scaling_worker"
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _load()
     rounds: list[dict[int, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="tfstack-scaling-") as scratch:
-        digits = data.ensure_digits(Path(scratch) / "digits")
+        digits = scan.ensure_digits(Path(scratch) / "digits")
         for index in range(args.rounds):
             order = args.workers if index % 2 == 0 else tuple(reversed(args.workers))
             results: dict[int, dict[str, Any]] = {}

@@ -3,12 +3,12 @@
 Started by `trainer.launch.launch` as ``python -m bench.scaling_worker --data DIR --out DIR ...``
 with its own ``TF_CONFIG``; with one worker the strategy is TensorFlow's default (no MWMS), with
 more it is ``MultiWorkerMirroredStrategy`` from `trainer.distribute.make_strategy` (which installs
-the Keras MWMS shim). The model is the search's: `trainer.search.model_spec` for the embedded
+the Keras MWMS shim). The model is the search's: `trainer.search_space.model_spec` for the embedded
 digits with the ``small_cnn`` backbone and the ``flatten_dense_dropout`` head, built and compiled by
 `trainer.hypermodel.TransferHyperModel` with fixed hyperparameters, under the search's step rules
-(`trainer.search.model_spec`: steps per execution from the training and validation steps, synchronized
+(`trainer.search_space.model_spec`: steps per execution from the training and validation steps, synchronized
 BatchNormalization only below 16 images per replica, `trainer.steps`). The training set is the
-search's, `trainer.data.distributed_dataset` (each worker decodes its own shard of the files, repeated,
+search's, `trainer.pipeline.distributed_dataset` (each worker decodes its own shard of the files, repeated,
 with ``steps_per_epoch``) with ``pad_to_full_batches=True`` at every worker count, so each epoch runs
 whole global batches and the same number of images whatever the count. The search's per-batch
 callbacks run too (`trainer.progress.ProgressCallback`, the stall watchdog's beat). ``--global-batch G``
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = resolve(os.environ)
     core = pin_to_core(cluster) if args.pin else None
 
-    from trainer import data, distribute  # imports TensorFlow: after the pinning
+    from trainer import distribute, pipeline, scan  # imports TensorFlow: after the pinning
     from trainer.config import SearchConfig
 
     per_replica = args.global_batch // cluster.num_workers if args.global_batch else args.batch_size
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         backbone=(HYPERPARAMETERS["backbone"],), heads=(HYPERPARAMETERS["head"],), weights="none",
         image_size=args.image_size, batch_size=per_replica, epochs=args.epochs + 1, seed=args.seed,
     )
-    splits = data.scan(args.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+    splits = scan.scan(args.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                        seed=config.seed)
 
     import keras
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.hypermodel import TransferHyperModel
     from trainer.progress import ProgressCallback, SearchMetrics
-    from trainer.search import model_spec
+    from trainer.search_space import model_spec
     from trainer.steps import steps_per_epoch
     from trainer.watchdog import StallWatchdog
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     distribute.apply(accelerator)
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     replicas = strategy.num_replicas_in_sync
-    global_batch = data.global_batch_size(config.batch_size, replicas)
+    global_batch = pipeline.global_batch_size(config.batch_size, replicas)
     one_pass = steps_per_epoch(len(splits.train), global_batch)
     steps = one_pass * args.repeat
     images_per_epoch = steps * global_batch  # padded to whole global batches (padding has weight 0)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                       steps=(steps, steps_per_epoch(len(splits.val), global_batch)), workers=cluster.num_workers)
     size = (spec.image_size, spec.image_size)
     # The search's pipeline: one per worker over its shard, repeated; fit runs `steps` per epoch.
-    train_ds = data.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
+    train_ds = pipeline.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
                                         pad_to_full_batches=True, name="train",
                                         repeat=not args.legacy or args.repeat > 1)
     if args.legacy:

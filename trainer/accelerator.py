@@ -53,7 +53,7 @@ class Accelerator:
         """One log line."""
         where = f"{self.devices} GPU(s)" if self.kind == "gpu" else "CPU"
         growth = ", memory growth" if self.memory_growth else ""
-        # Asked for, not yet on: the model decides (trainer.search.model_spec logs whether it compiles).
+        # Asked for, not yet on: the model decides (trainer.search_space.model_spec logs whether it compiles).
         xla = "requested" if self.jit_compile else "off"
         return f"{where}: policy {self.policy}, {self.communication} all-reduce, XLA {xla}{growth}"
 

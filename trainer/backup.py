@@ -13,6 +13,7 @@ from typing import Any
 import keras
 
 from trainer import preemption
+from trainer.atomic import write_atomic
 
 __all__ = ["TrialBackup", "backup_and_restore"]
 
@@ -84,11 +85,9 @@ class _SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         weights_tmp = os.path.join(self.backup_dir, "incoming.weights.h5")
         self.model.save_weights(filepath=weights_tmp, overwrite=True)
-        meta_tmp = f"{self._training_metadata_path}.incoming"
-        with open(meta_tmp, "w") as f:
-            f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
         os.replace(weights_tmp, self._weights_path)
-        os.replace(meta_tmp, self._training_metadata_path)
+        write_atomic(self._training_metadata_path, json.dumps({"epoch": self._current_epoch,
+                                                               "batch": self._last_batch_seen}))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.writer:
@@ -130,10 +129,7 @@ class _EpochLog(keras.callbacks.Callback):
             return
         recorded = _read_json(self.path) or {}
         recorded[str(epoch)] = {k: float(v) for k, v in (logs or {}).items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        incoming = self.path.with_suffix(".incoming")
-        incoming.write_text(json.dumps(recorded))
-        os.replace(incoming, self.path)
+        write_atomic(self.path, json.dumps(recorded))
 
 
 class _ReplayEarlyStopping(keras.callbacks.Callback):

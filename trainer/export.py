@@ -8,7 +8,7 @@ Layout (the only contract between training and serving)::
         assets.extra/tf_serving_warmup_requests    PredictionLogs TF Serving replays at load time
 
 Signatures: ``serving_default`` takes ``images`` (tf.string ``[None]``, encoded JPEG/PNG/BMP/GIF) and
-decodes and resizes in the graph exactly as the training pipeline does (`trainer.data.decode_image`);
+decodes and resizes in the graph exactly as the training pipeline does (`trainer.pipeline.decode_image`);
 ``predict_pixels`` takes ``pixels`` (float32 ``[None, H, W, 3]``, 0..255). Both return
 ``probabilities`` (float32 ``[None, C]``), ``class_id`` (int64 ``[None]``) and ``class_name``
 (tf.string ``[None]``).
@@ -36,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from serving.wire import WARMUP_FILE, predict_log
-from trainer.data import decode_image
 from trainer.errors import ExportError
+from trainer.pipeline import decode_image
 
 __all__ = [
     "INPUT_IMAGES",

@@ -57,7 +57,7 @@ al. 2017, with 32 per worker) and no collective inside the forward pass."""
 
 def steps_per_epoch(images: int, global_batch: int) -> int:
     """Global batches in one pass over `images` (the last one partial or padded): ``fit``'s steps per epoch
-    over a repeated data set (`trainer.data.distributed_dataset` with ``repeat=True``)."""
+    over a repeated data set (`trainer.pipeline.distributed_dataset` with ``repeat=True``)."""
     return max(1, math.ceil(images / global_batch))
 
 

@@ -23,7 +23,7 @@ from serving.client import Client
 from tests.trainer.images import write_folder
 from trainer.cluster import Cluster
 from trainer.config import load
-from trainer.data import decode_image
+from trainer.pipeline import decode_image
 from trainer.search import SearchResult, run_search
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -24,9 +24,9 @@ import tensorflow as tf
 from serving.client import Client
 from trainer.cluster import Cluster
 from trainer.config import load
-from trainer.data import decode_image
 from trainer.export import export_model
 from trainer.launch import free_ports
+from trainer.pipeline import decode_image
 from trainer.search import SearchResult, run_search
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
 - ``fault``: like ``fit`` for 4 epochs, but worker 1 dies at the start of epoch 2 on its first run;
   run under the launcher with restarts, the workers resume from the chief's epoch backup.
 - ``disagree``: `assert_workers_agree` on a payload that differs per worker; records the error.
-- ``padded``: the search's own model and datasets (`trainer.data.distributed_dataset`: each
+- ``padded``: the search's own model and datasets (`trainer.pipeline.distributed_dataset`: each
   worker reads and decodes its own shard, padded to full global batches with weight-0 copies;
   36 training images and 12 validation images over a global batch of 8 become 40 and 16);
   records ``val_accuracy`` from fit, the accuracy over the real validation images computed with
@@ -174,18 +174,18 @@ def _stuck(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, ou
 def _padded(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
     from tests.trainer.images import write_folder
     from tests.trainer.reads import counting_read_file
-    from trainer import data
+    from trainer import pipeline, scan
     from trainer.hypermodel import ModelSpec, TransferHyperModel
 
     reads: list[str] = []  # every file this worker's pipelines read (one read per decode)
-    tf.io.read_file = counting_read_file(tf.io.read_file, reads)  # looked up when trainer.data traces its decode
-    splits = data.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
+    tf.io.read_file = counting_read_file(tf.io.read_file, reads)  # looked up when trainer.pipeline traces its decode
+    splits = scan.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
                        test_fraction=0.0, seed=1)
     assert len(splits.val) == 12, len(splits.val)
     spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",))
-    train = data.distributed_dataset(strategy, splits.train, (16, 16), 8, training=True, seed=1,
+    train = pipeline.distributed_dataset(strategy, splits.train, (16, 16), 8, training=True, seed=1,
                                      pad_to_full_batches=True, name="train")
-    val = data.distributed_dataset(strategy, splits.val, (16, 16), 8, training=False, seed=1,
+    val = pipeline.distributed_dataset(strategy, splits.val, (16, 16), 8, training=False, seed=1,
                                    pad_to_full_batches=True, name="val")
     with strategy.scope():
         model = TransferHyperModel(spec).build(kt.HyperParameters())
@@ -195,7 +195,7 @@ def _padded(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, o
     np.savez(out / f"padded_{cluster.rank}.npz", *[np.asarray(w) for w in weights])
     fresh = TransferHyperModel(spec).build(kt.HyperParameters())  # outside the strategy: plain predict
     fresh.set_weights(weights)
-    pixels, labels = data.load_arrays(splits.val, (16, 16))
+    pixels, labels = pipeline.load_arrays(splits.val, (16, 16))
     real = float(np.mean(np.argmax(fresh.predict(pixels, verbose=0), axis=-1) == labels))
     root = out / f"images{cluster.rank}"
     (out / f"padded_{cluster.rank}.json").write_text(json.dumps(
@@ -212,19 +212,19 @@ def _repeated(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
 
     from tests.trainer.images import write_folder
     from tests.trainer.reads import counting_read_file
-    from trainer import data
+    from trainer import pipeline, scan
     from trainer.hypermodel import ModelSpec, TransferHyperModel
     from trainer.steps import AverageBatchNormStatistics, steps_per_epoch
 
     reads: list[str] = []
     tf.io.read_file = counting_read_file(tf.io.read_file, reads)
-    splits = data.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
+    splits = scan.scan(write_folder(out / f"images{cluster.rank}", classes=3, per_class=16), val_fraction=0.25,
                        test_fraction=0.0, seed=1)
     spec = dataclasses.replace(ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",)), sync_batchnorm=False)
     common = {"pad_to_full_batches": True, "seed": 1}
-    train = data.distributed_dataset(strategy, splits.train, (16, 16), 8, training=True, name="train", repeat=True,
+    train = pipeline.distributed_dataset(strategy, splits.train, (16, 16), 8, training=True, name="train", repeat=True,
                                      **common)
-    val = data.distributed_dataset(strategy, splits.val, (16, 16), 8, training=False, name="val", **common)
+    val = pipeline.distributed_dataset(strategy, splits.val, (16, 16), 8, training=False, name="val", **common)
     opened = {"train": 0, "val": 0}
     names = {id(train): "train", id(val): "val"}
     kind = type(train)
@@ -244,7 +244,7 @@ def _repeated(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
     np.savez(out / f"repeated_{cluster.rank}.npz", *[np.asarray(w) for w in weights])
     fresh = TransferHyperModel(spec).build(kt.HyperParameters())
     fresh.set_weights(weights)
-    pixels, labels = data.load_arrays(splits.val, (16, 16))
+    pixels, labels = pipeline.load_arrays(splits.val, (16, 16))
     real = float(np.mean(np.argmax(fresh.predict(pixels, verbose=0), axis=-1) == labels))
     root = out / f"images{cluster.rank}"
     (out / f"repeated_{cluster.rank}.json").write_text(json.dumps(

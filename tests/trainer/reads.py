@@ -9,7 +9,7 @@ from typing import Any
 def counting_read_file(read_file: Callable[..., Any], reads: list[str]) -> Callable[..., Any]:
     """`read_file` (``tf.io.read_file``) that appends every path it reads to `reads` (one read per decode).
 
-    Install it as ``tf.io.read_file`` before `trainer.data` traces its decode function.
+    Install it as ``tf.io.read_file`` before `trainer.pipeline` traces its decode function.
     """
     import tensorflow as tf
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import data
-from trainer.data import DIGITS_MARKER, DataSplits, ImageFile, ensure_digits, scan
+from trainer import augment, pipeline
+from trainer import scan as scan_module
 from trainer.errors import ConfigError, DataError
+from trainer.scan import DIGITS_MARKER, DataSplits, ImageFile, ensure_digits, scan
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -64,13 +65,18 @@ def three_classes(tmp_path: Path) -> Path:
 
 
 def test_public_names_are_exactly_the_documented_ones() -> None:
-    assert data.__all__ == [
-        "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "DISK_SHUFFLE_BUFFER_BYTES", "IMAGE_EXTENSIONS",
-        "MEMORY_CACHE_CAP_BYTES", "MEMORY_CACHE_FRACTION", "DataSplits", "ImageFile", "Shard", "augmentation",
-        "available_memory", "choose_cache", "decode_image", "decoded_bytes", "distributed_dataset", "ensure_digits",
-        "global_batch_size", "load_arrays", "make_dataset", "median_image_side", "memory_cache_budget", "scan",
-        "shard_files",
+    assert scan_module.__all__ == [
+        "DIGITS_IMAGE_SIZE", "DIGITS_MARKER", "IMAGE_EXTENSIONS", "DataSplits", "ImageFile", "ensure_digits",
+        "median_image_side", "scan",
     ]
+    assert pipeline.__all__ == [
+        "DISK_SHUFFLE_BUFFER_BYTES", "MEMORY_CACHE_CAP_BYTES", "MEMORY_CACHE_FRACTION", "Shard", "available_memory",
+        "choose_cache", "decode_image", "decoded_bytes", "distributed_dataset", "global_batch_size", "load_arrays",
+        "make_dataset", "memory_cache_budget", "shard_files",
+    ]
+    assert augment.__all__ == ["augmentation"]
+    for module in (scan_module, pipeline, augment):
+        assert all(hasattr(module, name) for name in module.__all__)
 
 
 def test_median_image_side_reads_the_shorter_side_of_each_file(tmp_path: Path) -> None:
@@ -78,15 +84,14 @@ def test_median_image_side_reads_the_shorter_side_of_each_file(tmp_path: Path) -
     for i, (width, height) in enumerate([(40, 30), (100, 500), (64, 64), (20, 90), (300, 200)]):
         path = tmp_path / f"{i}.png"
         Image.new("RGB", (width, height)).save(path)
-        files.append(data.ImageFile(path, 0))
-    assert data.median_image_side(files) == 64  # shorter sides 30, 100, 64, 20, 200
-    assert data.median_image_side([]) is None
-    assert all(hasattr(data, name) for name in data.__all__)
+        files.append(scan_module.ImageFile(path, 0))
+    assert scan_module.median_image_side(files) == 64  # shorter sides 30, 100, 64, 20, 200
+    assert scan_module.median_image_side([]) is None
 
 
 def test_scan_runs_without_importing_tensorflow(three_classes: Path) -> None:
     code = (
-        "import sys; from trainer.data import scan; s = scan(sys.argv[1]);"
+        "import sys; from trainer.scan import scan; s = scan(sys.argv[1]);"
         "assert len(s.train) == 24, s; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules];"
         "assert not bad, bad"
     )
@@ -256,7 +261,7 @@ def test_strict_mode_fails_naming_every_bad_file(three_classes: Path, kind: str)
 
 def test_skipped_files_are_logged(three_classes: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad = _bad_file("garbage-png", three_classes / "ant")
-    with caplog.at_level("WARNING", logger="trainer.data"):
+    with caplog.at_level("WARNING", logger="trainer.scan"):
         scan(three_classes)
     assert "skipped 1 unreadable or non-image file" in caplog.text and str(bad) in caplog.text
 
@@ -447,7 +452,7 @@ def test_pipeline_yields_uint8_pixels_and_int_labels_in_order(three_classes: Pat
     import tensorflow as tf
 
     splits = scan(three_classes)
-    dataset = data.make_dataset(splits.val, (8, 8), 4, training=False, seed=0)
+    dataset = pipeline.make_dataset(splits.val, (8, 8), 4, training=False, seed=0)
     assert dataset.element_spec[0].shape.as_list() == [None, 8, 8, 3]
     # uint8 to the device (a quarter of float32's bytes); the model casts at its input.
     assert dataset.element_spec[0].dtype == tf.uint8 and dataset.element_spec[1].dtype == tf.int32
@@ -462,7 +467,7 @@ def test_pipeline_yields_uint8_pixels_and_int_labels_in_order(three_classes: Pat
 
 def test_pipeline_resizes_to_the_requested_size(three_classes: Path) -> None:
     splits = scan(three_classes)
-    x, y = next(iter(data.make_dataset(splits.train, (5, 12), 3, training=True, seed=0)))
+    x, y = next(iter(pipeline.make_dataset(splits.train, (5, 12), 3, training=True, seed=0)))
     assert x.shape == (3, 5, 12, 3) and y.shape == (3,)
     assert float(x.numpy().min()) >= 0 and float(x.numpy().max()) <= 255
     np.testing.assert_array_equal(x.numpy(), np.round(x.numpy()))
@@ -472,7 +477,7 @@ def test_training_order_is_seeded_reshuffled_per_epoch_and_complete(three_classe
     files = scan(three_classes).train
 
     def epochs(seed: int, count: int = 2) -> list[list[float]]:
-        dataset = data.make_dataset(files, (8, 8), 5, training=True, seed=seed)
+        dataset = pipeline.make_dataset(files, (8, 8), 5, training=True, seed=seed)
         return [[float(v) for x, _ in dataset.as_numpy_iterator() for v in x[:, 0, 0, 0]] for _ in range(count)]
 
     first, again, other = epochs(1), epochs(1), epochs(2)
@@ -501,7 +506,7 @@ def test_formats_decode_to_three_channels_like_pillow(tmp_path: Path, ext: str, 
     splits = scan(tmp_path / "fmt")
     assert splits.skipped == ()
     files = splits.train + splits.val
-    pixels, labels = data.load_arrays(files, (6, 10))
+    pixels, labels = pipeline.load_arrays(files, (6, 10))
     assert pixels.shape == (4, 6, 10, 3) and pixels.dtype == np.float32 and labels.dtype == np.int32
     expected = np.stack([np.asarray(Image.open(f.path).convert("RGB")) for f in files]).astype(np.float32)
     tolerance = 4 if ext in ("jpg", "jpeg") else 0  # two JPEG decoders may round the IDCT differently
@@ -514,25 +519,25 @@ def test_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
         (tmp_path / "gif" / name).mkdir(parents=True)
         for i in range(2):
             frames[0].save(tmp_path / "gif" / name / f"{i}.gif", save_all=True, append_images=frames[1:])
-    pixels, _ = data.load_arrays(scan(tmp_path / "gif").train, (8, 8))
+    pixels, _ = pipeline.load_arrays(scan(tmp_path / "gif").train, (8, 8))
     assert pixels.shape == (2, 8, 8, 3) and (np.abs(pixels - 40) <= 1).all()
 
 
 def test_load_arrays_matches_the_pipeline(three_classes: Path) -> None:
     files = scan(three_classes).train
-    x, y = data.load_arrays(files, (6, 6))
-    batches = list(data.make_dataset(files, (6, 6), 7, training=False, seed=0).as_numpy_iterator())
+    x, y = pipeline.load_arrays(files, (6, 6))
+    batches = list(pipeline.make_dataset(files, (6, 6), 7, training=False, seed=0).as_numpy_iterator())
     np.testing.assert_array_equal(x, np.concatenate([b[0] for b in batches]))
     np.testing.assert_array_equal(y, np.concatenate([b[1] for b in batches]))
-    assert data.load_arrays((), (6, 6))[0].shape == (0, 6, 6, 3)
+    assert pipeline.load_arrays((), (6, 6))[0].shape == (0, 6, 6, 3)
 
 
 def test_decode_image_is_the_serving_path(three_classes: Path) -> None:
     import tensorflow as tf
 
     files = scan(three_classes).val[:3]
-    batch = next(iter(data.make_dataset(files, (4, 5), 3, training=False, seed=0)))[0].numpy()
-    served = tf.map_fn(lambda b: data.decode_image(b, (4, 5)), tf.constant([f.path.read_bytes() for f in files]),
+    batch = next(iter(pipeline.make_dataset(files, (4, 5), 3, training=False, seed=0)))[0].numpy()
+    served = tf.map_fn(lambda b: pipeline.decode_image(b, (4, 5)), tf.constant([f.path.read_bytes() for f in files]),
                        fn_output_signature=tf.TensorSpec([4, 5, 3], tf.float32))
     np.testing.assert_array_equal(served.numpy(), batch.astype(np.float32))
 
@@ -540,9 +545,9 @@ def test_decode_image_is_the_serving_path(three_classes: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        (lambda f: data.make_dataset(f, (8, 8), 0, training=False, seed=0), ConfigError),
-        (lambda f: data.make_dataset(f, (8,), 2, training=False, seed=0), ConfigError),
-        (lambda f: data.make_dataset((), (8, 8), 2, training=False, seed=0), DataError),
+        (lambda f: pipeline.make_dataset(f, (8, 8), 0, training=False, seed=0), ConfigError),
+        (lambda f: pipeline.make_dataset(f, (8,), 2, training=False, seed=0), ConfigError),
+        (lambda f: pipeline.make_dataset((), (8, 8), 2, training=False, seed=0), DataError),
     ],
     ids=["zero-batch", "one-number-size", "no-files"],
 )
@@ -556,12 +561,12 @@ def test_bad_pipeline_arguments_are_rejected(three_classes: Path, call, error: t
 
 @pytest.mark.parametrize(("per_replica", "replicas", "expected"), [(32, 1, 32), (16, 4, 64)], ids=["one", "four"])
 def test_global_batch_size(per_replica: int, replicas: int, expected: int) -> None:
-    assert data.global_batch_size(per_replica, replicas) == expected
+    assert pipeline.global_batch_size(per_replica, replicas) == expected
 
 
 def test_global_batch_size_rejects_nonsense() -> None:
     with pytest.raises(ConfigError, match="replicas=0"):
-        data.global_batch_size(8, 0)
+        pipeline.global_batch_size(8, 0)
 
 
 def _worker_shard(dataset: tf.data.Dataset, workers: int, index: int) -> tf.data.Dataset:
@@ -582,7 +587,7 @@ def _worker_shard(dataset: tf.data.Dataset, workers: int, index: int) -> tf.data
 def test_two_workers_get_disjoint_shards_that_cover_the_data(three_classes: Path, training: bool) -> None:
     files = scan(three_classes, val_fraction=0.2).train  # 24 files; 24 % 10 leaves a partial last batch
     # Each worker process builds its own pipeline and iterates it once per epoch.
-    workers = [_worker_shard(data.make_dataset(files, (8, 8), data.global_batch_size(5, 2), training=training,
+    workers = [_worker_shard(pipeline.make_dataset(files, (8, 8), pipeline.global_batch_size(5, 2), training=training,
                                                seed=3), 2, i) for i in range(2)]
     for _ in range(2):  # two epochs: the shuffle must agree across workers in each
         shards = [[x[:, 0, 0, 0].tolist() for x, _ in worker.as_numpy_iterator()] for worker in workers]
@@ -602,7 +607,7 @@ def test_file_autosharding_is_refused_for_a_file_name_list(three_classes: Path) 
     """Why the pipeline sets DATA: FILE finds no file-reader dataset to split in it."""
     import tensorflow as tf
 
-    dataset = data.make_dataset(scan(three_classes).train, (8, 8), 4, training=True, seed=0)
+    dataset = pipeline.make_dataset(scan(three_classes).train, (8, 8), 4, training=True, seed=0)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
     with pytest.raises(tf.errors.NotFoundError, match="unshardable"):
@@ -612,10 +617,10 @@ def test_file_autosharding_is_refused_for_a_file_name_list(three_classes: Path) 
 _MWMS_WORKER = """
 import json, sys
 import tensorflow as tf
-from trainer import data
+from trainer import pipeline, scan
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
-files = data.scan(sys.argv[1], val_fraction=0.2).train
-dataset = data.make_dataset(files, (8, 8), data.global_batch_size(5, strategy.num_replicas_in_sync),
+files = scan.scan(sys.argv[1], val_fraction=0.2).train
+dataset = pipeline.make_dataset(files, (8, 8), pipeline.global_batch_size(5, strategy.num_replicas_in_sync),
                             training=True, seed=3)
 epochs = []
 for _ in range(2):
@@ -666,7 +671,7 @@ def test_multi_worker_mirrored_strategy_shards_are_disjoint_and_cover(three_clas
 
 
 def test_augmentation_is_none_when_everything_is_off() -> None:
-    assert data.augmentation("none", 0.0, 0.0) is None and data.augmentation(False) is None
+    assert augment.augmentation("none", 0.0, 0.0) is None and augment.augmentation(False) is None
 
 
 @pytest.mark.parametrize(
@@ -679,7 +684,7 @@ def test_augmentation_is_none_when_everything_is_off() -> None:
     ids=["digits-default", "flip-only", "bool-flip"],
 )
 def test_augmentation_layers_and_inference_pass_through(flip, rotation: float, zoom: float, layers: list[str]) -> None:
-    model = data.augmentation(flip, rotation, zoom, seed=1)
+    model = augment.augmentation(flip, rotation, zoom, seed=1)
     assert model is not None and [layer.name for layer in model.layers] == layers
     images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model(images, training=False)), images)
@@ -691,7 +696,7 @@ def test_augmentation_layers_and_inference_pass_through(flip, rotation: float, z
 )
 def test_augmentation_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="Expected"):
-        data.augmentation(**kwargs)
+        augment.augmentation(**kwargs)
 
 
 def test_datasplits_is_frozen(three_classes: Path) -> None:
@@ -712,19 +717,19 @@ def test_a_symlink_loop_inside_a_class_folder_is_listed_once(three_classes: Path
 @pytest.mark.parametrize("count", [9, 16, 17], ids=["partial", "exact", "one-over"])
 def test_padding_to_full_batches_keeps_every_real_image_once_with_weight_one(digits: Path, count: int) -> None:
     files = [ImageFile(path, 0) for path in sorted(digits.glob("3/*.png"))[:count]]
-    dataset = data.make_dataset(files, (32, 32), 8, training=True, seed=1, pad_to_full_batches=True)
+    dataset = pipeline.make_dataset(files, (32, 32), 8, training=True, seed=1, pad_to_full_batches=True)
     batches = list(dataset.as_numpy_iterator())
     assert all(x.shape[0] == 8 for x, _y, _w in batches), "every global batch is full"
     weights = np.concatenate([w for _x, _y, w in batches])
     assert weights.sum() == count and len(weights) == -(-count // 8) * 8
     assert set(np.unique(weights)) <= {0.0, 1.0}
-    unpadded = data.make_dataset(files, (32, 32), 8, training=False, seed=1)
+    unpadded = pipeline.make_dataset(files, (32, 32), 8, training=False, seed=1)
     assert sum(x.shape[0] for x, _y in unpadded.as_numpy_iterator()) == count
 
 
 def test_class_weights_become_sample_weights(digits: Path) -> None:
     files = [ImageFile(path, label) for label in (0, 1) for path in sorted(digits.glob(f"{label}/*.png"))[:5]]
-    dataset = data.make_dataset(files, (32, 32), 4, training=False, seed=1, class_weights=[1.0, 3.0])
+    dataset = pipeline.make_dataset(files, (32, 32), 4, training=False, seed=1, class_weights=[1.0, 3.0])
     batches = list(dataset.as_numpy_iterator())
     labels = np.concatenate([y for _x, y, _w in batches])
     weights = np.concatenate([w for _x, _y, w in batches])
@@ -747,7 +752,7 @@ SHARDINGS = [(24, 10, 2, True), (24, 10, 2, False), (30, 10, 2, True), (7, 8, 4,
 def test_shards_are_disjoint_equal_and_cover_every_real_file_once(count: int, global_batch: int, shards: int,
                                                                   training: bool) -> None:
     files = _files(count)
-    parts = [data.shard_files(files, global_batch, num_shards=shards, index=i, training=training, seed=7)
+    parts = [pipeline.shard_files(files, global_batch, num_shards=shards, index=i, training=training, seed=7)
              for i in range(shards)]
     steps = -(-count // global_batch)
     padded = steps * global_batch if shards > 1 else count
@@ -757,24 +762,24 @@ def test_shards_are_disjoint_equal_and_cover_every_real_file_once(count: int, gl
     assert sorted(f.path for f in real) == sorted(f.path for f in files)  # every real file exactly once
     weights = [w for p in parts for w in p.weights]
     assert sum(w == 0 for w in weights) == padded - count and set(weights) <= {0.0, 1.0}
-    again = [data.shard_files(files, global_batch, num_shards=shards, index=i, training=training, seed=7)
+    again = [pipeline.shard_files(files, global_batch, num_shards=shards, index=i, training=training, seed=7)
              for i in range(shards)]
     assert again == parts  # deterministic: every worker computes the same partition on its own
 
 
 def test_training_shards_are_a_seeded_sample_and_eval_shards_keep_the_order() -> None:
     files = _files(40)
-    train = [data.shard_files(files, 8, num_shards=2, index=i, training=True, seed=1).files for i in range(2)]
-    other = [data.shard_files(files, 8, num_shards=2, index=i, training=True, seed=2).files for i in range(2)]
+    train = [pipeline.shard_files(files, 8, num_shards=2, index=i, training=True, seed=1).files for i in range(2)]
+    other = [pipeline.shard_files(files, 8, num_shards=2, index=i, training=True, seed=2).files for i in range(2)]
     assert train != other and sorted(train[0] + train[1], key=str) == sorted(other[0] + other[1], key=str)
     assert {f.label for f in train[0]} == {0, 1, 2}  # a sample of every class, not a block of the sorted list
-    evaluation = data.shard_files(files, 8, training=False, seed=1).files
+    evaluation = pipeline.shard_files(files, 8, training=False, seed=1).files
     assert list(evaluation) == files  # one eval pipeline keeps the order: model.predict lines up with the labels
 
 
 def test_class_weights_follow_their_files_into_the_shards() -> None:
     files = _files(10, classes=2)
-    parts = [data.shard_files(files, 4, num_shards=2, index=i, training=True, seed=3, class_weights=[1.0, 2.5])
+    parts = [pipeline.shard_files(files, 4, num_shards=2, index=i, training=True, seed=3, class_weights=[1.0, 2.5])
              for i in range(2)]
     real = [(f.label, w) for p in parts for f, w in zip(p.files, p.weights, strict=True) if w > 0]
     assert sorted(real) == sorted((f.label, 2.5 if f.label else 1.0) for f in files)
@@ -782,9 +787,9 @@ def test_class_weights_follow_their_files_into_the_shards() -> None:
 
 def test_bad_shard_arguments_are_rejected() -> None:
     with pytest.raises(ConfigError, match="index=2"):
-        data.shard_files(_files(4), 4, num_shards=2, index=2, training=False, seed=0)
+        pipeline.shard_files(_files(4), 4, num_shards=2, index=2, training=False, seed=0)
     with pytest.raises(ConfigError, match="divisible"):
-        data.shard_files(_files(3), 3, num_shards=2, index=0, training=False, seed=0)
+        pipeline.shard_files(_files(3), 3, num_shards=2, index=0, training=False, seed=0)
 
 
 class _Pipelines:
@@ -806,7 +811,7 @@ def _values(batches: list[tuple[np.ndarray, ...]]) -> list[int]:
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_each_worker_pipeline_decodes_only_its_shard(three_classes: Path, training: bool) -> None:
     files = scan(three_classes, val_fraction=0.2).train  # 24 files, global batch 10: padded to 30
-    pipelines = data.distributed_dataset(_Pipelines(2), files, (8, 8), 10, training=training, seed=3,
+    pipelines = pipeline.distributed_dataset(_Pipelines(2), files, (8, 8), 10, training=training, seed=3,
                                          pad_to_full_batches=True)
     for _ in range(2):
         runs = [list(p.as_numpy_iterator()) for p in pipelines]
@@ -822,8 +827,8 @@ def test_one_process_gets_one_pipeline_batched_by_the_global_batch(three_classes
     import tensorflow as tf
 
     files = scan(three_classes).train
-    dataset = data.distributed_dataset(tf.distribute.get_strategy(), files, (8, 8), 4, training=False, seed=0)
-    plain = data.make_dataset(files, (8, 8), 4, training=False, seed=0)
+    dataset = pipeline.distributed_dataset(tf.distribute.get_strategy(), files, (8, 8), 4, training=False, seed=0)
+    plain = pipeline.make_dataset(files, (8, 8), 4, training=False, seed=0)
     assert isinstance(dataset, tf.data.Dataset) and dataset.element_spec[0].dtype == tf.uint8
     for (x, y), (x2, y2) in zip(dataset.as_numpy_iterator(), plain.as_numpy_iterator(), strict=True):
         np.testing.assert_array_equal(x, x2)
@@ -842,9 +847,9 @@ def test_the_model_casts_uint8_batches_and_trains_as_on_float32(three_classes: P
         return tf.cast(x, tf.float32), y
 
     # Each fit gets its own, identically seeded data set: a shuffled data set moves on with every iterator.
-    train = {"uint8": data.make_dataset(files, (16, 16), 8, training=True, seed=1),
-             "float32": data.make_dataset(files, (16, 16), 8, training=True, seed=1).map(as_float)}
-    pixels = data.make_dataset(files, (16, 16), 8, training=False, seed=1)
+    train = {"uint8": pipeline.make_dataset(files, (16, 16), 8, training=True, seed=1),
+             "float32": pipeline.make_dataset(files, (16, 16), 8, training=True, seed=1).map(as_float)}
+    pixels = pipeline.make_dataset(files, (16, 16), 8, training=False, seed=1)
     assert train["uint8"].element_spec[0].dtype == tf.uint8 and train["float32"].element_spec[0].dtype == tf.float32
     spec = ModelSpec(num_classes=3, image_size=16, heads=("gap_dense",), augmentation=(("rotation", 0.05),))
     trained = {}
@@ -860,7 +865,7 @@ def test_the_model_casts_uint8_batches_and_trains_as_on_float32(three_classes: P
 
 
 def _epochs(files: list[ImageFile] | tuple[ImageFile, ...], cache: object, count: int = 2) -> list[list[np.ndarray]]:
-    dataset = data.make_dataset(files, (8, 8), 5, training=True, seed=4, cache=cache, name="train",
+    dataset = pipeline.make_dataset(files, (8, 8), 5, training=True, seed=4, cache=cache, name="train",
                                 pad_to_full_batches=True)
     return [[np.concatenate([x.reshape(len(x), -1), w[:, None]], axis=1) for x, _, w in dataset.as_numpy_iterator()]
             for _ in range(count)]
@@ -912,7 +917,7 @@ def test_disk_caches_of_other_shards_sizes_or_splits_never_share_a_directory(thr
             ((8, 8), "val", 0, None), ((8, 8), "train", 0, "f1"), ((8, 8), "train", 1, "f1"),
             ((8, 8), "train", 0, "f2")]
     for size, name, shard, fingerprint in runs:
-        pipelines = data.distributed_dataset(_Pipelines(2), files, size, 10, training=True, seed=3, cache=cache,
+        pipelines = pipeline.distributed_dataset(_Pipelines(2), files, size, 10, training=True, seed=3, cache=cache,
                                              name=name, fingerprint=fingerprint)
         list(pipelines[shard].as_numpy_iterator())
     # 7 runs x 2 pipelines, of which runs 2 and 6 build the same pipelines as runs 1 and 5: 10 directories.
@@ -923,9 +928,9 @@ def test_disk_caches_of_other_shards_sizes_or_splits_never_share_a_directory(thr
 _KILLED_WRITER = """
 import os, sys
 from pathlib import Path
-from trainer import data
-files = data.scan(sys.argv[1]).train
-dataset = data.make_dataset(files, (32, 32), 5, training=False, seed=4, cache=Path(sys.argv[2]), name="train")
+from trainer import pipeline, scan
+files = scan.scan(sys.argv[1]).train
+dataset = pipeline.make_dataset(files, (32, 32), 5, training=False, seed=4, cache=Path(sys.argv[2]), name="train")
 iterator = iter(dataset)
 next(iterator)
 print("partial", sorted(p.name for d in Path(sys.argv[2]).iterdir() for p in d.iterdir()), flush=True)
@@ -947,7 +952,7 @@ def test_a_restarted_worker_ignores_the_lockfile_of_a_killed_cache_writer(digits
     files = scan(digits).train  # 1,257 images: the killed run read a few batches ahead, not all of them
 
     def batches(cache: object) -> list[np.ndarray]:
-        dataset = data.make_dataset(files, (32, 32), 5, training=False, seed=4, cache=cache, name="train")
+        dataset = pipeline.make_dataset(files, (32, 32), 5, training=False, seed=4, cache=cache, name="train")
         return [x for x, _ in dataset.as_numpy_iterator()]
 
     restarted, expected = batches(cache), batches("none")
@@ -957,7 +962,7 @@ def test_a_restarted_worker_ignores_the_lockfile_of_a_killed_cache_writer(digits
 
 
 def test_decoded_bytes_counts_uint8_pixels() -> None:
-    assert data.decoded_bytes(100_000, (224, 224)) == 15_052_800_000  # the issue's "15 GB per 100,000 images"
+    assert pipeline.decoded_bytes(100_000, (224, 224)) == 15_052_800_000  # the issue's "15 GB per 100,000 images"
 
 
 GIB = 1 << 30
@@ -981,13 +986,13 @@ GIB = 1 << 30
          "dir"],
 )
 def test_choose_cache(setting: str, needed: int, available: int | None, expected: str) -> None:
-    assert data.choose_cache(setting, needed, available) == expected
+    assert pipeline.choose_cache(setting, needed, available) == expected
 
 
 def test_memory_cache_budget_is_the_smaller_of_the_cap_and_half_the_memory() -> None:
-    assert data.memory_cache_budget(16 * GIB) == 8 * GIB
-    assert data.memory_cache_budget(1024 * GIB) == data.MEMORY_CACHE_CAP_BYTES == 32 * GIB
-    available = data.available_memory()
+    assert pipeline.memory_cache_budget(16 * GIB) == 8 * GIB
+    assert pipeline.memory_cache_budget(1024 * GIB) == pipeline.MEMORY_CACHE_CAP_BYTES == 32 * GIB
+    available = pipeline.available_memory()
     assert available is None or 0 < available < 1 << 50
 
 
@@ -995,4 +1000,4 @@ def test_a_cache_directory_that_cannot_be_created_is_a_config_error(three_classe
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match=r"--cache.*a-file"):
-        data.make_dataset(scan(three_classes).train, (8, 8), 4, training=False, seed=0, cache=blocker)
+        pipeline.make_dataset(scan(three_classes).train, (8, 8), 4, training=False, seed=0, cache=blocker)

@@ -264,7 +264,7 @@ def test_two_worker_keras_tuner_search_agrees(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_each_worker_decodes_only_its_shard_and_padding_does_not_count(tmp_path: Path) -> None:
-    # The search's datasets (trainer.data.distributed_dataset). 36 training and 12 validation images,
+    # The search's datasets (trainer.pipeline.distributed_dataset). 36 training and 12 validation images,
     # global batch 8 over 2 workers: padded to 40 and 16 (copies of each list's first images), so each
     # worker must read 20 + 8 files over both epochs (the second epoch comes from its memory cache),
     # where DATA auto-sharding read all 40 + 16 on each. Both must end with identical weights.

@@ -110,7 +110,8 @@ def test_a_poller_never_sees_a_partial_version(model: keras.Model, tmp_path: Pat
     partial: list[str] = []
 
     def poll() -> None:
-        while not done.is_set():
+        while True:
+            finished = done.is_set()  # read before listing: the last pass sees every version already renamed
             for entry in os.listdir(model_dir):
                 if entry.isdigit() and entry not in seen:
                     version = model_dir / entry
@@ -120,6 +121,8 @@ def test_a_poller_never_sees_a_partial_version(model: keras.Model, tmp_path: Pat
                     if not complete:
                         partial.append(entry)
                     seen.add(entry)
+            if finished:
+                return
 
     poller = threading.Thread(target=poll)
     poller.start()

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from tests.trainer.images import write_folder
-from trainer.data import load_arrays, scan
 from trainer.export import existing_versions, stage_export
 from trainer.hypermodel import ModelSpec, build_model
+from trainer.pipeline import load_arrays
 from trainer.publish import CHANCE_MARGIN, Score, decide, gate_and_publish
+from trainer.scan import scan
 
 SIZE = 16
 CLASSES = ("class_0", "class_1", "class_2")

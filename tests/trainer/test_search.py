@@ -15,17 +15,11 @@ import tensorflow as tf
 from tests.trainer.images import write_folder
 from trainer.cluster import Cluster
 from trainer.config import load
-from trainer.data import DataSplits, ImageFile
 from trainer.errors import ConfigError
 from trainer.progress import SearchMetrics
-from trainer.search import (
-    auto_epochs,
-    balanced_class_weights,
-    held_out_warnings,
-    model_spec,
-    patience_epochs,
-    run_search,
-)
+from trainer.scan import DataSplits, ImageFile
+from trainer.search import held_out_warnings, run_search
+from trainer.search_space import auto_epochs, balanced_class_weights, model_spec, patience_epochs
 
 SINGLE = Cluster(peers=(), rank=0, source="single")
 
@@ -215,14 +209,14 @@ def test_each_stage_runs_alone(tmp_path: Path, folder: Path) -> None:
 def test_a_restarted_worker_seeds_its_tuner_state_from_the_chief(tmp_path: Path, hyperband: bool) -> None:
     # Hyperband continues a trial by loading an earlier trial's checkpoint from the worker's own tuner
     # dir (keras_tuner/src/tuners/hyperband.py, _build_hypermodel): a restarted worker needs them too.
-    from trainer.search import _seed_scratch_from_shared
+    from trainer.tuner import seed_scratch_from_shared
 
     trial = tmp_path / "shared" / "toy" / "trial_0001"
     trial.mkdir(parents=True)
     (trial / "trial.json").write_text("{}")
     (trial / "checkpoint.weights.h5").write_bytes(b"weights")
     (tmp_path / "shared" / "toy" / "oracle.json").write_text("{}")
-    _seed_scratch_from_shared(tmp_path / "shared", tmp_path / "scratch", "toy", checkpoints=hyperband)
+    seed_scratch_from_shared(tmp_path / "shared", tmp_path / "scratch", "toy", checkpoints=hyperband)
     copied = tmp_path / "scratch" / "toy"
     assert (copied / "oracle.json").is_file() and (copied / "trial_0001" / "trial.json").is_file()
     assert (copied / "trial_0001" / "checkpoint.weights.h5").exists() is hyperband
@@ -242,7 +236,7 @@ def test_each_backbone_gets_an_input_size_that_fits_the_data(tmp_path: Path) -> 
 
 def test_bayesian_tuner_draws_a_third_of_the_budget_at_random(tmp_path: Path, folder: Path) -> None:
     from trainer.hypermodel import ModelSpec, TransferHyperModel
-    from trainer.search import make_tuner
+    from trainer.tuner import make_tuner
 
     config = _config(tmp_path, folder, tuner="bayesian", max_trials="9")
     tuner = make_tuner(config, TransferHyperModel(ModelSpec(num_classes=3, image_size=16)), directory=tmp_path / "t")

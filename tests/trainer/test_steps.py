@@ -1,4 +1,4 @@
-"""Tests for trainer.steps (step-cost rules) and the XLA decision of trainer.search.model_spec."""
+"""Tests for trainer.steps (step-cost rules) and the XLA decision of trainer.search_space.model_spec."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from trainer import steps
 from trainer.config import SearchConfig
 from trainer.hypermodel import ModelSpec, TransferHyperModel, xla_blockers
 from trainer.progress import ProgressCallback, SearchMetrics
-from trainer.search import model_spec
+from trainer.search_space import model_spec
 from trainer.watchdog import StallWatchdog
 
 
@@ -152,13 +152,13 @@ def test_model_spec_without_xla_never_leaves_it_to_auto() -> None:
 
 def test_a_repeated_training_set_gives_the_same_first_epoch_and_never_ends(tmp_path) -> None:
     from tests.trainer.images import write_folder
-    from trainer import data
+    from trainer import pipeline, scan
 
-    splits = data.scan(write_folder(tmp_path / "images", classes=3, per_class=7), val_fraction=0.25, seed=1)
+    splits = scan.scan(write_folder(tmp_path / "images", classes=3, per_class=7), val_fraction=0.25, seed=1)
     strategy = tf.distribute.get_strategy()
     common = {"training": True, "seed": 3, "class_weights": [1.0, 2.0, 3.0]}
-    finite = data.distributed_dataset(strategy, splits.train, (8, 8), 4, **common)
-    repeated = data.distributed_dataset(strategy, splits.train, (8, 8), 4, repeat=True, **common)
+    finite = pipeline.distributed_dataset(strategy, splits.train, (8, 8), 4, **common)
+    repeated = pipeline.distributed_dataset(strategy, splits.train, (8, 8), 4, repeat=True, **common)
     assert repeated.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
     epoch = steps.steps_per_epoch(len(splits.train), 4)
     first = list(finite.as_numpy_iterator())

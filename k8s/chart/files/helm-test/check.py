@@ -4,7 +4,7 @@ Runs in the client image (docker/client.Dockerfile): `python -m serving.client s
 AVAILABLE version; then `predict --top-k <classes + 1>` on one image, over each transport, must print
 exactly one probability per class (the answer's shape: one row of that many classes) in [0, 1], summing to
 1; the top class is named by the model's own `class_name` output and must be the expected class at its index
-(the trainer orders the classes by name: trainer/data.py), the others are printed by index; both
+(the trainer orders the classes by name: trainer/scan.py), the others are printed by index; both
 transports must agree. Exit 0 when all holds, else 1 with one line on stderr saying what did not.
 
     python check.py --grpc HOST:PORT --rest http://HOST:PORT --model NAME --timeout SECONDS \

@@ -1,0 +1,57 @@
+"""Random augmentation layers the model includes (active only in training).
+
+Augmentation is built by `augmentation` as Keras preprocessing layers for the *model* to
+include (the hypermodel does the same from its spec): inside the model they run on the
+accelerator, are inactive at inference, so validation and export stay clean, and the cached
+pipeline does not have to be re-augmented per epoch by the CPU. A horizontal flip turns digits
+into other shapes, so every layer can be switched off; the embedded digits use rotation and zoom
+only.
+"""
+
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trainer.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+
+__all__ = [
+    "augmentation",
+]
+
+def augmentation(
+    flip: str | bool = "none",
+    rotation: float = 0.0,
+    zoom: float = 0.0,
+    *,
+    seed: int | None = None,
+) -> keras.Sequential | None:
+    """Random flip / rotation / zoom layers for the model to include, or None when all are off.
+
+    `flip`: ``"none"``, ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"`` (True means
+    horizontal). `rotation` is a fraction of a full turn, `zoom` a fraction of the size (0 = off).
+    The layers act only in training; at inference they pass images through unchanged.
+    """
+    modes = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+    mode = ("horizontal" if flip else "none") if isinstance(flip, bool) else flip
+    if mode not in modes:
+        raise ConfigError(f"Expected flip to be one of {list(modes)} or a bool. Received: flip={flip!r}")
+    for name, value in (("rotation", rotation), ("zoom", zoom)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"Expected 0 <= {name} < 1 (0 = off). Received: {name}={value}")
+    if mode == "none" and rotation == 0 and zoom == 0:
+        return None
+    import keras
+
+    layers: list[Any] = []
+    if mode != "none":
+        layers.append(keras.layers.RandomFlip(mode, seed=seed, name="augment_flip"))
+    if rotation:
+        layers.append(keras.layers.RandomRotation(rotation, seed=seed, name="augment_rotation"))
+    if zoom:
+        layers.append(keras.layers.RandomZoom(zoom, seed=seed, name="augment_zoom"))
+    return keras.Sequential(layers, name="augmentation")

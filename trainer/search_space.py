@@ -1,0 +1,135 @@
+"""The fixed part of the search space and the schedule a search derives from its config and data.
+
+Input size per backbone (`auto_image_size`), the `ModelSpec` every trial builds from (`model_spec`),
+epochs (`auto_epochs`), early stopping counted in optimizer steps (`early_stopping`,
+`patience_epochs`) and class weights for imbalanced data (`balanced_class_weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import keras
+
+from trainer import scan
+from trainer.config import HEADS, SearchConfig
+from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, fitting_heads, xla_blockers
+from trainer.steps import steps_per_execution, sync_batchnorm
+
+__all__ = ["auto_epochs", "auto_image_size", "balanced_class_weights", "early_stopping", "model_spec",
+           "patience_epochs"]
+
+log = logging.getLogger(__name__)
+
+
+def auto_image_size(backbone: str, median_side: int | None) -> int:
+    """The input size a backbone runs at without ``--image-size``, from the data's median image side.
+
+    small_cnn: 32 for images up to 40 px (digits, icons), else 64 (enough for shapes and textures at the
+    scale of the image; 4x the compute of 32). keras.applications: their own size (224, 299), or for
+    small images the median side rounded up to a multiple of 32, at least 96 (upscaling a 28 px image to
+    224 px costs 60x the compute and adds no information).
+    """
+    spec = BACKBONE_SPECS[backbone]
+    if spec.factory is None:
+        return 32 if median_side is None or median_side <= 40 else 64
+    if median_side is None:
+        return spec.default_size
+    return max(spec.min_size, min(spec.default_size, max(96, 32 * math.ceil(median_side / 32))))
+
+
+
+def model_spec(
+    config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32", *,
+    median_side: int | None = None, steps: tuple[int, int] | None = None, workers: int = 1,
+) -> ModelSpec:
+    """The fixed part of the search space for `config` and a data set of `num_classes`.
+
+    `median_side` (the data's median image side in pixels) picks each backbone's input size when
+    ``config.image_size`` is not set (`auto_image_size`); the model input is the largest of them.
+    `steps` (training, validation steps per epoch) sets the steps per execution with one worker process
+    (`trainer.steps.steps_per_execution`; 1 with several `workers`: see there); BatchNormalization is
+    synchronized by `trainer.steps.sync_batchnorm`.
+    XLA (``--xla``) is on only where the model compiles (`xla_blockers`), and then explicitly
+    (``jit_compile=True``): Keras's "auto" is off under any distribution strategy.
+    """
+    backbones = config.backbones
+    sizes = {b: config.image_size or auto_image_size(b, median_side) for b in backbones}
+    image_size = max(sizes.values())
+    heads = config.heads
+    if set(heads) == set(HEADS):  # the default: only the heads that fit every backbone's feature map
+        heads = fitting_heads(heads, backbones, sizes)
+    augmentation: list[tuple[str, Any]] = []
+    if config.flip != "none":
+        augmentation.append(("flip", config.flip))
+    if config.rotation > 0:
+        augmentation.append(("rotation", config.rotation))
+    if config.zoom > 0:
+        augmentation.append(("zoom", config.zoom))
+    uses_pretrained = any(BACKBONE_SPECS[b].factory is not None for b in backbones)
+    blockers = xla_blockers(tuple(augmentation))
+    if config.xla and blockers:
+        log.warning("XLA off although --xla was given: augmentation %s does not compile (pass --rotation 0 "
+                    "--zoom 0, or keep flips only, to train with XLA)", ", ".join(blockers))
+    return ModelSpec(
+        num_classes=num_classes,
+        image_size=image_size,
+        backbones=backbones,
+        weights=config.weights if uses_pretrained else "none",
+        heads=heads,
+        unfreeze_depths=config.unfreeze_depths,
+        head_epochs=config.head_epochs,
+        augmentation=tuple(augmentation),
+        learning_rate_scale=float(replicas) if config.scale_learning_rate else 1.0,
+        seed=config.seed,
+        jit_compile=bool(config.xla and not blockers),
+        dtype_policy=policy,
+        backbone_sizes=tuple(sorted(sizes.items())),
+        sync_batchnorm=sync_batchnorm(config.batch_size, replicas),
+        steps_per_execution=steps_per_execution(*steps, workers=workers) if steps else 1,
+        steps_per_epoch=steps[0] if steps else None,
+    )
+
+
+
+def auto_epochs(train_images: int, global_batch: int, steps: int = 600) -> int:
+    """Epochs for about `steps` optimizer steps, within [10, 200]: small data sets need more epochs.
+
+    The cap was 60: a 120-image folder (3 steps an epoch) then trained 180 steps at most; 200 epochs of
+    a few dozen images cost seconds on a CPU (docs/trainer.md, "Small folders").
+    """
+    steps_per_epoch = max(1, math.ceil(train_images / global_batch))
+    return int(min(200, max(10, math.ceil(steps / steps_per_epoch))))
+
+
+
+def early_stopping(config: SearchConfig, steps_per_epoch: int) -> keras.callbacks.EarlyStopping:
+    """Stop on val_loss, counted in optimizer steps: not before ``--min-steps``, after ``--patience-steps``."""
+    start = math.ceil(config.min_steps / max(1, steps_per_epoch))
+    patience = patience_epochs(config.patience, config.patience_steps, steps_per_epoch)
+    log.info("early stopping: from epoch %d, patience %d epochs (%d optimizer steps an epoch)", start, patience,
+             steps_per_epoch)
+    return keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience, start_from_epoch=start)
+
+
+
+def patience_epochs(patience: int, patience_steps: int, steps_per_epoch: int) -> int:
+    """Early-stopping patience in epochs: `patience`, or more epochs when they hold fewer than `patience_steps` steps.
+
+    Counted in epochs only, a 120-image folder (3 steps an epoch) stopped after 5 epochs, 15 steps: before
+    its BatchNormalization statistics and its logits had left their start (issue 26).
+    """
+    return max(patience, math.ceil(patience_steps / max(1, steps_per_epoch)))
+
+
+
+def balanced_class_weights(splits: scan.DataSplits, threshold: float = 2.0) -> list[float] | None:
+    """Per-class loss weights n / (C * n_c) when the largest class has over `threshold` times the smallest."""
+    counts = list(splits.counts("train").values())
+    if min(counts) == 0 or max(counts) <= threshold * min(counts):
+        return None
+    total = sum(counts)
+    return [total / (len(counts) * count) for count in counts]
+
