@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -273,6 +274,30 @@ def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
     (out / f"disagree_{cluster.rank}.json").write_text(json.dumps(result))
 
 
+def _reduce(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    """A step's logs reduced by the shim's one-collective path and one by one: values and collectives counted."""
+    rank = float(cluster.rank)
+
+    def logs() -> dict[str, tf.Tensor]:
+        return {"loss": tf.constant(1.0) + rank, "accuracy": tf.constant(0.25) * (rank + 1),
+                "confusion": tf.reshape(tf.range(4, dtype=tf.float32), (2, 2)) * (rank + 1),
+                "seen": tf.constant(3, tf.int32) * (cluster.rank + 1)}
+
+    together = tf.function(lambda: keras_shim.reduce_mean_together(strategy.run(logs), strategy))
+    one_by_one = tf.function(lambda: tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None),
+                                                           strategy.run(logs)))
+
+    def collectives(function: Any) -> int:
+        graph = function.get_concrete_function().graph.as_graph_def()
+        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        return sum(n.op.startswith("CollectiveReduce") for n in nodes)
+
+    results = {name: {k: np.asarray(v).tolist() for k, v in function().items()}
+               for name, function in (("together", together), ("one_by_one", one_by_one))}
+    results["collectives"] = {"together": collectives(together), "one_by_one": collectives(one_by_one)}
+    (out / f"reduce_{cluster.rank}.json").write_text(json.dumps(results))
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     mode, out = argv[0], Path(argv[1])
@@ -284,7 +309,7 @@ def main(argv: list[str]) -> int:
     distribute.apply(accelerator)
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree, "stuck": _stuck,
-             "padded": _padded, "repeated": _repeated}
+             "padded": _padded, "repeated": _repeated, "reduce": _reduce}
     modes[mode](strategy, cluster, out)
     return 0
 

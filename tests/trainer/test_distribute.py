@@ -240,6 +240,19 @@ def test_two_worker_fit_ends_with_identical_weights_and_logs(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_a_steps_logs_are_reduced_in_one_collective_per_dtype(tmp_path: Path) -> None:
+    # Worker r logs loss 1+r, accuracy 0.25(r+1), a 2x2 matrix [[0,1],[2,3]](r+1) and an int 3(r+1):
+    # the means over the two workers are 1.5, 0.375, [[0,1.5],[3,4.5]] and 4.5 (MEAN of ints 3 and 6 is a float).
+    _run_two_workers("reduce", tmp_path)
+    for rank in range(2):
+        result = json.loads((tmp_path / f"reduce_{rank}.json").read_text())
+        expected = {"loss": 1.5, "accuracy": 0.375, "confusion": [[0.0, 1.5], [3.0, 4.5]], "seen": 4.5}
+        assert result["together"] == result["one_by_one"] == expected
+        # The three float logs share one collective; the int goes alone (CollectiveReduceV2 ops in the graph).
+        assert result["collectives"] == {"together": 2, "one_by_one": 4}
+
+
+@pytest.mark.slow
 def test_two_worker_fit_fails_without_the_shim(tmp_path: Path) -> None:
     # keras-team/keras#20585. When this fails, upstream fixed it: delete install_keras_mwms_shim.
     _run_two_workers("noshim", tmp_path)
