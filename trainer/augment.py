@@ -5,7 +5,9 @@ include (the hypermodel does the same from its spec): inside the model they run 
 accelerator, are inactive at inference, so validation and export stay clean, and the cached
 pipeline does not have to be re-augmented per epoch by the CPU. A horizontal flip turns digits
 into other shapes, so every layer can be switched off; the embedded digits use rotation and zoom
-only.
+only. Rotation and zoom are `trainer.affine`'s versions of Keras's layers (same draws, fill and
+interpolation), whose resampling XLA compiles; `layer` builds each kind, for `augmentation` and the
+hypermodel alike.
 """
 
 
@@ -21,7 +23,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "augmentation",
+    "layer",
 ]
+
+
+def layer(kind: str, argument: Any, *, seed: int | None = None) -> keras.layers.Layer:
+    """The augmentation layer of one kind: ``"flip"`` (a mode), ``"rotation"`` or ``"zoom"`` (a factor)."""
+    import keras
+
+    from trainer import affine
+
+    if kind == "flip":
+        return keras.layers.RandomFlip(argument, seed=seed, name="augment_flip")
+    if kind == "rotation":
+        return affine.RandomRotation(argument, seed=seed, name="augment_rotation")
+    if kind == "zoom":
+        return affine.RandomZoom(argument, seed=seed, name="augment_zoom")
+    raise ConfigError(f"Expected an augmentation among flip, rotation, zoom. Received: {kind!r}")
 
 def augmentation(
     flip: str | bool = "none",
@@ -47,11 +65,6 @@ def augmentation(
         return None
     import keras
 
-    layers: list[Any] = []
-    if mode != "none":
-        layers.append(keras.layers.RandomFlip(mode, seed=seed, name="augment_flip"))
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation, seed=seed, name="augment_rotation"))
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, seed=seed, name="augment_zoom"))
-    return keras.Sequential(layers, name="augmentation")
+    kinds = [("flip", mode), ("rotation", rotation), ("zoom", zoom)]
+    return keras.Sequential([layer(kind, argument, seed=seed) for kind, argument in kinds
+                             if argument and argument != "none"], name="augmentation")
