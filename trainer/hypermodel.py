@@ -356,7 +356,7 @@ def _build_model(spec: ModelSpec, *, backbone: str, head: str, units: int | None
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="pixels", dtype="float32")
     x = inputs
     for kind, argument in spec.augmentation:
-        x = augment.layer(kind, argument, seed=spec.seed)(x)
+        x = augment.layer(kind, argument, seed=spec.seed, xla=spec.jit_compile is True)(x)
     size = spec.size_of(backbone)
     if size != spec.image_size:
         x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize_to_backbone")(x)

@@ -6,13 +6,14 @@ import argparse
 import dataclasses
 import logging
 
+import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.trainer.xla_probe import xla_clusters
-from trainer import steps
+from trainer import affine, steps
 from trainer.accelerator import choose_accelerator, xla_on
 from trainer.config import SearchConfig, add_arguments, load
 from trainer.hypermodel import ModelSpec, TransferHyperModel
@@ -62,7 +63,7 @@ def test_progress_counts_images_by_step_with_several_steps_per_execution() -> No
 
 _TWO_REPLICAS = """
 import json, keras, numpy as np, tensorflow as tf
-from trainer import steps
+from trainer import affine, steps
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -127,6 +128,9 @@ def test_the_augmented_step_is_compiled_exactly_when_the_log_says_xla_on(xla: bo
     model.fit(pixels, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0)
     assert model.jit_compile is xla
     assert (xla_clusters(model) > 0) is xla
+    # Compiled: trainer.affine's resampling; not: Keras's own kernel (faster op by op).
+    assert isinstance(model.get_layer("augment_rotation"), affine.RandomRotation) is xla
+    assert isinstance(model.get_layer("augment_zoom"), keras.layers.RandomZoom)
 
 
 def test_xla_auto_is_on_with_gpus_off_on_cpus_and_blocked_for_cpu_workers(caplog) -> None:
