@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     core = pin_to_core(cluster) if args.pin else None
 
     from trainer import distribute, pipeline, scan  # imports TensorFlow: after the pinning
+    from trainer.accelerator import xla_on
     from trainer.config import SearchConfig
 
     per_replica = args.global_batch // cluster.num_workers if args.global_batch else args.batch_size
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = one_pass * args.repeat
     images_per_epoch = steps * global_batch  # padded to whole global batches (padding has weight 0)
     spec = model_spec(config, splits.num_classes, replicas,
-                      steps=(steps, steps_per_epoch(len(splits.val), global_batch)), workers=cluster.num_workers)
+                      steps=(steps, steps_per_epoch(len(splits.val), global_batch)), workers=cluster.num_workers,
+                      xla=xla_on(accelerator, cluster.num_workers))
     size = (spec.image_size, spec.image_size)
     # The search's pipeline: one per worker over its shard, repeated; fit runs `steps` per epoch.
     train_ds = pipeline.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,

@@ -25,6 +25,8 @@ __all__ = [
     "apply",
     "choose_accelerator",
     "gpu_capability",
+    "xla_blockers",
+    "xla_on",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ def gpu_capability(device: Any) -> tuple[int, int] | None:
 
 
 def choose_accelerator(
-    devices: Sequence[Any], *, mixed_precision: str | None = "auto", xla: bool = False,
+    devices: Sequence[Any], *, mixed_precision: str | None = "auto", xla: bool | None = None,
     capabilities: Sequence[tuple[int, int] | None] | None = None,
 ) -> Accelerator:
     """Pick dtype policy, collectives and memory settings for the visible `devices`.
@@ -89,7 +91,8 @@ def choose_accelerator(
             capability >= 8.0 (no loss scaling needed), else ``mixed_float16`` (loss scaling agreed across
             replicas, `trainer.loss_scale`); ``float32`` on CPUs. ``"off"``: always float32;
             ``"mixed_float16"`` / ``"mixed_bfloat16"``: that policy.
-        xla: compile train steps with XLA.
+        xla: compile train steps with XLA; None ("auto"): on GPUs yes, on CPUs no (measured slower,
+            docs/benchmarks.md). Whether the model then compiles is `xla_blockers`'s question.
         capabilities: the GPUs' compute capabilities (default: read with `gpu_capability`; unknown counts
             as below 8.0).
 
@@ -109,13 +112,42 @@ def choose_accelerator(
                 capabilities = [gpu_capability(d) for d in devices if _device_type(d) == "GPU"]
             bf16 = bool(capabilities) and all(c is not None and c >= BFLOAT16_CAPABILITY for c in capabilities)
             policy = "mixed_bfloat16" if bf16 else "mixed_float16"
-        return Accelerator("gpu", gpus, "float32" if policy == "off" else policy, "NCCL", True, bool(xla))
+        return Accelerator("gpu", gpus, "float32" if policy == "off" else policy, "NCCL", True,
+                           True if xla is None else bool(xla))
     policy = "float32" if choice in ("auto", "off") else choice
     return Accelerator("cpu", 0, policy, "RING", False, bool(xla))
 
 
+def xla_blockers(accelerator: Accelerator, workers: int) -> list[str]:
+    """Why a train step cannot compile with XLA here (empty: it can).
+
+    Under MultiWorkerMirroredStrategy the step holds the gradient (and synchronized BatchNormalization)
+    all-reduces; XLA compiles collectives only for NCCL/auto communication, and on CPU devices not at
+    all (TF 2.21: "Only compiling NCCL/auto collective is supported, got: ring"; with AUTO:
+    "Collectives are not yet implemented for CPU devices when compiling with XLA", b/194942685;
+    tests/trainer/test_distribute.py runs two workers). Every backbone of the search space and the
+    augmentation (`trainer.affine`) compile (docs/distributed.md lists the check).
+    """
+    if workers > 1 and accelerator.kind == "cpu":
+        return ["XLA compiles no collectives on CPU devices (MultiWorkerMirroredStrategy with RING all-reduce)"]
+    return []
+
+
+def xla_on(accelerator: Accelerator, workers: int) -> bool:
+    """Whether train steps compile with XLA: requested (``accelerator.jit_compile``) and not blocked
+    (`xla_blockers`); a request that is blocked is logged as a warning naming why."""
+    blockers = xla_blockers(accelerator, workers)
+    if accelerator.jit_compile and blockers:
+        log.warning("XLA off although requested: %s", "; ".join(blockers))
+    return accelerator.jit_compile and not blockers
+
+
 def apply(accelerator: Accelerator, devices: Sequence[Any] | None = None) -> None:
-    """Set GPU memory growth and XLA auto-clustering.
+    """Set GPU memory growth.
+
+    XLA is decided per model (``model.compile(jit_compile=...)``, `xla_blockers`), not by TensorFlow's
+    global auto-clustering (``tf.config.optimizer.set_jit``): a step logged as not compiled is not partly
+    clustered behind the log's back.
 
     The dtype policy is not set globally here: ``keras.backend.clear_session()`` would reset it.
     It travels in ``ModelSpec.dtype_policy`` and is applied where each model is built
@@ -131,6 +163,4 @@ def apply(accelerator: Accelerator, devices: Sequence[Any] | None = None) -> Non
                 tf.config.experimental.set_memory_growth(gpu, True)
             except (RuntimeError, ValueError) as exc:
                 log.warning("could not turn on memory growth for %s: %s", getattr(gpu, "name", gpu), exc)
-    if accelerator.jit_compile:
-        tf.config.optimizer.set_jit(True)
     log.info("accelerator: %s", accelerator.describe())

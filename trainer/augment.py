@@ -5,7 +5,9 @@ include (the hypermodel does the same from its spec): inside the model they run 
 accelerator, are inactive at inference, so validation and export stay clean, and the cached
 pipeline does not have to be re-augmented per epoch by the CPU. A horizontal flip turns digits
 into other shapes, so every layer can be switched off; the embedded digits use rotation and zoom
-only.
+only. In a model compiled with XLA, rotation and zoom are `trainer.affine`'s versions of Keras's
+layers (same draws, fill and interpolation), whose resampling XLA compiles; `layer` builds each kind,
+for `augmentation` and the hypermodel alike.
 """
 
 
@@ -21,7 +23,31 @@ if TYPE_CHECKING:
 
 __all__ = [
     "augmentation",
+    "layer",
 ]
+
+
+def layer(kind: str, argument: Any, *, seed: int | None = None, xla: bool = False) -> keras.layers.Layer:
+    """The augmentation layer of one kind: ``"flip"`` (a mode), ``"rotation"`` or ``"zoom"`` (a factor).
+
+    With `xla` (the model compiles with ``jit_compile=True``) rotation and zoom are `trainer.affine`'s,
+    which XLA compiles; without, Keras's own, whose ``ImageProjectiveTransformV3`` kernel is 2.3x
+    faster than the same resampling run op by op (docs/benchmarks.md, "XLA on and off"). Both draw
+    the same transforms and give the same images (tests/trainer/test_affine.py).
+    """
+    import keras
+
+    from trainer import affine
+
+    if kind == "flip":
+        return keras.layers.RandomFlip(argument, seed=seed, name="augment_flip")
+    if kind == "rotation":
+        rotation = affine.RandomRotation if xla else keras.layers.RandomRotation
+        return rotation(argument, seed=seed, name="augment_rotation")
+    if kind == "zoom":
+        zoom = affine.RandomZoom if xla else keras.layers.RandomZoom
+        return zoom(argument, seed=seed, name="augment_zoom")
+    raise ConfigError(f"Expected an augmentation among flip, rotation, zoom. Received: {kind!r}")
 
 def augmentation(
     flip: str | bool = "none",
@@ -29,12 +55,14 @@ def augmentation(
     zoom: float = 0.0,
     *,
     seed: int | None = None,
+    xla: bool = False,
 ) -> keras.Sequential | None:
     """Random flip / rotation / zoom layers for the model to include, or None when all are off.
 
     `flip`: ``"none"``, ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"`` (True means
     horizontal). `rotation` is a fraction of a full turn, `zoom` a fraction of the size (0 = off).
-    The layers act only in training; at inference they pass images through unchanged.
+    The layers act only in training; at inference they pass images through unchanged. `xla`: for a
+    model compiled with XLA (`layer`).
     """
     modes = ("none", "horizontal", "vertical", "horizontal_and_vertical")
     mode = ("horizontal" if flip else "none") if isinstance(flip, bool) else flip
@@ -47,11 +75,6 @@ def augmentation(
         return None
     import keras
 
-    layers: list[Any] = []
-    if mode != "none":
-        layers.append(keras.layers.RandomFlip(mode, seed=seed, name="augment_flip"))
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation, seed=seed, name="augment_rotation"))
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, seed=seed, name="augment_zoom"))
-    return keras.Sequential(layers, name="augmentation")
+    kinds = [("flip", mode), ("rotation", rotation), ("zoom", zoom)]
+    return keras.Sequential([layer(kind, argument, seed=seed, xla=xla) for kind, argument in kinds
+                             if argument and argument != "none"], name="augmentation")

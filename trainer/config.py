@@ -152,7 +152,11 @@ class SearchConfig:
     mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_bfloat16 on GPUs of compute capability >= 8.0 "
                                 "(Ampere, Hopper), else mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
-    xla: bool = _opt("Compile training steps with XLA.", default=False)
+    xla: bool | None = _opt(
+        "Compile training steps with XLA (--xla on, --no-xla off). Default auto: on with GPUs, off on CPUs "
+        "(slower there, docs/benchmarks.md); always off for several workers on CPUs (XLA compiles no CPU "
+        "collectives). Env TFSTACK_XLA: true, false or auto.", default=None,
+    )
     cluster_formation_timeout: float = _opt(
         "Seconds to wait at start-up for every worker to connect (a peer that never starts, e.g. a Pending pod); "
         "then exit with code 4 naming the missing peers.", default=900.0,
@@ -328,6 +332,9 @@ def _parser_for(name: str, type_name: str) -> Callable[[Any], Any]:
 
     if type_name == "bool":
         return lambda v: v if isinstance(v, bool) else _parse_bool(str(v), name)
+    if type_name == "bool | None":  # None: decided at run time ("auto")
+        return lambda v: v if isinstance(v, bool) or v is None else (
+            None if str(v).strip().lower() in ("", "auto") else _parse_bool(str(v), name))
     if type_name == "int":
         return number(int)
     if type_name == "int | None":
@@ -378,7 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(SearchConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
-        if str(f.type) == "bool":
+        if str(f.type) in ("bool", "bool | None"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)

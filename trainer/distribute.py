@@ -5,7 +5,7 @@ Every trial of the search is one synchronous data-parallel job over all workers 
 (`make_strategy`) and re-exports, under one name, the jobs that live in their own modules, in the
 order the search uses them:
 
-- `trainer.accelerator`: `choose_accelerator` (pure) and `apply` (memory growth, XLA).
+- `trainer.accelerator`: `choose_accelerator` (pure), `apply` (memory growth) and `xla_on` (XLA where it compiles).
 - `trainer.rendezvous`: bounded cluster formation, called by `make_strategy`.
 - `trainer.keras_shim`: `install_keras_mwms_shim`, the version-guarded fix for
   https://github.com/keras-team/keras/issues/20585 (remove it when upstream is fixed).

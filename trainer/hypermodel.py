@@ -46,7 +46,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from trainer import loss_scale
+from trainer import augment, loss_scale
 from trainer.errors import ConfigError
 from trainer.steps import AverageBatchNormStatistics
 
@@ -67,7 +67,6 @@ __all__ = [
     "prepare_backbones",
     "set_unfreeze_depth",
     "unfrozen_layer_count",
-    "xla_blockers",
 ]
 
 SCRATCH_BN_MOMENTUM = 0.9
@@ -134,8 +133,9 @@ class ModelSpec:
     learning_rate_scale: float = 1.0
     seed: int = 42
     jit_compile: bool | str = "auto"
-    """Passed to ``model.compile``; True when XLA was asked for (``--xla``) and the model compiles
-    (`xla_blockers`: Keras's "auto" is off under any distribution strategy, so it is never left to "auto")."""
+    """Passed to ``model.compile``: the search sets True or False (`trainer.accelerator.xla_on`), never Keras's
+    "auto", which is off under any distribution strategy. Every layer built here compiles (the augmentation
+    resamples with `trainer.affine`)."""
     sync_batchnorm: bool = True
     """Synchronize from-scratch BatchNormalization across replicas (`trainer.steps.sync_batchnorm`)."""
     steps_per_execution: int = 1
@@ -271,12 +271,6 @@ def prepare_backbones(spec: ModelSpec) -> None:
     keras.backend.clear_session()
 
 
-def xla_blockers(augmentation: tuple[tuple[str, Any], ...]) -> list[str]:
-    """The augmentation layers that XLA cannot compile: RandomRotation and RandomZoom resample through
-    ``ImageProjectiveTransformV3``, which has no XLA kernel (RandomFlip compiles)."""
-    return [kind for kind, _ in augmentation if kind in ("rotation", "zoom")]
-
-
 def _small_cnn(image_size: int, seed: int, synchronized: bool = True) -> keras.Model:
     """A VGG-style CNN for training from scratch: it trains in seconds on a CPU and converges on small data.
 
@@ -362,12 +356,7 @@ def _build_model(spec: ModelSpec, *, backbone: str, head: str, units: int | None
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="pixels", dtype="float32")
     x = inputs
     for kind, argument in spec.augmentation:
-        if kind == "flip":
-            x = keras.layers.RandomFlip(argument, seed=spec.seed, name="augment_flip")(x)
-        elif kind == "rotation":
-            x = keras.layers.RandomRotation(argument, seed=spec.seed, name="augment_rotation")(x)
-        elif kind == "zoom":
-            x = keras.layers.RandomZoom(argument, seed=spec.seed, name="augment_zoom")(x)
+        x = augment.layer(kind, argument, seed=spec.seed, xla=spec.jit_compile is True)(x)
     size = spec.size_of(backbone)
     if size != spec.image_size:
         x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize_to_backbone")(x)
@@ -400,7 +389,7 @@ def _build_model(spec: ModelSpec, *, backbone: str, head: str, units: int | None
     return keras.Model(inputs, outputs, name=f"{backbone}_{head}")
 
 
-def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
+def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float, initial_scale: float | None = None) -> None:
     if spec.binary:
         loss: keras.losses.Loss = keras.losses.BinaryCrossentropy(from_logits=True)
         metrics: list[Any] = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)]
@@ -410,7 +399,7 @@ def _compile(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
     model.compile(
         # Under mixed_float16 every replica agrees whether a step overflowed (trainer.loss_scale).
         optimizer=loss_scale.for_policy(keras.optimizers.Adam(learning_rate * spec.learning_rate_scale),
-                                        model.dtype_policy),
+                                        model.dtype_policy, initial_scale),
         loss=loss,
         # Keras 3 applies sample weights only to `weighted_metrics` (keras/src/trainers/compile_utils.py,
         # CompileMetrics): padded copies carry weight 0 and must not count in val_accuracy.
@@ -498,8 +487,10 @@ class TransferHyperModel(kt.HyperModel):
             callbacks = [c for c in callbacks if type(c).__module__ != "tensorboard.plugins.hparams._keras"]
         if depth and epochs > head_epochs:
             set_unfreeze_depth(find_backbone(model), depth)
+            # A new optimizer (Adam's state cannot carry over: module docstring); the loss scale does.
+            scale = loss_scale.current_scale(model.optimizer)
             with model.distribute_strategy.scope():
-                _compile(model, self.spec, hp.get("learning_rate") * hp.get("fine_tune_factor"))
+                _compile(model, self.spec, hp.get("learning_rate") * hp.get("fine_tune_factor"), scale)
             record(model.fit(*args, epochs=epochs, initial_epoch=max(head_epochs, initial_epoch),
                              callbacks=with_backup("phase2", head_epochs), **kwargs))
         first_run = min(by_epoch, default=epochs)

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["AgreedLossScaleOptimizer", "for_policy"]
+__all__ = ["AgreedLossScaleOptimizer", "current_scale", "for_policy"]
 
 
 @keras.saving.register_keras_serializable(package="tfstack")
@@ -39,13 +39,25 @@ class AgreedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, overflowed), 0.0)
 
 
-def for_policy(optimizer: keras.optimizers.Optimizer, policy: str | Any) -> keras.optimizers.Optimizer:
+def for_policy(
+    optimizer: keras.optimizers.Optimizer, policy: str | Any, initial_scale: float | None = None
+) -> keras.optimizers.Optimizer:
     """Wrap `optimizer` in `AgreedLossScaleOptimizer` under ``mixed_float16``; unchanged otherwise.
 
     Keras's ``compile`` wraps a plain optimizer in its own ``LossScaleOptimizer`` under mixed_float16
     (keras/src/trainers/trainer.py); one that is already a ``LossScaleOptimizer`` is kept.
+    `initial_scale` (default Keras's 2^15) continues a scale found earlier (`current_scale`).
     """
     name = getattr(policy, "name", policy)
     if name == "mixed_float16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return AgreedLossScaleOptimizer(optimizer)
+        kwargs = {} if initial_scale is None else {"initial_scale": initial_scale}
+        return AgreedLossScaleOptimizer(optimizer, **kwargs)
     return optimizer
+
+
+def current_scale(optimizer: keras.optimizers.Optimizer | None) -> float | None:
+    """The dynamic loss scale `optimizer` has reached, or None when it scales no loss (or was never built)."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or not optimizer.built:
+        return None
+    # Every replica holds the same value: the overflow decision that changes it is agreed (above).
+    return float(keras.ops.convert_to_numpy(optimizer.dynamic_scale))

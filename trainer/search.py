@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import distribute, pipeline, plots, preemption, run_record, scan
+from trainer.accelerator import xla_on
 from trainer.atomic import write_atomic
 from trainer.cluster import Cluster
 from trainer.config import SearchConfig
@@ -187,7 +188,7 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: scan
     val_steps = steps_per_epoch(len(splits.val), global_batch)
     spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy,
                       median_side=scan.median_image_side(splits.train), steps=(train_steps, val_steps),
-                      workers=cluster.num_workers)
+                      workers=cluster.num_workers, xla=xla_on(accelerator, cluster.num_workers))
     log.info("step: %d per execution, BatchNormalization %s, XLA %s", spec.steps_per_execution,
              "synchronized across replicas" if spec.sync_batchnorm else "per replica",
              "on (jit_compile=True)" if spec.jit_compile is True else "off")

@@ -15,7 +15,7 @@ import keras
 
 from trainer import scan
 from trainer.config import HEADS, SearchConfig
-from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, fitting_heads, xla_blockers
+from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, fitting_heads
 from trainer.steps import steps_per_execution, sync_batchnorm
 
 __all__ = ["auto_epochs", "auto_image_size", "balanced_class_weights", "early_stopping", "model_spec",
@@ -43,7 +43,7 @@ def auto_image_size(backbone: str, median_side: int | None) -> int:
 
 def model_spec(
     config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32", *,
-    median_side: int | None = None, steps: tuple[int, int] | None = None, workers: int = 1,
+    median_side: int | None = None, steps: tuple[int, int] | None = None, workers: int = 1, xla: bool = False,
 ) -> ModelSpec:
     """The fixed part of the search space for `config` and a data set of `num_classes`.
 
@@ -52,8 +52,8 @@ def model_spec(
     `steps` (training, validation steps per epoch) sets the steps per execution with one worker process
     (`trainer.steps.steps_per_execution`; 1 with several `workers`: see there); BatchNormalization is
     synchronized by `trainer.steps.sync_batchnorm`.
-    XLA (``--xla``) is on only where the model compiles (`xla_blockers`), and then explicitly
-    (``jit_compile=True``): Keras's "auto" is off under any distribution strategy.
+    `xla` (`trainer.accelerator.xla_on`: requested and compilable here) becomes ``jit_compile``, True or
+    False, never Keras's "auto", which is off under any distribution strategy.
     """
     backbones = config.backbones
     sizes = {b: config.image_size or auto_image_size(b, median_side) for b in backbones}
@@ -69,10 +69,6 @@ def model_spec(
     if config.zoom > 0:
         augmentation.append(("zoom", config.zoom))
     uses_pretrained = any(BACKBONE_SPECS[b].factory is not None for b in backbones)
-    blockers = xla_blockers(tuple(augmentation))
-    if config.xla and blockers:
-        log.warning("XLA off although --xla was given: augmentation %s does not compile (pass --rotation 0 "
-                    "--zoom 0, or keep flips only, to train with XLA)", ", ".join(blockers))
     return ModelSpec(
         num_classes=num_classes,
         image_size=image_size,
@@ -84,7 +80,7 @@ def model_spec(
         augmentation=tuple(augmentation),
         learning_rate_scale=float(replicas) if config.scale_learning_rate else 1.0,
         seed=config.seed,
-        jit_compile=bool(config.xla and not blockers),
+        jit_compile=bool(xla),
         dtype_policy=policy,
         backbone_sizes=tuple(sorted(sizes.items())),
         sync_batchnorm=sync_batchnorm(config.batch_size, replicas),

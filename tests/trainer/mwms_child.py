@@ -22,6 +22,8 @@ Writes what the test compares into ``OUTDIR/<mode>_<rank>.*``. Modes:
   (validation stays one finite pass), BatchNormalization per replica with `AverageBatchNormStatistics`; also records
   how many iterators ``fit`` opened over each data set and whether tf.distribute checks for the end
   of data at every step (``_enable_get_next_as_optional``).
+- ``xla``: the search's own model (small_cnn, the default rotation and zoom augmentation) compiled
+  with ``jit_compile=True`` under MWMS on CPUs (RING); records whether ``fit`` failed and the error.
 - ``stuck``: ``fit`` under a 5 s `StallWatchdog`; worker 1 blocks forever after its first batch
   (alive but stuck), so both workers' watchdogs end them with exit code 4.
 """
@@ -258,6 +260,27 @@ def _repeated(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster,
     ))
 
 
+def _xla(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
+    from trainer.hypermodel import ModelSpec, TransferHyperModel
+
+    spec = ModelSpec(num_classes=CLASSES, image_size=16, heads=("gap_dense",), jit_compile=True,
+                     augmentation=(("rotation", 0.05), ("zoom", 0.1)))
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (32, 16, 16, 3)).astype("uint8")
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = tf.data.Dataset.from_tensor_slices((pixels, rng.integers(0, CLASSES, 32))).batch(GLOBAL_BATCH)
+    with strategy.scope():
+        model = TransferHyperModel(spec).build(kt.HyperParameters())
+    try:
+        model.fit(train.with_options(options), epochs=1, verbose=0)
+    except Exception as exc:  # the TensorFlow fact that `accelerator.xla_blockers` relies on
+        result = {"failed": True, "error": f"{type(exc).__name__}: {exc}"[:4000]}
+    else:
+        result = {"failed": False, "error": ""}
+    (out / f"xla_{cluster.rank}.json").write_text(json.dumps({**result, "jit_compile": model.jit_compile}))
+
+
 def _disagree(strategy: tf.distribute.Strategy, cluster: cluster_module.Cluster, out: Path) -> None:
     distribute.assert_workers_agree(strategy, "same on every worker", "a shared value")
     try:
@@ -309,7 +332,7 @@ def main(argv: list[str]) -> int:
     distribute.apply(accelerator)
     strategy = distribute.make_strategy(cluster, accelerator=accelerator)
     modes = {"fit": _fit, "noshim": _noshim, "fault": _fault, "tuner": _tuner, "disagree": _disagree, "stuck": _stuck,
-             "padded": _padded, "repeated": _repeated, "reduce": _reduce}
+             "padded": _padded, "repeated": _repeated, "reduce": _reduce, "xla": _xla}
     modes[mode](strategy, cluster, out)
     return 0
 

@@ -74,7 +74,7 @@ def test_public_names_are_exactly_the_documented_ones() -> None:
         "choose_cache", "decode_image", "decoded_bytes", "distributed_dataset", "global_batch_size", "load_arrays",
         "make_dataset", "memory_cache_budget", "shard_files",
     ]
-    assert augment.__all__ == ["augmentation"]
+    assert augment.__all__ == ["augmentation", "layer"]
     for module in (scan_module, pipeline, augment):
         assert all(hasattr(module, name) for name in module.__all__)
 

@@ -363,3 +363,18 @@ def test_repeated_data_sets_open_one_iterator_per_fit_and_stay_exact(tmp_path: P
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
     assert results[0]["val_accuracy"] == results[1]["val_accuracy"]
     assert results[0]["val_accuracy"][-1] == pytest.approx(results[0]["real_accuracy"], abs=1e-6), results[0]
+
+
+@pytest.mark.slow
+def test_xla_cannot_compile_the_collectives_of_two_cpu_workers(tmp_path: Path) -> None:
+    """The fact behind `accelerator.xla_blockers`: under MWMS on CPUs, a step with jit_compile=True fails
+    in XLA on its all-reduce (the same model compiles with one worker: tests/trainer/test_steps.py)."""
+    _run_two_workers("xla", tmp_path)
+    results = [json.loads((tmp_path / f"xla_{rank}.json").read_text()) for rank in range(2)]
+    for result in results:
+        assert result["jit_compile"] is True and result["failed"], result
+        assert "collective" in result["error"].lower() and "CollectiveReduce" in result["error"], result["error"][-600:]
+    from trainer.accelerator import xla_blockers
+
+    cpu = distribute.choose_accelerator(["CPU"], mixed_precision="off", xla=True)
+    assert xla_blockers(cpu, workers=2) and not xla_blockers(cpu, workers=1)

@@ -272,3 +272,36 @@ def test_mobilenet_v2_from_scratch_beats_chance_in_inference_mode() -> None:
     accuracy = float(np.mean(predicted == labels[180:]))
     assert accuracy >= 0.7, f"held-out accuracy {accuracy:.2f}, chance 0.33"
     assert len(set(predicted.tolist())) == 3
+
+
+class _ScaleAtStart(keras.callbacks.Callback):
+    """Records each fit's optimizer and loss scale at its start; sets the scale to 256 when phase 1 ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, float]] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        optimizer = self.model.optimizer
+        optimizer.build(self.model.trainable_variables)  # Keras builds it lazily, on the first step
+        self.seen.append((id(optimizer), float(optimizer.dynamic_scale.numpy())))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if len(self.seen) == 1:
+            self.model.optimizer.dynamic_scale.assign(256.0)  # as if phase 1 had overflowed 7 times
+
+
+def test_phase_2_continues_the_loss_scale_of_phase_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.hypermodel import BackboneSpec
+
+    monkeypatch.setitem(BACKBONE_SPECS, "tiny", BackboneSpec("tiny", 16, 8, _tiny_pretrained, 1 / 255.0))
+    spec = ModelSpec(num_classes=3, image_size=16, backbones=("tiny",), weights="imagenet", heads=("gap_dense",),
+                     unfreeze_depths=(1.0,), head_epochs=1, dtype_policy="mixed_float16")
+    hp = kt.HyperParameters()
+    hypermodel = TransferHyperModel(spec)
+    x, y = _pixels(8, 16, 3)
+    scales = _ScaleAtStart()
+    hypermodel.fit(hp, hypermodel.build(hp), x, y, batch_size=4, epochs=2, verbose=0, callbacks=[scales])
+    (first, initial), (second, continued) = scales.seen
+    assert first != second, "phase 2 compiles a new optimizer"
+    assert initial == 2.0**15 and continued == 256.0

@@ -1,7 +1,8 @@
-"""Tests for trainer.steps (step-cost rules) and the XLA decision of trainer.search_space.model_spec."""
+"""Tests for trainer.steps (step-cost rules) and the XLA decision (trainer.accelerator.xla_on, the plan's log)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import steps
-from trainer.config import SearchConfig
-from trainer.hypermodel import ModelSpec, TransferHyperModel, xla_blockers
+from tests.trainer.xla_probe import xla_clusters
+from trainer import affine, steps
+from trainer.accelerator import choose_accelerator, xla_on
+from trainer.config import SearchConfig, add_arguments, load
+from trainer.hypermodel import ModelSpec, TransferHyperModel
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.search_space import model_spec
 from trainer.watchdog import StallWatchdog
@@ -60,7 +63,7 @@ def test_progress_counts_images_by_step_with_several_steps_per_execution() -> No
 
 _TWO_REPLICAS = """
 import json, keras, numpy as np, tensorflow as tf
-from trainer import steps
+from trainer import affine, steps
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -98,50 +101,53 @@ def test_average_batchnorm_statistics_makes_the_replicas_equal() -> None:
     np.testing.assert_allclose(after[0], (before[0] + before[1]) / 2, rtol=1e-6)
 
 
-def _traced_functions(function: object, seen: set[int] | None = None) -> list[object]:
-    """The tf.functions reachable from `function` through closures (Keras wraps its train tf.function)."""
-    seen = set() if seen is None else seen
-    if id(function) in seen:
-        return []
-    seen.add(id(function))
-    found = [function] if hasattr(function, "_list_all_concrete_functions") else []
-    for cell in getattr(function, "__closure__", None) or ():
-        try:
-            found += _traced_functions(cell.cell_contents, seen)
-        except ValueError:  # an empty cell
-            continue
-    return found
+@pytest.mark.parametrize("xla", [True, False], ids=["on", "off"])
+def test_the_augmented_step_is_compiled_exactly_when_the_log_says_xla_on(xla: bool, tmp_path, caplog) -> None:
+    """Flip, rotation and zoom (`trainer.affine`) and the backbone compile under a strategy: the plan's
+    log line, the model's jit_compile and the traced train step's XLA marks agree."""
+    from tests.trainer.images import write_folder
+    from trainer.cluster import Cluster
+    from trainer.config import load
+    from trainer.search import plan_search, scan_data
 
-
-def _xla_clusters(model: keras.Model) -> int:
-    """Functions marked for XLA compilation (``_XlaMustCompile``) in the traced train step's graphs."""
-    marked = 0
-    for function in _traced_functions(model.train_function):
-        for concrete in function._list_all_concrete_functions():  # type: ignore[attr-defined]
-            library = concrete.graph.as_graph_def().library
-            marked += sum(1 for f in library.function if f.attr["_XlaMustCompile"].b)
-            marked += int(concrete.graph.as_graph_def().node and any(
-                node.attr["_XlaMustCompile"].b for node in concrete.graph.as_graph_def().node))
-    return marked
-
-
-@pytest.mark.parametrize("augment", [False, True], ids=["flip-only", "rotation"])
-def test_xla_is_on_under_a_strategy_exactly_when_the_model_compiles(augment: bool, caplog) -> None:
-    config = SearchConfig(backbone=("small_cnn",), weights="none", image_size=16, batch_size=8, xla=True,
-                          flip="horizontal", rotation=0.1 if augment else 0.0, zoom=0.0)
-    with caplog.at_level(logging.WARNING, logger="trainer.search"):
-        spec = model_spec(config, 3, replicas=1)
-    assert spec.jit_compile is (not augment)
-    assert ("XLA off although --xla" in caplog.text) is augment
-    assert xla_blockers(spec.augmentation) == (["rotation"] if augment else [])
-    spec = dataclasses.replace(spec, heads=("gap_dense",))
+    folder = write_folder(tmp_path / "images", classes=3, per_class=6)
+    config = load({"data": str(folder), "backbone": "small_cnn", "weights": "none", "image_size": "16",
+                   "batch_size": "8", "xla": str(xla).lower(), "run_dir": str(tmp_path / "runs"),
+                   "flip": "horizontal", "rotation": "0.05", "zoom": "0.1"}, {})
+    root, splits = scan_data(config)
+    with caplog.at_level(logging.INFO):
+        plan = plan_search(config, Cluster(peers=(), rank=0, source="single"), root, splits)
+    assert ("XLA on (jit_compile=True)" in caplog.text) is xla and ("XLA off" in caplog.text) is (not xla)
+    assert [kind for kind, _ in plan.spec.augmentation] == ["flip", "rotation", "zoom"]
+    assert plan.spec.jit_compile is xla
+    spec = dataclasses.replace(plan.spec, heads=("gap_dense",))
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # a strategy: Keras's "auto" would be off here
     with strategy.scope():
         model = TransferHyperModel(spec).build(kt.HyperParameters())
     pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3)).astype("float32")
     model.fit(pixels, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0)
-    assert model.jit_compile is (not augment)
-    assert (_xla_clusters(model) > 0) is (not augment)
+    assert model.jit_compile is xla
+    assert (xla_clusters(model) > 0) is xla
+    # Compiled: trainer.affine's resampling; not: Keras's own kernel (faster op by op).
+    assert isinstance(model.get_layer("augment_rotation"), affine.RandomRotation) is xla
+    assert isinstance(model.get_layer("augment_zoom"), keras.layers.RandomZoom)
+
+
+def test_xla_auto_is_on_with_gpus_off_on_cpus_and_blocked_for_cpu_workers(caplog) -> None:
+    assert choose_accelerator(["GPU"], mixed_precision="off").jit_compile is True
+    assert choose_accelerator(["CPU"], mixed_precision="off").jit_compile is False
+    assert choose_accelerator(["GPU"], mixed_precision="off", xla=False).jit_compile is False
+    cpu = choose_accelerator(["CPU"], mixed_precision="off", xla=True)
+    gpu = choose_accelerator(["GPU"], mixed_precision="off", xla=True)
+    assert xla_on(cpu, workers=1) and xla_on(gpu, workers=2) and not caplog.text
+    with caplog.at_level(logging.WARNING, logger="trainer.accelerator"):
+        assert not xla_on(cpu, workers=2)
+    assert "XLA off although requested" in caplog.text and "collectives on CPU" in caplog.text
+    assert load({}, {}).xla is None and load({}, {"TFSTACK_XLA": "auto"}).xla is None
+    assert load({}, {"TFSTACK_XLA": "true"}).xla is True and load({"xla": False}, {}).xla is False
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--xla"]).xla is True and parser.parse_args(["--no-xla"]).xla is False
 
 
 def test_model_spec_without_xla_never_leaves_it_to_auto() -> None:
