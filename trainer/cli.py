@@ -120,6 +120,11 @@ def launch_command_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                         help="Seconds between SIGTERM and SIGKILL: on SIGTERM the launcher passes it on, waits for "
                         "the processes to save and exit, and exits 4 (default: TFSTACK_TERMINATION_GRACE_SECONDS, "
                         "else 30).")
+    parser.add_argument("--threads-per-worker", type=int, default=None,
+                        help="TensorFlow intra-op and inter-op threads of each training process "
+                        "(TF_NUM_INTRAOP_THREADS, TF_NUM_INTEROP_THREADS); those variables in the environment win. "
+                        "Default: cores / (groups x "
+                        "workers) when that is more than one process; 0: TensorFlow's defaults (a thread per core).")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the trainer command, e.g. -- search ...")
     return parser
 
@@ -136,8 +141,12 @@ def launch_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"Expected --workers >= 1. Received: --workers={args.workers}")
     if args.groups < 1:
         raise ConfigError(f"Expected --groups >= 1. Received: --groups={args.groups}")
+    if args.threads_per_worker is not None and args.threads_per_worker < 0:
+        raise ConfigError("Expected --threads-per-worker >= 0. "
+                          f"Received: --threads-per-worker={args.threads_per_worker}")
     return launch(command, workers=args.workers, groups=args.groups, env=dict(os.environ),
-                  max_restarts=args.max_restarts, termination_grace=args.termination_grace_seconds)
+                  max_restarts=args.max_restarts, termination_grace=args.termination_grace_seconds,
+                  threads_per_worker=args.threads_per_worker)
 
 
 _COMMANDS = {

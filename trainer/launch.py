@@ -10,6 +10,12 @@ TF_CONFIG, ``TFSTACK_GROUP=g``) and one oracle process (``TFSTACK_ROLE=oracle``)
 trials and publishes the best model (`trainer.trials`, `trainer.cluster`). ``--groups 1`` is the
 plain launch above, with no oracle.
 
+- Threads: every training process gets ``TF_NUM_INTRAOP_THREADS`` and ``TF_NUM_INTEROP_THREADS`` =
+  the machine's cores / the processes that train at once (G x W, at least 1) when there are several, so
+  that they take a core each instead of all fighting over all of them with TensorFlow's default pools
+  (one thread per core each). A variable already in the environment wins; ``threads_per_worker`` sets
+  another count, 0 leaves TensorFlow's defaults. The oracle keeps the defaults: it trains nothing, and
+  it evaluates and exports alone once the groups are done.
 - Output: every line a worker writes is echoed with a ``[worker N]`` prefix (``[group G worker N]``,
   ``[oracle]`` with groups), stdout to stdout and stderr to stderr.
 - Failure: when a worker exits non-zero, the others get SIGTERM, then SIGKILL after `grace_period`
@@ -52,13 +58,30 @@ from trainer import preemption
 from trainer.cluster import GROUP_VARIABLES, local_tf_configs
 from trainer.errors import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, EXIT_PEER_LOST, ConfigError
 
-__all__ = ["free_ports", "launch", "worker_command"]
+__all__ = ["TF_THREAD_VARIABLES", "free_ports", "launch", "thread_env", "worker_command"]
 
 log = logging.getLogger(__name__)
 
 _TAIL_LINES = 20
 _FINAL_CODES = frozenset({0, EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED})  # never restarted
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
+TF_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+"""TensorFlow's intra-op and inter-op pool sizes, read from the environment at start-up
+(tensorflow/core/common_runtime/process_util.cc); 0 or unset: one thread per core each."""
+
+
+def thread_env(env: Mapping[str, str], *, processes: int, cores: int,
+               threads_per_worker: int | None = None) -> dict[str, str]:
+    """The TF_THREAD_VARIABLES to add for each of `processes` training processes that share `cores`.
+
+    None (auto): ``cores // processes`` threads (at least 1) when several processes train at once, none
+    for one. 0: none (TensorFlow's defaults). A variable already in `env` is never replaced.
+    """
+    if threads_per_worker is None:
+        threads_per_worker = max(1, cores // processes) if processes > 1 else 0
+    if threads_per_worker <= 0:
+        return {}
+    return {name: str(threads_per_worker) for name in TF_THREAD_VARIABLES if not env.get(name, "").strip()}
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -222,8 +245,9 @@ class _Launch:
     """The processes of one launch: G groups of W workers, and the oracle when G > 1."""
 
     def __init__(self, argv: Sequence[str], *, workers: int, groups: int, env: Mapping[str, str], python: str,
-                 module: str, host: str, cwd: str | None, out: IO[str], err: IO[str]) -> None:
-        self.argv, self.workers, self.groups, self.env = argv, workers, groups, env
+                 module: str, host: str, cwd: str | None, out: IO[str], err: IO[str],
+                 threads: Mapping[str, str]) -> None:
+        self.argv, self.workers, self.groups, self.env, self.threads = argv, workers, groups, env, threads
         self.python, self.module, self.host, self.cwd, self.out, self.err = python, module, host, cwd, out, err
         self.events: queue.Queue[tuple[_Group, int, int]] = queue.Queue()
         self.lock = threading.Lock()
@@ -250,6 +274,7 @@ class _Launch:
             configs = local_tf_configs(free_ports(self.workers, self.host), self.host)
             placement = ({"TFSTACK_GROUPS": str(self.groups), "TFSTACK_GROUP": str(key), "TFSTACK_ORACLE": self.oracle}
                          if self.groups > 1 else {})
+            placement = {**placement, **self.threads}
             prefix = f"group {key} " if self.groups > 1 else ""
             pool = []
             for rank, tf_config in enumerate(configs):
@@ -293,6 +318,8 @@ def launch(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     termination_grace: float | None = None,
+    threads_per_worker: int | None = None,
+    cores: int | None = None,
 ) -> int:
     """Run ``python -m <module> <argv...>`` as `groups` x `workers` local processes (+ an oracle); 0 when all succeed.
 
@@ -312,6 +339,9 @@ def launch(
         termination_grace: seconds between a SIGTERM to the launcher and its SIGKILL (default:
             ``TFSTACK_TERMINATION_GRACE_SECONDS`` in `env`, else 30); the children, which get it in their
             environment, save and exit within it.
+        threads_per_worker: TensorFlow intra-op and inter-op threads of each training process (`thread_env`):
+            None = cores / (groups x workers) when that is more than one process, 0 = TensorFlow's defaults.
+        cores: the cores they share (default: the CPUs this process may run on).
 
     Returns:
         0 when every process exited 0; else the failed process's exit status (128 + N when killed by
@@ -327,9 +357,16 @@ def launch(
         termination_grace = preemption.grace_from_env(dict(env))
     elif termination_grace <= 0:
         raise ConfigError(f"Expected termination_grace > 0. Received: termination_grace={termination_grace}")
+    if threads_per_worker is not None and threads_per_worker < 0:
+        raise ConfigError(f"Expected threads_per_worker >= 0. Received: threads_per_worker={threads_per_worker}")
     env = {**env, preemption.GRACE_ENV: f"{termination_grace:g}"}
+    cores = cores or len(os.sched_getaffinity(0))
+    threads = thread_env(env, processes=groups * workers, cores=cores, threads_per_worker=threads_per_worker)
+    if threads:
+        log.info("TensorFlow threads per training process: %s (%d cores, %d processes training at once)",
+                 ", ".join(f"{k}={v}" for k, v in threads.items()), cores, groups * workers)
     run = _Launch(argv, workers=workers, groups=groups, env=env, python=python, module=module, host=host, cwd=cwd,
-                  out=stdout or sys.stdout, err=stderr or sys.stderr)
+                  out=stdout or sys.stdout, err=stderr or sys.stderr, threads=threads)
     restarts = 0
     with _sigterm_raises():
         try:

@@ -3,6 +3,8 @@
 Modes:
 
 - ``hello``: print a line to stdout and one to stderr, then exit 0.
+- ``threads``: print the TensorFlow thread variables it got (``threads intra=N inter=N``, ``-`` when unset), exit 0;
+  the oracle of ``launch --groups`` too.
 - ``fail-rank1``: every worker writes ``DIR/pid<rank>`` and ``DIR/ready<rank>``; worker 1 waits for the
   others to be ready, then fails with an error line and exit status 3; the others block until stopped.
 - ``stubborn``: like ``fail-rank1`` but the waiting workers ignore SIGTERM (only SIGKILL stops them).
@@ -57,8 +59,16 @@ def _groups(mode: str, out: Path) -> int:
     return 0
 
 
+def _threads() -> int:
+    intra, inter = (os.environ.get(name, "-") for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"))
+    print(f"threads intra={intra} inter={inter}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, out = argv[0], Path(argv[1])
+    if mode == "threads":
+        return _threads()
     if mode.startswith("groups"):
         return _groups(mode, out)
     config = json.loads(os.environ["TF_CONFIG"])

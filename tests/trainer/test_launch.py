@@ -56,8 +56,9 @@ def test_free_ports_are_distinct() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"workers": 0}, "workers=0"), ({"max_restarts": -1}, "max_restarts=-1"), ({"groups": 0}, "groups=0")],
-    ids=["no-workers", "negative-restarts", "no-groups"],
+    [({"workers": 0}, "workers=0"), ({"max_restarts": -1}, "max_restarts=-1"), ({"groups": 0}, "groups=0"),
+     ({"threads_per_worker": -1}, "threads_per_worker=-1")],
+    ids=["no-workers", "negative-restarts", "no-groups", "negative-threads"],
 )
 def test_launch_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -202,3 +203,77 @@ def test_a_failed_group_restarts_alone_while_the_others_and_the_oracle_go_on(
                                "group 1 worker 1", "group 1 worker 1", "oracle"]
     group1 = [role.split("peers ")[1] for label, role in _roles(out) if label == "group 1 worker 0"]
     assert len(set(group1)) == 2, "the restarted group did not get fresh ports"
+
+
+_NO_THREAD_VARIABLES = {k: v for k, v in os.environ.items() if k not in launch_module.TF_THREAD_VARIABLES}
+
+
+@pytest.mark.parametrize(
+    ("processes", "cores", "threads_per_worker", "env", "expected"),
+    [
+        (2, 2, None, {}, {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+        (4, 2, None, {}, {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+        (3, 16, None, {}, {"TF_NUM_INTRAOP_THREADS": "5", "TF_NUM_INTEROP_THREADS": "5"}),
+        (1, 8, None, {}, {}),
+        (2, 8, 0, {}, {}),
+        (1, 8, 3, {}, {"TF_NUM_INTRAOP_THREADS": "3", "TF_NUM_INTEROP_THREADS": "3"}),
+        (2, 8, None, {"TF_NUM_INTRAOP_THREADS": "6", "TF_NUM_INTEROP_THREADS": " "}, {"TF_NUM_INTEROP_THREADS": "4"}),
+    ],
+    ids=["2-on-2", "4-on-2", "3-on-16", "one-process", "zero-keeps-defaults", "explicit", "environment-wins"],
+)
+def test_thread_env_shares_the_cores_between_training_processes(
+    processes: int, cores: int, threads_per_worker: int | None, env: dict, expected: dict
+) -> None:
+    assert launch_module.thread_env(env, processes=processes, cores=cores,
+                                    threads_per_worker=threads_per_worker) == expected
+
+
+def _threads(out: str) -> dict[str, str]:
+    return {line[1:].split("] ", 1)[0]: line.split("] threads ", 1)[1] for line in out.splitlines()
+            if "] threads " in line}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "group_threads"),
+    [
+        ({}, {}, "intra=2 inter=2"),
+        ({"threads_per_worker": 0}, {}, "intra=- inter=-"),
+        ({"threads_per_worker": 3}, {"TF_NUM_INTEROP_THREADS": "7"}, "intra=3 inter=7"),
+    ],
+    ids=["cores-over-processes", "zero-keeps-defaults", "environment-wins"],
+)
+def test_every_group_worker_gets_its_share_of_threads_and_the_oracle_keeps_the_defaults(
+    tmp_path: Path, kwargs: dict, env: dict, group_threads: str
+) -> None:
+    code, out, _ = _launch("threads", tmp_path, groups=2, workers=2, cores=8, env={**_NO_THREAD_VARIABLES, **env},
+                           **kwargs)
+    assert code == 0
+    oracle = "intra=- inter=7" if "TF_NUM_INTEROP_THREADS" in env else "intra=- inter=-"  # its env passes as is
+    assert _threads(out) == {"oracle": oracle, **{f"group {g} worker {r}": group_threads
+                                                  for g in (0, 1) for r in (0, 1)}}
+
+
+def test_one_launched_worker_keeps_tensorflows_defaults_and_two_share_the_cores(tmp_path: Path) -> None:
+    _, one, _ = _launch("threads", tmp_path, workers=1, cores=2, env=_NO_THREAD_VARIABLES)
+    _, two, _ = _launch("threads", tmp_path, workers=2, cores=2, env=_NO_THREAD_VARIABLES)
+    assert _threads(one) == {"worker 0": "intra=- inter=-"}
+    assert _threads(two) == {"worker 0": "intra=1 inter=1", "worker 1": "intra=1 inter=1"}
+
+
+@pytest.mark.slow
+def test_tensorflow_in_each_launched_worker_sizes_its_pool_from_the_launchers_share(tmp_path: Path) -> None:
+    # More threads than this machine has cores: TensorFlow's default (one per core) cannot give it by chance.
+    share = (os.cpu_count() or 1) + 1
+    out = io.StringIO()
+    code = launch_module.launch([], workers=2, cores=2 * share, env=_NO_THREAD_VARIABLES,
+                                module="tests.trainer.threads_child", cwd=str(ROOT), stdout=out, stderr=io.StringIO())
+    assert code == 0
+    counts = sorted(line for line in out.getvalue().splitlines() if "inter-op threads" in line)
+    assert counts == [f"[worker {rank}] inter-op threads {share}" for rank in (0, 1)], out.getvalue()
+
+
+def test_the_launch_command_refuses_negative_threads_per_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.cli import main
+
+    assert main(["launch", "--threads-per-worker", "-1", "--", "search"]) == 2
+    assert "Expected --threads-per-worker >= 0. Received: --threads-per-worker=-1" in capsys.readouterr().err
