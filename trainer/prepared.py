@@ -47,10 +47,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainer import data
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError, DataError, PeerLostError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -63,6 +63,7 @@ __all__ = [
     "Segment",
     "distributed_dataset",
     "ensure_prepared",
+    "for_search",
     "make_dataset",
     "open_prepared",
     "prepared_key",
@@ -167,7 +168,8 @@ def wait_for_prepared(store: Path | str, fingerprint: str, image_size: tuple[int
     A set that does not match (the chief may be about to replace it) counts as not there yet.
 
     Raises:
-        DataError: no complete, matching set within `timeout` (the message says what was last found).
+        PeerLostError: no complete, matching set within `timeout` (the chief is gone or stuck: restart the
+            group); the message says what was last found.
     """
     deadline = clock() + timeout
     last = "nothing yet"
@@ -179,12 +181,21 @@ def wait_for_prepared(store: Path | str, fingerprint: str, image_size: tuple[int
         if prepared is not None:
             return prepared
         if clock() >= deadline:
-            raise DataError(
+            raise PeerLostError(
                 f"Expected the chief to write the prepared set {Path(store) / prepared_key(fingerprint, image_size)} "
                 f"within {timeout:.0f}s (--prepare-timeout). Received: {last}. Is the chief running, and is the "
                 "store on a volume every worker shares?"
             )
         sleep(_POLL_SECONDS)
+
+
+def for_search(splits: data.DataSplits, image_size: tuple[int, int], store: Path | str, *, writes: bool, seed: int,
+               timeout: float) -> PreparedSet:
+    """The set a search trains from: written (or reused) by the process that `writes`, awaited by the others."""
+    if writes:
+        return ensure_prepared(splits, image_size, store, seed=seed)
+    log.info("waiting up to %.0fs for the chief's prepared records in %s", timeout, store)
+    return wait_for_prepared(store, splits.fingerprint, image_size, timeout)
 
 
 # ------------------------------------------------------------------------------------------ writing a set
@@ -474,9 +485,3 @@ def _pipeline(prepared: PreparedSet, split: str, segments: Sequence[Segment], ba
     options = tf.data.Options()
     options.deterministic = not training
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def describe(prepared: PreparedSet) -> dict[str, Any]:
-    """A short summary for logs and the run record."""
-    return {"path": str(prepared.path), "image_size": list(prepared.image_size),
-            "records": {split: prepared.count(split) for split in SPLITS}}

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.trainer.images import pattern, write_folder
 from trainer import data, prepared
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError, DataError, PeerLostError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,7 +151,7 @@ def test_a_staging_directory_is_never_read_and_the_next_writer_removes_it(tmp_pa
     staging.mkdir(parents=True)
     (staging / prepared.MANIFEST).write_text("{}")  # even a manifest inside: the name is not the set's
     assert prepared.open_prepared(store, splits.fingerprint, (12, 12)) is None
-    with pytest.raises(DataError, match="within 0s"):
+    with pytest.raises(PeerLostError, match="within 0s"):
         prepared.wait_for_prepared(store, splits.fingerprint, (12, 12), 0, sleep=lambda s: None)
     written = prepared.ensure_prepared(splits, (12, 12), store, seed=1)
     assert not staging.exists() and written.path == store / key
