@@ -14,9 +14,10 @@ batched as the search reads it, at each size of ``--sizes``:
 
 At 32 px the data are the embedded digits (32x32 PNGs); at larger sizes generated photo-like
 480x360 JPEGs (smooth gradients, shapes and noise, quality 90) resized to the size. tf.data runs on a
-private thread pool of ``--threads`` threads with intra-op parallelism 1, TensorFlow's own pools at 1,
-so images/s per thread is honest; the table also gives images per CPU-second of the whole process
-(``resource.getrusage``: every thread counted), the figure that sizes CPUs per GPU. Passes are
+private thread pool of ``--threads`` threads with intra-op parallelism 1, TensorFlow's own pools at 1;
+some kernels still use more threads (the folder decode keeps ~1.8 cores busy here), so the figure
+per core is images per CPU-second of the whole process (``resource.getrusage``: every thread
+counted), shown with the cores it kept busy (CPU seconds / wall seconds): what sizes CPUs per GPU. Passes are
 interleaved (folder, prepared, memory, folder, ...) so machine noise hits them alike; medians.
 
 ``--train`` runs the earlier comparison: one model trained on the folder pipeline (cached), on the same
@@ -211,7 +212,7 @@ def _per_core(args: argparse.Namespace) -> int:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs visible, tf.data threads {args.threads} "
           f"(private pool, intra-op 1, TF inter/intra-op 1), batch {args.batch_size}, {args.rounds} passes per feed, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{'size':>5} {'feed':<9} {'images':>6} {'img/s':>8} {'img/s per thread':>17} {'img per CPU-s':>14} "
+    print(f"{'size':>5} {'feed':<9} {'images':>6} {'img/s (wall)':>13} {'cores busy':>11} {'img per CPU-s':>14} "
           f"{'vs folder':>10}")
     with tempfile.TemporaryDirectory(prefix="tfstack-bench-") as scratch:
         for size in (int(v) for v in args.sizes.split(",")):
@@ -242,8 +243,9 @@ def _per_core(args: argparse.Namespace) -> int:
             folder_rate = statistics.median(n / c for _, c, n in results["folder"])
             for name, runs in results.items():
                 rate = statistics.median(n / w for w, _, n in runs)
+                busy = statistics.median(c / w for w, c, _ in runs)
                 per_cpu = statistics.median(n / c for _, c, n in runs)
-                print(f"{size:>5} {name:<9} {runs[0][2]:>6} {rate:>8.0f} {rate / args.threads:>17.0f} {per_cpu:>14.0f} "
+                print(f"{size:>5} {name:<9} {runs[0][2]:>6} {rate:>13.0f} {busy:>11.2f} {per_cpu:>14.0f} "
                       f"{per_cpu / folder_rate:>9.1f}x")
             print(f"{size:>5} prepare once: {len(splits.train) + len(splits.val) + len(splits.test)} images in "
                   f"{prepare_s:.1f} s (all threads), {records.record_bytes / 1024:.1f} KiB per record")

@@ -108,10 +108,14 @@ def prepare_command_parser(subparsers: argparse._SubParsersAction) -> argparse.A
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from trainer.search import prepare_data
+    from trainer import prepared, scan
+    from trainer.search import scan_data
+    from trainer.search_space import model_spec
 
     config = config_module.from_namespace(args)
-    records = prepare_data(config)
+    _, splits = scan_data(config)  # also leaves the scan manifest the search's workers read
+    size = model_spec(config, len(splits.class_names), median_side=scan.median_image_side(splits.train)).image_size
+    records = prepared.ensure_prepared(splits, (size, size), config.prepared_store, seed=config.seed)
     print(f"prepared: {records.path} ({records.image_size[0]}x{records.image_size[1]} px; "
           + ", ".join(f"{split} {records.count(split)}" for split in records.files) + " records)")
     return 0

@@ -27,7 +27,7 @@ Reading (`distributed_dataset`, `make_dataset`): worker ``i`` of ``N`` reads onl
 split's records, padded to whole global batches with weight-0 copies of the first records exactly as
 the folder pipeline pads (`shard_segments`), through ``interleave`` over its shard files; training
 reads with ``deterministic=False`` and reshuffles within the block each pass, validation and test keep
-their order. Elements are those of `trainer.data.make_dataset`: uint8 pixels, int32 labels (and
+their order. Elements are those of `trainer.pipeline.make_dataset`: uint8 pixels, int32 labels (and
 float32 sample weights when padded or class-weighted).
 """
 
@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer import data
+from trainer import pipeline, scan
 from trainer.errors import ConfigError, DataError, PeerLostError
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ FORMAT = 1
 """Bumped whenever the records' content or layout changes (the decoder, the resize, the features)."""
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-CHANNELS = 3  # data.decode_image always gives RGB
+CHANNELS = 3  # pipeline.decode_image always gives RGB
 SHARD_BYTES = 64 << 20
 """Target size of one shard file: big enough for sequential reads, small enough to split work finely."""
 MAX_RECORDS_PER_SHARD = 4096
@@ -189,7 +189,7 @@ def wait_for_prepared(store: Path | str, fingerprint: str, image_size: tuple[int
         sleep(_POLL_SECONDS)
 
 
-def for_search(splits: data.DataSplits, image_size: tuple[int, int], store: Path | str, *, writes: bool, seed: int,
+def for_search(splits: scan.DataSplits, image_size: tuple[int, int], store: Path | str, *, writes: bool, seed: int,
                timeout: float) -> PreparedSet:
     """The set a search trains from: written (or reused) by the process that `writes`, awaited by the others."""
     if writes:
@@ -201,7 +201,7 @@ def for_search(splits: data.DataSplits, image_size: tuple[int, int], store: Path
 # ------------------------------------------------------------------------------------------ writing a set
 
 
-def ensure_prepared(splits: data.DataSplits, image_size: tuple[int, int], store: Path | str, *,
+def ensure_prepared(splits: scan.DataSplits, image_size: tuple[int, int], store: Path | str, *,
                     seed: int) -> PreparedSet:
     """The set for `splits` at `image_size` in `store`: reused when complete and matching, else (re)written.
 
@@ -227,7 +227,7 @@ def ensure_prepared(splits: data.DataSplits, image_size: tuple[int, int], store:
         return write_prepared(splits, size, store, seed=seed)
 
 
-def write_prepared(splits: data.DataSplits, image_size: tuple[int, int], store: Path | str, *,
+def write_prepared(splits: scan.DataSplits, image_size: tuple[int, int], store: Path | str, *,
                    seed: int) -> PreparedSet:
     """Decode every image of `splits` once at `image_size` and write the set; returns it (complete).
 
@@ -248,7 +248,7 @@ def write_prepared(splits: data.DataSplits, image_size: tuple[int, int], store: 
         manifest = {
             "format": FORMAT, "fingerprint": splits.fingerprint, "image_size": list(size), "channels": CHANNELS,
             "class_names": list(splits.class_names), "seed": seed, "root": str(splits.root),
-            "decoder": "trainer.data.decode_image: decode_image(channels=3), bilinear resize with antialias, rounded",
+            "decoder": "trainer.pipeline.decode_image: RGB, bilinear resize with antialias, rounded",
             "splits": {split: [dataclasses.asdict(f) for f in split_files] for split, split_files in files.items()},
         }
         _write_synced(staging / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
@@ -263,7 +263,7 @@ def write_prepared(splits: data.DataSplits, image_size: tuple[int, int], store: 
     return prepared
 
 
-def _stored_order(files: Sequence[data.ImageFile], *, training: bool, seed: int) -> list[data.ImageFile]:
+def _stored_order(files: Sequence[scan.ImageFile], *, training: bool, seed: int) -> list[scan.ImageFile]:
     """Training records in a seeded permutation (a contiguous block is then a random sample); others as split."""
     ordered = list(files)
     if training:
@@ -271,7 +271,7 @@ def _stored_order(files: Sequence[data.ImageFile], *, training: bool, seed: int)
     return ordered
 
 
-def _write_split(folder: Path, split: str, files: Sequence[data.ImageFile],
+def _write_split(folder: Path, split: str, files: Sequence[scan.ImageFile],
                  size: tuple[int, int]) -> list[PreparedFile]:
     import tensorflow as tf
 
@@ -280,7 +280,7 @@ def _write_split(folder: Path, split: str, files: Sequence[data.ImageFile],
     per_shard = max(1, min(MAX_RECORDS_PER_SHARD, SHARD_BYTES // (size[0] * size[1] * CHANNELS)))
     shards = math.ceil(len(files) / per_shard)
     # The folder pipeline's own decode (in order, no cache): the records hold exactly its pixels.
-    pixels = data.make_dataset(files, size, 256, training=False, seed=0, cache="none").unbatch()
+    pixels = pipeline.make_dataset(files, size, 256, training=False, seed=0, cache="none").unbatch()
     written: list[PreparedFile] = []
     images = iter(pixels.as_numpy_iterator())
     for index in range(shards):
@@ -347,7 +347,7 @@ def shard_segments(counts: Sequence[int], global_batch: int, *, num_shards: int 
                    pad_to_full_batches: bool = False) -> list[Segment]:
     """What pipeline `index` of `num_shards` reads of a split whose shard files hold `counts` records.
 
-    Pure Python, the same on every worker. As in `trainer.data.shard_files`, the split is padded (always
+    Pure Python, the same on every worker. As in `trainer.pipeline.shard_files`, the split is padded (always
     with several pipelines, else only with `pad_to_full_batches`) to a whole number of global batches
     with copies of its first records at weight 0, so every pipeline reads the same number of records;
     pipeline ``i`` then reads the ``i``-th contiguous block of that padded list (the training records
@@ -385,7 +385,7 @@ def shard_segments(counts: Sequence[int], global_batch: int, *, num_shards: int 
 def make_dataset(prepared: PreparedSet, split: str, batch_size: int, *, training: bool, seed: int,
                  cache: bool | str | Path = True, pad_to_full_batches: bool = False,
                  class_weights: Sequence[float] | None = None, repeat: bool = False) -> tf.data.Dataset:
-    """One pipeline over all of `split` (as `trainer.data.make_dataset`, from the prepared records)."""
+    """One pipeline over all of `split` (as `trainer.pipeline.make_dataset`, from the prepared records)."""
     segments = shard_segments([f.records for f in prepared.files[split]], batch_size,
                               pad_to_full_batches=pad_to_full_batches)
     weighted = pad_to_full_batches or class_weights is not None
@@ -397,7 +397,7 @@ def distributed_dataset(strategy: tf.distribute.Strategy, prepared: PreparedSet,
                         training: bool, seed: int, cache: bool | str | Path = True, pad_to_full_batches: bool = False,
                         class_weights: Sequence[float] | None = None,
                         repeat: bool = False) -> tf.data.Dataset | tf.distribute.DistributedDataset:
-    """`trainer.data.distributed_dataset` from the prepared records: one pipeline per worker over its block."""
+    """`trainer.pipeline.distributed_dataset` from the prepared records: one pipeline per worker over its block."""
     import tensorflow as tf
 
     counts = [f.records for f in prepared.files[split]]
@@ -455,11 +455,11 @@ def _pipeline(prepared: PreparedSet, split: str, segments: Sequence[Segment], ba
     dataset = tf.data.Dataset.from_tensor_slices(columns).interleave(
         read, cycle_length=max(1, min(len(segments), 8)) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not training)
-    if data._cache_mode(cache) == "memory":
+    if pipeline._cache_mode(cache) == "memory":
         dataset = dataset.cache()
     if training:
         count = sum(s.take for s in segments)
-        buffer = max(batch_size, data.DISK_SHUFFLE_BUFFER_BYTES // prepared.record_bytes)
+        buffer = max(batch_size, pipeline.DISK_SHUFFLE_BUFFER_BYTES // prepared.record_bytes)
         dataset = dataset.shuffle(min(count, buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if repeat:

@@ -1,6 +1,6 @@
 """The chief's scan of the image folder, shared with the workers through a manifest on the shared volume.
 
-`trainer.data.scan` reads and hashes every file (and Pillow-checks it): on a large folder on a network
+`trainer.scan.scan` reads and hashes every file (and Pillow-checks it): on a large folder on a network
 volume that is minutes of I/O, and every worker of a group used to do it at every start. Now one
 process scans (the chief, the oracle of parallel groups, or a single process) and writes what it found
 (`write_manifest`: the classes, every split's files and labels relative to the root, the skipped files,
@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer import data
+from trainer import scan
+from trainer.atomic import write_atomic
 from trainer.errors import DivergenceError, PeerLostError
 
 __all__ = ["FORMAT", "listing_digest", "manifest_path", "read_manifest", "shared_scan", "write_manifest"]
@@ -52,7 +53,7 @@ def manifest_path(store: Path | str, settings: dict[str, Any]) -> Path:
 def listing_digest(root: Path | str) -> str:
     """SHA-256 of (relative path, size, mtime, inode) of every visible file under `root` (stat only, no reads).
 
-    Visible as `trainer.data.scan` sees it: names starting with ``.`` are skipped, symbolic links are
+    Visible as `trainer.scan.scan` sees it: names starting with ``.`` are skipped, symbolic links are
     followed, a folder reached twice (a link loop) is listed once.
     """
     root = Path(root)
@@ -78,10 +79,8 @@ def listing_digest(root: Path | str) -> str:
     return hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_manifest(path: Path, splits: data.DataSplits, settings: dict[str, Any], listing: str) -> None:
+def write_manifest(path: Path, splits: scan.DataSplits, settings: dict[str, Any], listing: str) -> None:
     """Write `splits` as the manifest at `path`, atomically."""
-    from trainer.atomic import write_atomic
-
     root = splits.root
 
     def files(split: str) -> list[list[Any]]:
@@ -95,17 +94,17 @@ def write_manifest(path: Path, splits: data.DataSplits, settings: dict[str, Any]
     write_atomic(path, json.dumps(record, separators=(",", ":")) + "\n")
 
 
-def read_manifest(path: Path, root: Path, settings: dict[str, Any], listing: str) -> data.DataSplits | None:
+def read_manifest(path: Path, root: Path, settings: dict[str, Any], listing: str) -> scan.DataSplits | None:
     """The splits of the manifest at `path` if it is for these settings and this listing, else None."""
     try:
         record = json.loads(path.read_text())
         if record["settings"] != settings or record["listing"] != listing:
             return None
 
-        def files(split: str) -> tuple[data.ImageFile, ...]:
-            return tuple(data.ImageFile(root / relative, int(label)) for relative, label in record[split])
+        def files(split: str) -> tuple[scan.ImageFile, ...]:
+            return tuple(scan.ImageFile(root / relative, int(label)) for relative, label in record[split])
 
-        return data.DataSplits(
+        return scan.DataSplits(
             class_names=tuple(record["class_names"]), train=files("train"), val=files("val"), test=files("test"),
             skipped=tuple((Path(p), str(reason)) for p, reason in record["skipped"]),
             fingerprint=str(record["fingerprint"]), root=root, explicit=bool(record["explicit"]),
@@ -129,15 +128,15 @@ def shared_scan(
     strict: bool = False,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> data.DataSplits:
-    """`trainer.data.scan`'s result for `root`, scanned once per folder state and shared through `store`.
+) -> scan.DataSplits:
+    """`trainer.scan.scan`'s result for `root`, scanned once per folder state and shared through `store`.
 
     ``scans=True`` (the chief, the oracle, a single process): reuse the manifest when it matches the
     folder's listing, else scan and write it. ``scans=False`` (every other worker): wait up to `timeout`
     seconds for a matching manifest, never reading an image.
 
     Raises:
-        DataError: what `trainer.data.scan` raises (on the scanning process).
+        DataError: what `trainer.scan.scan` raises (on the scanning process).
         PeerLostError: no manifest within `timeout` (the chief is gone or stuck: restart the group).
         DivergenceError: the manifest there lists other files than this worker sees (another volume?).
     """
@@ -146,7 +145,7 @@ def shared_scan(
     path = manifest_path(store, settings)
     started = time.perf_counter()
     if not root.is_dir():  # no folder: the scan's own error, on every process, at once
-        return data.scan(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict)
+        return scan.scan(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict)
     listing = listing_digest(root)
     if scans:
         splits = read_manifest(path, root, settings, listing)
@@ -155,7 +154,7 @@ def shared_scan(
                      len(splits.train) + len(splits.val) + len(splits.test) + len(splits.skipped),
                      time.perf_counter() - started)
             return splits
-        splits = data.scan(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict)
+        splits = scan.scan(root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict)
         write_manifest(path, splits, settings, listing)
         log.info("scan of %s: wrote %s for the other workers", root, path)
         return splits

@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.trainer.images import pattern, write_folder
-from trainer import data, prepared
+from trainer import pipeline, prepared, scan
 from trainer.errors import ConfigError, DataError, PeerLostError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,24 +44,24 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_records_hold_the_folder_pipelines_pixels_and_labels(folder: Path, tmp_path: Path) -> None:
-    splits = data.scan(folder, val_fraction=0.25, test_fraction=0.2, seed=3)
+    splits = scan.scan(folder, val_fraction=0.25, test_fraction=0.2, seed=3)
     records = prepared.ensure_prepared(splits, (16, 16), tmp_path / "store", seed=3)
     assert {s: records.count(s) for s in prepared.SPLITS} == {s: len(getattr(splits, s)) for s in prepared.SPLITS}
     for split in ("val", "test"):  # evaluation order is the split's order: element by element
         ours = _all(prepared.make_dataset(records, split, 4, training=False, seed=0, cache="none"))
-        folder_ = _all(data.make_dataset(getattr(splits, split), (16, 16), 4, training=False, seed=0, cache="none"))
+        folder_ = _all(pipeline.make_dataset(getattr(splits, split), (16, 16), 4, training=False, seed=0, cache="none"))
         np.testing.assert_array_equal(ours[0], folder_[0])
         np.testing.assert_array_equal(ours[1], folder_[1])
     # Training records are permuted: the same multiset of (pixels, label) as the folder's training files.
     ours = _all(prepared.make_dataset(records, "train", 5, training=True, seed=0, cache="memory"))
-    folder_ = _all(data.make_dataset(splits.train, (16, 16), 5, training=False, seed=0, cache="none"))
+    folder_ = _all(pipeline.make_dataset(splits.train, (16, 16), 5, training=False, seed=0, cache="none"))
     assert sorted((x.tobytes(), int(y)) for x, y in zip(*ours, strict=True)) == \
         sorted((x.tobytes(), int(y)) for x, y in zip(*folder_, strict=True))
 
 
 def test_records_match_an_independent_decode(folder: Path, tmp_path: Path) -> None:
-    """Not through trainer.data: PIL for the 16x16 originals (no resize), tf.io + tf.image for resized ones."""
-    splits = data.scan(folder, val_fraction=0.25, test_fraction=0.0, seed=3)
+    """Not through trainer.pipeline: PIL for the 16x16 originals (no resize), tf.io + tf.image for resized ones."""
+    splits = scan.scan(folder, val_fraction=0.25, test_fraction=0.0, seed=3)
     records = prepared.ensure_prepared(splits, (16, 16), tmp_path / "store", seed=3)
     pixels, labels = _all(prepared.make_dataset(records, "val", 64, training=False, seed=0, cache="none"))
     checked = {"native": 0, "resized": 0}
@@ -83,19 +83,19 @@ def test_records_match_an_independent_decode(folder: Path, tmp_path: Path) -> No
 def test_a_second_prepare_reuses_the_set_and_a_change_makes_another(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", classes=2, per_class=10, size=12)
     store = tmp_path / "store"
-    first = prepared.ensure_prepared(data.scan(root, seed=1), (12, 12), store, seed=1)
+    first = prepared.ensure_prepared(scan.scan(root, seed=1), (12, 12), store, seed=1)
     shard = first.path / first.files["train"][0].name
     before = shard.stat().st_ino, shard.stat().st_mtime_ns
-    again = prepared.ensure_prepared(data.scan(root, seed=1), (12, 12), store, seed=1)
+    again = prepared.ensure_prepared(scan.scan(root, seed=1), (12, 12), store, seed=1)
     assert again == first and (shard.stat().st_ino, shard.stat().st_mtime_ns) == before  # reused, not rewritten
 
-    bigger = prepared.ensure_prepared(data.scan(root, seed=1), (20, 20), store, seed=1)
+    bigger = prepared.ensure_prepared(scan.scan(root, seed=1), (20, 20), store, seed=1)
     assert bigger.path != first.path and bigger.image_size == (20, 20)
     assert _all(prepared.make_dataset(bigger, "val", 8, training=False, seed=0))[0].shape[1:] == (20, 20, 3)
 
     changed = root / "class_0" / "0.png"
     Image.fromarray(np.full((12, 12, 3), 77, np.uint8)).save(changed)
-    edited = data.scan(root, seed=1)
+    edited = scan.scan(root, seed=1)
     renewed = prepared.ensure_prepared(edited, (12, 12), store, seed=1)
     assert renewed.path not in (first.path, bigger.path)
     found = _all(prepared.make_dataset(renewed, "train", 64, training=False, seed=0))[0]
@@ -106,7 +106,7 @@ def test_a_second_prepare_reuses_the_set_and_a_change_makes_another(tmp_path: Pa
 
 def test_a_damaged_or_mismatched_set_is_refused_and_rebuilt(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", classes=2, per_class=10, size=12)
-    splits = data.scan(root, seed=1)
+    splits = scan.scan(root, seed=1)
     store = tmp_path / "store"
     good = prepared.ensure_prepared(splits, (12, 12), store, seed=1)
     expected = _all(prepared.make_dataset(good, "val", 8, training=False, seed=0))
@@ -132,7 +132,7 @@ def test_a_damaged_or_mismatched_set_is_refused_and_rebuilt(tmp_path: Path) -> N
 
 def test_a_flipped_bit_in_a_shard_fails_the_read(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", classes=2, per_class=10, size=12)
-    splits = data.scan(root, seed=1)
+    splits = scan.scan(root, seed=1)
     records = prepared.ensure_prepared(splits, (12, 12), tmp_path / "store", seed=1)
     shard = records.path / records.files["train"][0].name
     content = bytearray(shard.read_bytes())
@@ -144,7 +144,7 @@ def test_a_flipped_bit_in_a_shard_fails_the_read(tmp_path: Path) -> None:
 
 def test_a_staging_directory_is_never_read_and_the_next_writer_removes_it(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", classes=2, per_class=6, size=12)
-    splits = data.scan(root, seed=1)
+    splits = scan.scan(root, seed=1)
     store = tmp_path / "store"
     key = prepared.prepared_key(splits.fingerprint, (12, 12))
     staging = store / f".{key}.1234.partial"
@@ -160,13 +160,13 @@ def test_a_staging_directory_is_never_read_and_the_next_writer_removes_it(tmp_pa
 
 _KILLED_WRITER = """
 import os, signal, sys
-from trainer import data, prepared
+from trainer import pipeline, prepared, scan
 real = prepared._fsync
 def die_after_first_shard(path):
     real(path)
     os.kill(os.getpid(), signal.SIGKILL)
 prepared._fsync = die_after_first_shard
-prepared.ensure_prepared(data.scan(sys.argv[1], seed=1), (12, 12), sys.argv[2], seed=1)
+prepared.ensure_prepared(scan.scan(sys.argv[1], seed=1), (12, 12), sys.argv[2], seed=1)
 """
 
 
@@ -178,7 +178,7 @@ def test_a_writer_killed_mid_write_leaves_no_set_and_the_next_one_writes_it(tmp_
     result = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(root), str(store)], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == -9, result.stderr[-2000:]
-    splits = data.scan(root, seed=1)
+    splits = scan.scan(root, seed=1)
     left = list(store.glob(".*.partial"))
     assert len(left) == 1 and any(left[0].glob("*.tfrecord"))  # killed after its first shard
     assert prepared.open_prepared(store, splits.fingerprint, (12, 12)) is None
@@ -195,14 +195,14 @@ def test_a_writer_killed_mid_write_leaves_no_set_and_the_next_one_writes_it(tmp_
 )
 def test_segments_pad_and_split_like_the_folder_pipeline(counts: list[int], batch: int, shards: int,
                                                          pad: bool) -> None:
-    """The same padded multiset of (record, weight) as trainer.data.shard_files, in equal blocks."""
+    """The same padded multiset of (record, weight) as trainer.pipeline.shard_files, in equal blocks."""
     total = sum(counts)
-    files = [data.ImageFile(Path(f"{i}.png"), i) for i in range(total)]  # label = record index
+    files = [scan.ImageFile(Path(f"{i}.png"), i) for i in range(total)]  # label = record index
     starts = np.cumsum([0, *counts])
     expected: list[tuple[int, float]] = []
     got: list[tuple[int, float]] = []
     for index in range(shards):
-        shard = data.shard_files(files, batch, num_shards=shards, index=index, training=False, seed=0,
+        shard = pipeline.shard_files(files, batch, num_shards=shards, index=index, training=False, seed=0,
                                  pad_to_full_batches=pad)
         expected += [(f.label, w) for f, w in zip(shard.files, shard.weights, strict=True)]
         block = [(int(starts[s.file]) + s.skip + k, 1.0 if s.real else 0.0)
@@ -233,7 +233,7 @@ class _Contexts:
 
 def test_each_worker_reads_its_own_block_with_padding_and_class_weights(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", classes=3, per_class=9, size=12)
-    splits = data.scan(root, seed=1)
+    splits = scan.scan(root, seed=1)
     records = prepared.ensure_prepared(splits, (12, 12), tmp_path / "store", seed=1)
     weights = [1.0, 2.0, 3.0]
     for split, training in (("train", True), ("val", False)):
@@ -243,9 +243,22 @@ def test_each_worker_reads_its_own_block_with_padding_and_class_weights(tmp_path
         n = records.count(split)
         assert len({len(x) for x, _, _ in per_worker}) == 1 and len(per_worker[0][0]) * 2 == -(-n // 8) * 8
         real = [(x.tobytes(), int(y)) for x, y, w in per_worker for x, y, w in zip(x, y, w, strict=True) if w > 0]
-        folder_ = _all(data.make_dataset(getattr(splits, split), (12, 12), 64, training=False, seed=0))
+        folder_ = _all(pipeline.make_dataset(getattr(splits, split), (12, 12), 64, training=False, seed=0))
         assert sorted(real) == sorted((x.tobytes(), int(y)) for x, y in zip(*folder_, strict=True))
         for _, y, w in per_worker:  # real images weigh their class weight (or 1), padding 0
             expected = np.array([weights[label] if training else 1.0 for label in y], np.float32)
             assert set(np.round(w / expected, 6)) <= {0.0, 1.0}
         assert sum(int((w == 0).sum()) for _, _, w in per_worker) == -(-n // 8) * 8 - n
+
+
+def test_the_prepare_command_writes_the_set_a_search_with_the_same_flags_reads(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", classes=2, per_class=10, size=12)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-m", "trainer", "prepare", "--data", str(root), "--image-size", "12",
+                             "--run-dir", str(tmp_path / "runs"), "--seed", "4", "--backbone", "small_cnn"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    splits = scan.scan(root, val_fraction=0.2, test_fraction=0.1, seed=4)  # the search's default split settings
+    records = prepared.open_prepared(tmp_path / "runs" / "prepared", splits.fingerprint, (12, 12))
+    assert records is not None and f"prepared: {records.path} " in result.stdout
+    assert records.count("train") == len(splits.train) and records.count("test") == len(splits.test) > 0

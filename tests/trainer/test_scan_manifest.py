@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.trainer.images import write_folder
-from trainer import data, scan_manifest
+from trainer import scan, scan_manifest
 from trainer.errors import DataError, DivergenceError, PeerLostError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ class _Clock:
         self.now += 1.0
 
 
-def _no_scan(*args: object, **kwargs: object) -> data.DataSplits:
+def _no_scan(*args: object, **kwargs: object) -> scan.DataSplits:
     raise AssertionError("a worker scanned the folder")
 
 
@@ -47,9 +47,9 @@ def test_a_worker_reads_the_chiefs_manifest_and_opens_no_image(folder: Path, tmp
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path / "store"
     chief = scan_manifest.shared_scan(folder, store, scans=True, timeout=1, val_fraction=0.25, seed=5)
-    assert chief == data.scan(folder, val_fraction=0.25, seed=5)  # the same result as a plain scan
-    monkeypatch.setattr(data, "scan", _no_scan)
-    monkeypatch.setattr(data, "_check_file", _no_scan)
+    assert chief == scan.scan(folder, val_fraction=0.25, seed=5)  # the same result as a plain scan
+    monkeypatch.setattr(scan, "scan", _no_scan)
+    monkeypatch.setattr(scan, "_check_file", _no_scan)
     worker = scan_manifest.shared_scan(folder, store, scans=False, timeout=1, val_fraction=0.25, seed=5)
     assert worker == chief
     clock = _Clock()
@@ -64,13 +64,13 @@ def test_the_chief_reuses_its_manifest_until_a_file_changes(folder: Path, tmp_pa
     store = tmp_path / "store"
     first = scan_manifest.shared_scan(folder, store, scans=True, timeout=1)
     scans: list[Path] = []
-    real_scan = data.scan
+    real_scan = scan.scan
 
-    def counting(root: Path, **kwargs: object) -> data.DataSplits:
+    def counting(root: Path, **kwargs: object) -> scan.DataSplits:
         scans.append(root)
         return real_scan(root, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(data, "scan", counting)
+    monkeypatch.setattr(scan, "scan", counting)
     assert scan_manifest.shared_scan(folder, store, scans=True, timeout=1) == first and scans == []
     Image.fromarray(np.full((12, 12, 3), 9, np.uint8)).save(folder / "class_1" / "0.png")
     second = scan_manifest.shared_scan(folder, store, scans=True, timeout=1)
@@ -107,12 +107,12 @@ def test_a_torn_manifest_is_ignored_and_a_missing_folder_fails_at_once(folder: P
 _WORKER = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO)
-from trainer import data, scan_manifest
+from trainer import scan, scan_manifest
 role, root, store = sys.argv[1:4]
 if role == "worker":
     def no_scan(*a, **k):
         raise AssertionError("the worker scanned")
-    data.scan = data._check_file = no_scan
+    scan.scan = scan._check_file = no_scan
 splits = scan_manifest.shared_scan(root, store, scans=role == "chief", timeout=50, seed=7)
 print(json.dumps({"fingerprint": splits.fingerprint, "train": [str(f.path) for f in splits.train]}))
 """
