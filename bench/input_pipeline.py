@@ -14,10 +14,11 @@ batched as the search reads it, at each size of ``--sizes``:
 
 At 32 px the data are the embedded digits (32x32 PNGs); at larger sizes generated photo-like
 480x360 JPEGs (smooth gradients, shapes and noise, quality 90) resized to the size. tf.data runs on a
-private thread pool of ``--threads`` threads with intra-op parallelism 1, TensorFlow's own pools at 1;
-some kernels still use more threads (the folder decode keeps ~1.8 cores busy here), so the figure
-per core is images per CPU-second of the whole process (``resource.getrusage``: every thread
-counted), shown with the cores it kept busy (CPU seconds / wall seconds): what sizes CPUs per GPU. Passes are
+private thread pool of ``--threads`` threads with intra-op parallelism 1, TensorFlow's own pools at 1.
+The figure per core is images per CPU-second of the whole process (``resource.getrusage``: every
+thread counted): on a shared machine other processes take cores away and move the wall figures
+(shown with the cores the pass kept busy, CPU seconds / wall seconds), not the CPU seconds an image
+costs, which is what sizes CPUs per GPU. Passes are
 interleaved (folder, prepared, memory, folder, ...) so machine noise hits them alike; medians.
 
 ``--train`` runs the earlier comparison: one model trained on the folder pipeline (cached), on the same
