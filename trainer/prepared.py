@@ -232,7 +232,7 @@ def write_prepared(splits: scan.DataSplits, image_size: tuple[int, int], store: 
     """Decode every image of `splits` once at `image_size` and write the set; returns it (complete).
 
     Call `ensure_prepared` instead unless you hold the key's lock: this always writes a new staging
-    directory and renames it into place (failing if a complete set took the name meanwhile).
+    directory and renames it into place (returning the other set if a complete one took the name meanwhile).
     """
     size = (int(image_size[0]), int(image_size[1]))
     store = Path(store)
@@ -252,7 +252,13 @@ def write_prepared(splits: scan.DataSplits, image_size: tuple[int, int], store: 
             "splits": {split: [dataclasses.asdict(f) for f in split_files] for split, split_files in files.items()},
         }
         _write_synced(staging / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-        os.rename(staging, store / key)  # the commit: the set appears complete or not at all
+        try:
+            os.rename(staging, store / key)  # the commit: the set appears complete or not at all
+        except OSError:
+            raced = open_prepared(store, splits.fingerprint, size)  # another writer's rename won (no flock)
+            if raced is None:
+                raise
+            return raced
     finally:
         _remove(staging)
     total = sum(f.records for split_files in files.values() for f in split_files)

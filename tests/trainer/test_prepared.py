@@ -255,8 +255,8 @@ def test_the_prepare_command_writes_the_set_a_search_with_the_same_flags_reads(t
     root = write_folder(tmp_path / "data", classes=2, per_class=10, size=12)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-m", "trainer", "prepare", "--data", str(root), "--image-size", "12",
-                             "--run-dir", str(tmp_path / "runs"), "--seed", "4", "--backbone", "small_cnn"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+                             "--run-dir", str(tmp_path / "runs"), "--seed", "4", "--backbone", "small_cnn"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     splits = scan.scan(root, val_fraction=0.2, test_fraction=0.1, seed=4)  # the search's default split settings
     records = prepared.open_prepared(tmp_path / "runs" / "prepared", splits.fingerprint, (12, 12))
