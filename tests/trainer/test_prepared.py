@@ -262,3 +262,14 @@ def test_the_prepare_command_writes_the_set_a_search_with_the_same_flags_reads(t
     records = prepared.open_prepared(tmp_path / "runs" / "prepared", splits.fingerprint, (12, 12))
     assert records is not None and f"prepared: {records.path} " in result.stdout
     assert records.count("train") == len(splits.train) and records.count("test") == len(splits.test) > 0
+
+
+def test_a_writer_that_loses_the_rename_race_reuses_the_winners_set(tmp_path: Path) -> None:
+    """Without a working flock (some network file systems) two writers both write; the set stays whole."""
+    root = write_folder(tmp_path / "data", classes=2, per_class=6, size=12)
+    splits = scan.scan(root, seed=1)
+    first = prepared.write_prepared(splits, (12, 12), tmp_path / "store", seed=1)
+    shard = first.path / first.files["train"][0].name
+    inode = shard.stat().st_ino
+    assert prepared.write_prepared(splits, (12, 12), tmp_path / "store", seed=1) == first
+    assert shard.stat().st_ino == inode and not list((tmp_path / "store").glob(".*.partial"))
