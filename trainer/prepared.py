@@ -461,10 +461,12 @@ def _pipeline(prepared: PreparedSet, split: str, segments: Sequence[Segment], ba
     dataset = tf.data.Dataset.from_tensor_slices(columns).interleave(
         read, cycle_length=max(1, min(len(segments), 8)) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not training)
+    count = sum(s.take for s in segments)
+    # interleave hides the length: stated, Keras knows an evaluation pass's steps instead of running into its end.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
     if pipeline._cache_mode(cache) == "memory":
         dataset = dataset.cache()
     if training:
-        count = sum(s.take for s in segments)
         buffer = max(batch_size, pipeline.DISK_SHUFFLE_BUFFER_BYTES // prepared.record_bytes)
         dataset = dataset.shuffle(min(count, buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
