@@ -240,6 +240,7 @@ def write_prepared(splits: scan.DataSplits, image_size: tuple[int, int], store: 
     store.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=store))
+    staging.chmod(0o755)  # mkdtemp's 0700 would follow the set into place: other readers need to list it
     try:
         files: dict[str, list[PreparedFile]] = {}
         for split in SPLITS:
