@@ -1,22 +1,28 @@
-"""Benchmarks the trainer's image-folder input pipeline against the same images held in memory.
+"""Benchmarks the trainer's input pipelines: images/s per core, and training fed by the folder vs memory.
 
-    .venv/bin/python bench/input_pipeline.py                       # embedded digits, 32x32, small CNN
-    .venv/bin/python bench/input_pipeline.py --image-size 64 --epochs 6 --backbone mobilenet_v2
-    .venv/bin/python bench/input_pipeline.py --data path/to/folder
+    .venv/bin/python bench/input_pipeline.py                       # per core: folder, prepared, memory
+    .venv/bin/python bench/input_pipeline.py --sizes 32,224 --threads 1 --rounds 5
+    .venv/bin/python bench/input_pipeline.py --train               # the older training comparison
+    .venv/bin/python bench/input_pipeline.py --train --image-size 64 --epochs 6 --backbone mobilenet_v2
 
-One model trains on three feeds, their epochs interleaved (A B C A B C ...) so machine noise
-hits them alike, after one warm-up epoch each (tracing; for the folder pipeline also the decode
-that fills its cache):
+Default (per core, issue 25): one pass of each training pipeline, no model, no cache, shuffled and
+batched as the search reads it, at each size of ``--sizes``:
 
-1. ``folder``: `trainer.pipeline.make_dataset` over the image files (decode + resize once, cached,
-   shuffled, batched, prefetched), exactly what the search trains on.
-2. ``memory``: the same pixels decoded once by `trainer.pipeline.load_arrays`, fed as
-   ``from_tensor_slices -> shuffle -> batch -> prefetch``.
-3. ``numpy``: ``model.fit`` on the numpy arrays (Keras's own array adapter).
+1. ``folder``: `trainer.pipeline.make_dataset(cache="none")`: read, decode and resize every file, every epoch.
+2. ``prepared``: `trainer.prepared.make_dataset` over the pre-resized TFRecords (`trainer.prepared`).
+3. ``memory``: the same decoded pixels held in memory, ``from_tensor_slices -> shuffle -> batch``.
 
-Reports training images/s per feed (median over the measured epochs) and folder / memory, the
-share of throughput the input pipeline keeps (target >= 0.95), plus the pipeline alone (no
-model), the cold first epoch of the folder feed, and the scan time.
+At 32 px the data are the embedded digits (32x32 PNGs); at larger sizes generated photo-like
+480x360 JPEGs (smooth gradients, shapes and noise, quality 90) resized to the size. tf.data runs on a
+private thread pool of ``--threads`` threads with intra-op parallelism 1, TensorFlow's own pools at 1.
+The figure per core is images per CPU-second of the whole process (``resource.getrusage``: every
+thread counted): on a shared machine other processes take cores away and move the wall figures
+(shown with the cores the pass kept busy, CPU seconds / wall seconds), not the CPU seconds an image
+costs, which is what sizes CPUs per GPU. Passes are
+interleaved (folder, prepared, memory, folder, ...) so machine noise hits them alike; medians.
+
+``--train`` runs the earlier comparison: one model trained on the folder pipeline (cached), on the same
+pixels in memory and on numpy arrays, epochs interleaved (folder / memory target >= 0.95).
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbone", choices=("small_cnn", "mobilenet_v2"), default="small_cnn",
                         help="small_cnn (default) or MobileNetV2(alpha=0.35, weights=None)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train", action="store_true", help="the training comparison instead of the per-core table")
+    parser.add_argument("--sizes", default="32,224", help="per core: image sizes, comma-separated (default 32,224)")
+    parser.add_argument("--threads", type=int, default=1, help="per core: tf.data threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="per core: passes per feed and size (default 5)")
+    parser.add_argument("--jpegs", type=int, default=600, help="per core: generated JPEGs above 32 px (default 600)")
     return parser.parse_args(argv)
 
 
@@ -79,6 +90,8 @@ def _model(backbone: str, size: int, classes: int, seed: int) -> keras.Model:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if not args.train:
+        return _per_core(args)
     with tempfile.TemporaryDirectory(prefix="tfstack-bench-") as scratch:
         root = args.data or scan.ensure_digits(Path(scratch) / "digits")
         started = time.perf_counter()
@@ -150,6 +163,94 @@ def _run(args: argparse.Namespace, splits: scan.DataSplits, scan_s: float) -> in
     verdict = "meets" if ratio >= 0.95 else "misses"
     print(f"folder / memory = {ratio:.3f} ({verdict} the >= 0.95 target); "
           f"folder / numpy = {median['folder'] / median['numpy']:.3f}")
+    return 0
+
+
+def _write_jpegs(root: Path, count: int, seed: int) -> Path:
+    """`count` photo-like 480x360 JPEGs in 4 classes: gradients, a bright disc and noise, quality 90."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:360, 0:480]
+    for i in range(count):
+        folder = root / f"class_{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = (xx * rng.uniform(0.1, 0.5) + yy * rng.uniform(0.1, 0.5))[..., None] * rng.uniform(0.3, 1.0, 3)
+        cy, cx, r = rng.uniform(60, 300), rng.uniform(60, 420), rng.uniform(20, 80)
+        base = base + 120 * (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r)[..., None]
+        pixels = np.clip(base + rng.normal(0, 12, (360, 480, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def _per_core(args: argparse.Namespace) -> int:
+    import resource
+
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import prepared
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = args.threads
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.cpu_budget = args.threads
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def one_pass(dataset: tf.data.Dataset) -> tuple[float, float, int]:
+        images = 0
+        wall, spent = time.perf_counter(), cpu()
+        for batch in dataset:
+            images += int(batch[0].shape[0])
+        return time.perf_counter() - wall, cpu() - spent, images
+
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs visible, tf.data threads {args.threads} "
+          f"(private pool, intra-op 1, TF inter/intra-op 1), batch {args.batch_size}, {args.rounds} passes per feed, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'size':>5} {'feed':<9} {'images':>6} {'img/s (wall)':>13} {'cores busy':>11} {'img per CPU-s':>14} "
+          f"{'vs folder':>10}")
+    with tempfile.TemporaryDirectory(prefix="tfstack-bench-") as scratch:
+        for size in (int(v) for v in args.sizes.split(",")):
+            if size <= 32:
+                root = scan.ensure_digits(Path(scratch) / "digits")
+            else:
+                root = _write_jpegs(Path(scratch) / f"jpegs-{size}", args.jpegs, args.seed)
+            splits = scan.scan(root, seed=args.seed)
+            started = time.perf_counter()
+            records = prepared.ensure_prepared(splits, (size, size), Path(scratch) / "prepared", seed=args.seed)
+            prepare_s = time.perf_counter() - started
+            x, y = pipeline.load_arrays(splits.train, (size, size))
+            feeds = {
+                "folder": pipeline.make_dataset(splits.train, (size, size), args.batch_size, training=True,
+                                            seed=args.seed, cache="none"),
+                "prepared": prepared.make_dataset(records, "train", args.batch_size, training=True, seed=args.seed,
+                                                  cache="none"),
+                "memory": tf.data.Dataset.from_tensor_slices((x.astype(np.uint8), y)).shuffle(len(y), seed=args.seed)
+                .batch(args.batch_size).prefetch(tf.data.AUTOTUNE),
+            }
+            feeds = {name: dataset.with_options(options) for name, dataset in feeds.items()}
+            for dataset in feeds.values():
+                one_pass(dataset)  # warm-up: tracing, page cache
+            results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in feeds}
+            for _ in range(args.rounds):
+                for name, dataset in feeds.items():
+                    results[name].append(one_pass(dataset))
+            folder_rate = statistics.median(n / c for _, c, n in results["folder"])
+            for name, runs in results.items():
+                rate = statistics.median(n / w for w, _, n in runs)
+                busy = statistics.median(c / w for w, c, _ in runs)
+                per_cpu = statistics.median(n / c for _, c, n in runs)
+                print(f"{size:>5} {name:<9} {runs[0][2]:>6} {rate:>13.0f} {busy:>11.2f} {per_cpu:>14.0f} "
+                      f"{per_cpu / folder_rate:>9.1f}x")
+            print(f"{size:>5} prepare once: {len(splits.train) + len(splits.val) + len(splits.test)} images in "
+                  f"{prepare_s:.1f} s (all threads), {records.record_bytes / 1024:.1f} KiB per record")
+    print(f"load average {os.getloadavg()[0]:.2f}")
     return 0
 
 

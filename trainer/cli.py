@@ -1,7 +1,8 @@
-"""``python -m trainer``: the trainer's command line (search, launch).
+"""``python -m trainer``: the trainer's command line (search, launch, prepare).
 
     python -m trainer search [--data DIR] [--model-name NAME] [--export-base DIR] ...
     python -m trainer launch --workers 2 -- search --model-name digits --export-base ./models
+    python -m trainer prepare --data DIR --image-size 224 [--run-dir DIR | --prepared-dir DIR]
 
 Exit status follows the trainer's exit-code contract (`trainer.errors`, docs/distributed.md): 0 done,
 1 crash (retry), 2 bad input or configuration (do not retry), 3 finished but not published, 4 a peer
@@ -92,6 +93,34 @@ def search_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_command_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="Decode and resize an image folder once into the prepared TFRecords a search trains from.",
+        description="Scan the folder and write its prepared records (trainer.prepared) to --prepared-dir (default "
+        "<run-dir>/prepared), as the search's chief would before its first trial. Takes the search's flags: the "
+        "split settings and --image-size (or the backbones it is chosen from) decide which set is written, so "
+        "run it with the flags of the search that will use it. A complete matching set is reused.",
+    )
+    config_module.add_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="Debug logs and tracebacks.")
+    return parser
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    from trainer import prepared, scan
+    from trainer.search import scan_data
+    from trainer.search_space import model_spec
+
+    config = config_module.from_namespace(args)
+    _, splits = scan_data(config)  # also leaves the scan manifest the search's workers read
+    size = model_spec(config, len(splits.class_names), median_side=scan.median_image_side(splits.train)).image_size
+    records = prepared.ensure_prepared(splits, (size, size), config.prepared_store, seed=config.seed)
+    print(f"prepared: {records.path} ({records.image_size[0]}x{records.image_size[1]} px; "
+          + ", ".join(f"{split} {records.count(split)}" for split in records.files) + " records)")
+    return 0
+
+
 def _set_tf_config(cluster: object) -> None:
     """TensorFlow reads TF_CONFIG from the environment: give it the one we resolved (e.g. from an Indexed Job)."""
     import json
@@ -152,6 +181,7 @@ def launch_command(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "search": (search_command_parser, search_command),
     "launch": (launch_command_parser, launch_command),
+    "prepare": (prepare_command_parser, prepare_command),
 }
 
 

@@ -149,6 +149,19 @@ class SearchConfig:
         "half of the memory available to it, container limits included), else none.",
         default="auto",
     )
+    prepare: bool = _opt(
+        "Before the first trial, decode and resize every image once into TFRecords on the shared volume "
+        "(trainer.prepared; reused by every later search on the same data and size) and train from them; "
+        "--no-prepare decodes the image files in every worker.", default=True,
+    )
+    prepared_dir: Path | None = _opt(
+        "Where prepared records and the chief's scan manifests are kept (a volume every worker shares). "
+        "Default: <run-dir>/prepared.", default=None,
+    )
+    prepare_timeout: float = _opt(
+        "Seconds a worker waits for the chief's scan manifest and prepared records before it gives up "
+        "(exit 4 when the chief never wrote them).", default=3600.0,
+    )
     mixed_precision: str = _opt("Mixed precision policy; 'auto' = mixed_bfloat16 on GPUs of compute capability >= 8.0 "
                                 "(Ampere, Hopper), else mixed_float16 on GPUs, float32 on CPUs.",
                                 choices=PRECISIONS, default="auto")
@@ -198,6 +211,8 @@ class SearchConfig:
         if not self.cluster_formation_timeout > 0:
             problems.append("Expected cluster_formation_timeout > 0. "
                             f"Received: cluster_formation_timeout={self.cluster_formation_timeout}")
+        if not self.prepare_timeout > 0:
+            problems.append(f"Expected prepare_timeout > 0. Received: prepare_timeout={self.prepare_timeout}")
         if not self.collective_timeout >= 0:
             problems.append(f"Expected collective_timeout >= 0. Received: collective_timeout={self.collective_timeout}")
         if not self.termination_grace_seconds > 0:
@@ -246,6 +261,11 @@ class SearchConfig:
         if self.initial_trials is not None:
             return self.initial_trials
         return max(2, self.max_trials // 3)
+
+    @property
+    def prepared_store(self) -> Path:
+        """Where prepared records and scan manifests live (`prepared_dir`, default <run-dir>/prepared)."""
+        return self.prepared_dir if self.prepared_dir is not None else self.run_dir / "prepared"
 
     @property
     def model_run_dir(self) -> Path:

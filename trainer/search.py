@@ -31,7 +31,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribute, pipeline, plots, preemption, run_record, scan
+from trainer import distribute, pipeline, plots, preemption, prepared, run_record, scan, scan_manifest
 from trainer.accelerator import xla_on
 from trainer.atomic import write_atomic
 from trainer.cluster import Cluster
@@ -145,7 +145,7 @@ def run_search(
             f"{cluster.groups} groups (a Hyperband trial continues another trial from its checkpoint, which "
             "another group's workers cannot read; run Hyperband with one group)"
         )
-    root, splits = scan_data(config)
+    root, splits = scan_data(config, cluster)
     plan = plan_search(config, cluster, root, splits)
     outcome: SearchOutcome | None
     if cluster.is_oracle:
@@ -160,11 +160,16 @@ def run_search(
     return publish(config, cluster, plan, outcome, evaluation, started=started, metrics=metrics)
 
 
-def scan_data(config: SearchConfig) -> tuple[Path, scan.DataSplits]:
-    """Stage 1: the image folder (or the embedded digits), scanned and split; unreadable files reported."""
+def scan_data(config: SearchConfig, cluster: Cluster | None = None) -> tuple[Path, scan.DataSplits]:
+    """Stage 1: the image folder (or the embedded digits), scanned and split; unreadable files reported.
+
+    Scanned once: the process that publishes (`cluster` None: this one) scans and shares the result through
+    a manifest in the prepared store; every other worker reads it (`trainer.scan_manifest`).
+    """
     root = config.data if config.data is not None else scan.ensure_digits(config.run_dir / "embedded-digits")
-    splits = scan.scan(
-        root, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+    splits = scan_manifest.shared_scan(
+        root, config.prepared_store, scans=cluster is None or cluster.publishes, timeout=config.prepare_timeout,
+        val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
         strict=config.strict_data,
     )
     log.info(
@@ -219,6 +224,15 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: scan
     # stays one finite pass: Keras opens a new iterator per pass anyway, and a pass cut at validation_steps
     # would never complete its memory cache (decoding the split again every epoch).
     padded = cluster.num_workers > 1
+    if config.prepare:  # every worker reads its block of the prepared records (trainer.prepared): no decoding
+        records = prepared.for_search(splits, size, config.prepared_store, writes=cluster.publishes,
+                                      seed=config.seed, timeout=config.prepare_timeout)
+        train = prepared.distributed_dataset(strategy, records, "train", global_batch, training=True,
+                                             seed=config.seed, cache=cache, pad_to_full_batches=padded,
+                                             class_weights=class_weights, repeat=True)
+        val = prepared.distributed_dataset(strategy, records, "val", global_batch, training=False, seed=config.seed,
+                                           cache=cache, pad_to_full_batches=padded)
+        return SearchPlan(root, splits, accelerator, strategy, spec, epochs, global_batch, train, val)
     train = pipeline.distributed_dataset(strategy, splits.train, size, global_batch, training=True, seed=config.seed,
                                      cache=cache, pad_to_full_batches=padded, class_weights=class_weights,
                                      name="train", fingerprint=splits.fingerprint, repeat=True)

@@ -137,6 +137,11 @@ def test_two_workers_agree_on_every_trial_and_the_chief_exports_once(
     assert scratch is not None and not Path(scratch[1]).exists(), "worker 1's scratch space was not removed"
     assert not list((tmp_path / "runs" / "toy" / "logs").rglob("*worker*"))
 
+    # The chief scanned and prepared once; worker 1 read its manifest and its own block of the records.
+    assert re.search(r"\[worker 1\] .*read the chief's manifest", job.output), job.output[-4000:]
+    assert re.search(r"\[worker 0\] .*prepared set \S+: wrote", job.output)
+    assert re.search(r"\[worker 1\] .*train input pipeline 1 of 2: reads \d+ prepared records", job.output)
+    assert len(list((tmp_path / "runs" / "prepared").glob("*/manifest.json"))) == 1
     assert seen_completed, "never scraped the chief's metrics"
     assert seen_completed[0] < 2 and max(seen_completed) >= 1, f"trial count did not advance: {seen_completed}"
 
