@@ -130,10 +130,10 @@ class SearchConfig:
                      choices=("none", "horizontal", "vertical", "horizontal_and_vertical"), default="none")
     rotation: float | None = _opt(
         "Random rotation augmentation, as a fraction of a full turn (0 = off). Default: 0.05, or 0 when the "
-        "smallest class has fewer than 30 training images (docs/trainer.md, 'Small folders').", default=None)
+        "smallest class has fewer than 25 training images (docs/trainer.md, 'Small folders').", default=None)
     zoom: float | None = _opt(
         "Random zoom augmentation, as a fraction (0 = off). Default: 0.1, or 0 when the smallest class has fewer "
-        "than 30 training images.", default=None)
+        "than 25 training images.", default=None)
     overwrite: bool = _opt("Start the search afresh instead of resuming the one in the run directory.",
                            default=False)
     metrics_port: int | None = _opt("Port on which the chief serves Prometheus metrics while it searches.",
