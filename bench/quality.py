@@ -49,6 +49,7 @@ folder          classes  per class  trained on              held out
 letters-2       2        60         O, X in 4 sans fonts    4 serif fonts (60)
 letters-3       3        40         L, O, X in 4 sans fonts 4 serif fonts (40)
 shapes-3-small  3        30         shapes on flat colour   on a faint grating (40)
+textures-2      2        40         smooth stripes, checks  hard-edged, finer (40)
 ==============  =======  =========  ======================  =====================
 
 For each of ``--seeds`` seeds: the default search (``--weights none --max-trials 2 --seed S``; its
@@ -268,11 +269,31 @@ def _small_shape(label: int, side: int, rng: np.random.Generator, heldout: bool)
     return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
+def _small_texture(label: int, side: int, rng: np.random.Generator, heldout: bool) -> np.ndarray:
+    """Stripes (one grating) or checks (two crossed at 90 degrees), 3-5 cycles, random angle and colours.
+
+    Trained on smooth (sinusoidal) renderings; held out: hard-edged (square-wave) ones, finer (5-7 cycles).
+    """
+    a, b = (np.array(c, np.float32) for c in _contrasting(rng))
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    angle, periods = math.radians(rng.uniform(0, 180)), rng.uniform(5, 7) if heldout else rng.uniform(3, 5)
+    wave = np.sin(2 * math.pi * periods * (xx * math.cos(angle) + yy * math.sin(angle)) + rng.uniform(0, 2 * math.pi))
+    if label == 1:  # checks: the product of two orthogonal gratings
+        wave = wave * np.sin(2 * math.pi * periods * (-xx * math.sin(angle) + yy * math.cos(angle))
+                             + rng.uniform(0, 2 * math.pi))
+    if heldout:
+        wave = np.sign(wave)
+    mix = (wave[..., None] + 1) / 2
+    return _noise(Image.fromarray((a * mix + b * (1 - mix)).astype(np.uint8)), rng)
+
+
 SMALL_FOLDERS: tuple[SmallFolder, ...] = (
     SmallFolder("letters-2", ("O", "X"), 60, 60, "sans-serif fonts", "serif fonts", _letters("OX")),
     SmallFolder("letters-3", ("L", "O", "X"), 40, 40, "sans-serif fonts", "serif fonts", _letters("LOX")),
     SmallFolder("shapes-3-small", ("disc", "square", "triangle"), 30, 40, "flat colours", "on a faint grating",
                 _small_shape),
+    SmallFolder("textures-2", ("stripes", "checks"), 40, 40, "smooth, 3-5 cycles", "hard-edged, 5-7 cycles",
+                _small_texture),
 )
 SMALL_SIDES = (32, 40)
 

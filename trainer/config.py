@@ -128,8 +128,12 @@ class SearchConfig:
     flip: str = _opt("Random flip augmentation. Off by default: a flip silently merges classes that are mirror "
                      "images of each other (arrows, text, '/' vs '\\'); turn it on for natural photos.",
                      choices=("none", "horizontal", "vertical", "horizontal_and_vertical"), default="none")
-    rotation: float = _opt("Random rotation augmentation, as a fraction of a full turn (0 = off).", default=0.05)
-    zoom: float = _opt("Random zoom augmentation, as a fraction (0 = off).", default=0.1)
+    rotation: float | None = _opt(
+        "Random rotation augmentation, as a fraction of a full turn (0 = off). Default: 0.05, or 0 when the "
+        "smallest class has fewer than 25 training images (docs/trainer.md, 'Small folders').", default=None)
+    zoom: float | None = _opt(
+        "Random zoom augmentation, as a fraction (0 = off). Default: 0.1, or 0 when the smallest class has fewer "
+        "than 25 training images.", default=None)
     overwrite: bool = _opt("Start the search afresh instead of resuming the one in the run directory.",
                            default=False)
     metrics_port: int | None = _opt("Port on which the chief serves Prometheus metrics while it searches.",
@@ -206,7 +210,7 @@ class SearchConfig:
                 "Expected unfreeze_depths as fractions of the backbone in [0, 1] (0 = frozen, 1 = all of its "
                 f"weighted layers). Received: unfreeze_depths={self.unfreeze_depths}"
             )
-        if not 0.0 <= self.rotation <= 0.5 or not 0.0 <= self.zoom < 1.0:
+        if not 0.0 <= (self.rotation or 0.0) <= 0.5 or not 0.0 <= (self.zoom or 0.0) < 1.0:
             problems.append(f"Expected rotation in [0, 0.5], zoom in [0, 1). Received: {self.rotation}, {self.zoom}")
         if not self.cluster_formation_timeout > 0:
             problems.append("Expected cluster_formation_timeout > 0. "
@@ -361,6 +365,8 @@ def _parser_for(name: str, type_name: str) -> Callable[[Any], Any]:
         return lambda v: None if v in (None, "", "none") else number(int)(v)
     if type_name == "float":
         return number(float)
+    if type_name == "float | None":  # None (also "auto" or ""): the default that depends on the data
+        return lambda v: None if v in (None, "", "auto") else number(float)(v)
     if type_name == "Path":
         return lambda v: Path(str(v))
     if type_name == "Path | None":

@@ -193,14 +193,15 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: scan
     val_steps = steps_per_epoch(len(splits.val), global_batch)
     spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy,
                       median_side=scan.median_image_side(splits.train), steps=(train_steps, val_steps),
-                      workers=cluster.num_workers, xla=xla_on(accelerator, cluster.num_workers))
+                      workers=cluster.num_workers, xla=xla_on(accelerator, cluster.num_workers),
+                      smallest_class=min(splits.counts("train").values()))
     log.info("step: %d per execution, BatchNormalization %s, XLA %s", spec.steps_per_execution,
              "synchronized across replicas" if spec.sync_batchnorm else "per replica",
              "on (jit_compile=True)" if spec.jit_compile is True else "off")
-    log.info("search space: backbones %s at %s px, heads %s%s", ",".join(spec.backbones),
+    log.info("search space: backbones %s at %s px, heads %s%s; augmentation %s", ",".join(spec.backbones),
              dict(spec.backbone_sizes), ",".join(spec.heads),
              f", unfreeze depths {list(spec.unfreeze_depths)} (fractions of the backbone)"
-             if spec.fine_tuned_backbones else "")
+             if spec.fine_tuned_backbones else "", dict(spec.augmentation) or "off")
     epochs = config.epochs or auto_epochs(len(splits.train), global_batch)
     if config.epochs is None:
         log.info("epochs per trial: %d (%d optimizer steps at %d per epoch; --epochs sets it)", epochs,
