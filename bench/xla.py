@@ -2,7 +2,7 @@
 augmentation costs per image on a CPU.
 
     .venv/bin/python bench/xla.py                                  # small_cnn and mobilenet_v2 at 32 px
-    flock -x -w 900 /work/cpu.lock .venv/bin/python bench/xla.py --steps 40 --rounds 2
+    .venv/bin/python bench/xla.py --steps 40 --rounds 2
 
 Part 1, the train step: for each backbone (weights=None, ``gap_dense`` head, the default augmentation
 ``--rotation 0.05 --zoom 0.1`` as `trainer.hypermodel` builds it) a trial model is compiled with
