@@ -77,9 +77,11 @@ class _State:
         self.deadline_started = False
         self.lock = threading.Lock()
         self.wakeup_fd: int | None = None  # the write end of the pipe `_watch` reads
+        self.flushed = threading.Event()  # set by `_watch` when it reads `_FLUSH` (see `reset`)
 
 
 _state = _State()
+_FLUSH = 0  # a byte no signal number takes: `reset` writes it to the wakeup pipe and waits for `_watch` to read it
 
 
 def deadline_seconds(grace: float) -> float:
@@ -126,9 +128,12 @@ def _watch(read_fd: int) -> None:
             return
         if not received:
             return
-        if signal.SIGTERM in received:
-            _state.requested.set()
-            _start_deadline()
+        for byte in received:  # in order: a SIGTERM written before a `_FLUSH` is handled before `reset` goes on
+            if byte == signal.SIGTERM:
+                _state.requested.set()
+                _start_deadline()
+            elif byte == _FLUSH:
+                _state.flushed.set()
 
 
 def reinstall() -> None:
@@ -138,7 +143,17 @@ def reinstall() -> None:
 
 
 def reset() -> None:
-    """Forget a received SIGTERM and cancel its deadline (for tests that signal their own process)."""
+    """Forget a received SIGTERM and cancel its deadline (for tests that signal their own process).
+
+    First waits until `_watch` has read every byte already in the wakeup pipe: a SIGTERM it read only
+    after this reset would arm a deadline nobody cancels, and ``os._exit(4)`` would end the process
+    (pytest itself) half a minute later.
+    """
+    if _state.wakeup_fd is not None:
+        _state.flushed = threading.Event()
+        os.write(_state.wakeup_fd, bytes([_FLUSH]))
+        if not _state.flushed.wait(30):
+            raise RuntimeError("the SIGTERM watcher thread did not read its pipe within 30 s")
     with _state.lock:
         _state.cancel.set()
         _state.cancel = threading.Event()

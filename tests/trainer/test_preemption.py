@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,20 @@ def test_sigterm_after_the_trials_stops_before_publishing(own_sigterm: None) -> 
     with pytest.raises(preemption.Preempted, match="before evaluating or publishing"), preemption.training():
         os.kill(os.getpid(), signal.SIGTERM)
     assert errors.exit_code(preemption.preempted("x")) == errors.EXIT_PEER_LOST
+
+
+def test_reset_also_forgets_a_sigterm_the_watcher_thread_has_not_read_yet(own_sigterm: None) -> None:
+    # Python's C-level handler writes the signal number to the wakeup pipe; the watcher thread may read it
+    # after the test has already reset. Before `reset` waited for the watcher, such a late read (a loaded
+    # machine) armed a deadline that ended pytest with exit 4 some 25 s later (CI stop 28). Here the byte is
+    # written just before `reset`, the likeliest moment for a late read; `reset` must leave nothing pending.
+    os.write(preemption._state.wakeup_fd, bytes([signal.SIGTERM]))
+    preemption.reset()
+    assert not preemption.requested()
+    for thread in threading.enumerate():
+        if thread.name == "tfstack-sigterm-deadline":
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "a deadline armed by the late read is still pending"
 
 
 def test_the_grace_period_is_shared_with_the_chart_by_one_variable() -> None:
