@@ -116,8 +116,11 @@ class SearchConfig:
         "epoch): on small folders val_loss first rises while the accuracy still climbs.",
         default=300,
     )
-    batch_size: int = _opt("Batch size per replica (the global batch is this times the number of replicas).",
-                           default=32)
+    batch_size: int | None = _opt(
+        "Batch size per replica (the global batch is this times the number of replicas). Default: 32, or 16 or 8 "
+        "when an epoch at 32 would hold fewer than 8 optimizer steps (a small folder: see docs/trainer.md).",
+        default=None,
+    )
     scale_learning_rate: bool = _opt("Multiply learning rates by the number of replicas.", default=False)
     val_fraction: float = _opt("Fraction of each class held out for validation (without explicit val/).",
                                default=0.2)
@@ -362,7 +365,7 @@ def _parser_for(name: str, type_name: str) -> Callable[[Any], Any]:
     if type_name == "int":
         return number(int)
     if type_name == "int | None":
-        return lambda v: None if v in (None, "", "none") else number(int)(v)
+        return lambda v: None if v in (None, "", "none", "auto") else number(int)(v)
     if type_name == "float":
         return number(float)
     if type_name == "float | None":  # None (also "auto" or ""): the default that depends on the data

@@ -47,7 +47,15 @@ from trainer.hypermodel import (
 )
 from trainer.progress import ProgressCallback, SearchMetrics
 from trainer.publish import Decision, gate_and_publish
-from trainer.search_space import auto_epochs, balanced_class_weights, early_stopping, model_spec
+from trainer.search_space import (
+    BATCH_SIZE,
+    MIN_EPOCH_STEPS,
+    auto_batch_size,
+    auto_epochs,
+    balanced_class_weights,
+    early_stopping,
+    model_spec,
+)
 from trainer.steps import steps_per_epoch
 from trainer.tuner import OBJECTIVE, make_tuner, seed_scratch_from_shared, trial_rows
 from trainer.watchdog import StallWatchdog
@@ -188,7 +196,12 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: scan
     strategy = distribute.make_strategy(cluster, accelerator=accelerator,
                                         formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
-    global_batch = pipeline.global_batch_size(config.batch_size, replicas)
+    per_replica = auto_batch_size(config.batch_size, len(splits.train), replicas)
+    if per_replica != (config.batch_size or BATCH_SIZE):
+        log.info("batch size: %d a replica, not %d: %d training images would make fewer than %d steps an epoch "
+                 "(--batch-size sets it)", per_replica, BATCH_SIZE, len(splits.train), MIN_EPOCH_STEPS)
+    config = dataclasses.replace(config, batch_size=per_replica)  # the batch in use, for the spec and the run record
+    global_batch = pipeline.global_batch_size(per_replica, replicas)
     train_steps = steps_per_epoch(len(splits.train), global_batch)
     val_steps = steps_per_epoch(len(splits.val), global_batch)
     spec = model_spec(config, len(splits.class_names), replicas, accelerator.policy,
@@ -389,7 +402,7 @@ def evaluate_best(config: SearchConfig, plan: SearchPlan, outcome: SearchOutcome
     splits = plan.splits
     held_out = splits.test or splits.val
     size = (spec.image_size, spec.image_size)
-    labels, predictions = _predict(model, held_out, size, config.batch_size, spec.binary)
+    labels, predictions = _predict(model, held_out, size, plan.global_batch, spec.binary)
     accuracy = float(np.mean(labels == predictions)) if len(labels) else math.nan
     split_name = "test" if splits.test else "validation"
     matrix = plots.confusion_matrix(labels, predictions, len(splits.class_names))

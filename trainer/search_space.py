@@ -1,6 +1,7 @@
 """The fixed part of the search space and the schedule a search derives from its config and data.
 
-Input size per backbone (`auto_image_size`), default augmentation by data size (`auto_augmentation`),
+Input size per backbone (`auto_image_size`), default augmentation and batch size by data size
+(`auto_augmentation`, `auto_batch_size`),
 the `ModelSpec` every trial builds from (`model_spec`),
 epochs (`auto_epochs`), early stopping counted in optimizer steps (`early_stopping`,
 `patience_epochs`) and class weights for imbalanced data (`balanced_class_weights`).
@@ -19,7 +20,8 @@ from trainer.config import HEADS, SearchConfig
 from trainer.hypermodel import BACKBONE_SPECS, ModelSpec, fitting_heads
 from trainer.steps import steps_per_execution, sync_batchnorm
 
-__all__ = ["AUGMENT_MIN_CLASS_IMAGES", "auto_augmentation", "auto_epochs", "auto_image_size",
+__all__ = ["AUGMENT_MIN_CLASS_IMAGES", "BATCH_SIZE", "MIN_EPOCH_STEPS", "auto_augmentation", "auto_batch_size",
+           "auto_epochs", "auto_image_size",
            "balanced_class_weights", "early_stopping", "model_spec", "patience_epochs"]
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,32 @@ def auto_augmentation(rotation: float | None, zoom: float | None, smallest_class
             zoom if zoom is not None else 0.0 if tiny else 0.1)
 
 
+BATCH_SIZE = 32
+"""The per-replica batch without ``--batch-size`` on a folder large enough for it (`auto_batch_size`)."""
+
+MIN_EPOCH_STEPS = 8
+"""Below this many optimizer steps an epoch at `BATCH_SIZE`, the default batch shrinks (`auto_batch_size`)."""
+
+
+def auto_batch_size(batch_size: int | None, train_images: int, replicas: int = 1) -> int:
+    """The per-replica batch: as given, else 32, or 16 or 8 when an epoch would hold fewer than 8 steps.
+
+    On shapes-3-small (63 training images: 2 steps an epoch at 32) the default search scored 0.54 on
+    held-out renderings at batch 32, one seed of five at chance; 0.66 at 16 and 0.75 at 8, every seed
+    above 0.6 (5 seeds; bench/quality.py, docs/trainer.md "Small folders"). More, noisier steps on the
+    same images: validation is checked every few steps rather than every 2, and BatchNormalization's
+    moving statistics have far more updates to settle. Keyed on the global batch, so the rule holds
+    under MultiWorkerMirroredStrategy; 8 a replica is the floor (smaller batches make BatchNormalization's
+    batch statistics too noisy).
+    """
+    if batch_size is not None:
+        return batch_size
+    for per_replica in (BATCH_SIZE, BATCH_SIZE // 2):
+        if train_images >= per_replica * replicas * MIN_EPOCH_STEPS:
+            return per_replica
+    return BATCH_SIZE // 4
+
+
 def model_spec(
     config: SearchConfig, num_classes: int, replicas: int = 1, policy: str = "float32", *,
     median_side: int | None = None, steps: tuple[int, int] | None = None, workers: int = 1, xla: bool = False,
@@ -70,7 +98,8 @@ def model_spec(
     ``config.image_size`` is not set (`auto_image_size`); the model input is the largest of them.
     `steps` (training, validation steps per epoch) sets the steps per execution with one worker process
     (`trainer.steps.steps_per_execution`; 1 with several `workers`: see there); BatchNormalization is
-    synchronized by `trainer.steps.sync_batchnorm`. `smallest_class` (training images of the smallest
+    synchronized by `trainer.steps.sync_batchnorm` at the per-replica ``config.batch_size`` (resolved by
+    `auto_batch_size` in `trainer.search.plan_search`). `smallest_class` (training images of the smallest
     class) sets the default rotation and zoom (`auto_augmentation`).
     `xla` (`trainer.accelerator.xla_on`: requested and compilable here) becomes ``jit_compile``, True or
     False, never Keras's "auto", which is off under any distribution strategy.
@@ -104,7 +133,7 @@ def model_spec(
         jit_compile=bool(xla),
         dtype_policy=policy,
         backbone_sizes=tuple(sorted(sizes.items())),
-        sync_batchnorm=sync_batchnorm(config.batch_size, replicas),
+        sync_batchnorm=sync_batchnorm(config.batch_size or BATCH_SIZE, replicas),
         steps_per_execution=steps_per_execution(*steps, workers=workers) if steps else 1,
         steps_per_epoch=steps[0] if steps else None,
     )

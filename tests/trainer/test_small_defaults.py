@@ -1,4 +1,8 @@
-"""Issue 26: defaults that depend on the size of the folder (rotation and zoom off below 25 images a class)."""
+"""Issue 26: defaults that depend on the size of the folder.
+
+Rotation and zoom are off below 25 training images a class; the batch shrinks to 16 or 8 a replica when
+an epoch at 32 would hold fewer than 8 optimizer steps (docs/trainer.md, "Small folders").
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import pytest
 
 from trainer.config import load
 from trainer.errors import ConfigError
-from trainer.search_space import auto_augmentation, model_spec
+from trainer.search_space import auto_augmentation, auto_batch_size, model_spec
 
 
 @pytest.mark.parametrize(
@@ -51,3 +55,38 @@ def test_rotation_and_zoom_parse_auto_and_numbers_from_every_source(tmp_path: Pa
         load({"data": str(tmp_path), "rotation": "0.7"}, {})
     with pytest.raises(ConfigError, match="zoom"):
         load({"data": str(tmp_path), "zoom": "lots"}, {})
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "train_images", "replicas", "expected"),
+    [
+        # The documented rule (docs/trainer.md): 32 a replica from 8 global batches of 32 an epoch ...
+        (None, 256, 1, 32),
+        (None, 1257, 1, 32),  # the embedded digits' training split
+        (None, 512, 2, 32),
+        # ... else 16 from 8 global batches of 16, else 8.
+        (None, 255, 1, 16),
+        (None, 128, 1, 16),
+        (None, 511, 2, 16),
+        (None, 127, 1, 8),
+        (None, 84, 1, 8),  # letters-2 and letters-3
+        (None, 63, 1, 8),  # shapes-3-small
+        (None, 3, 1, 8),
+        (None, 255, 2, 8),
+        # What the user sets is kept, whatever the size.
+        (4, 10_000, 1, 4),
+        (64, 63, 2, 64),
+    ],
+)
+def test_batch_size_default_by_the_training_split(
+    batch_size: int | None, train_images: int, replicas: int, expected: int
+) -> None:
+    assert auto_batch_size(batch_size, train_images, replicas) == expected
+
+
+def test_batch_size_parses_auto_and_numbers_from_every_source(tmp_path: Path) -> None:
+    assert load({"data": str(tmp_path)}, {}).batch_size is None
+    assert load({"data": str(tmp_path), "batch_size": "auto"}, {}).batch_size is None
+    assert load({"data": str(tmp_path)}, {"TFSTACK_BATCH_SIZE": "16"}).batch_size == 16
+    with pytest.raises(ConfigError, match="batch_size"):
+        load({"data": str(tmp_path), "batch_size": "0"}, {})

@@ -269,8 +269,10 @@ no cluster variables (it joins no group).
   value: {{ $search.maxTrials | quote }}
 - name: TFSTACK_EPOCHS
   value: {{ $search.epochs | quote }}
+{{- with $search.batchSize }}
 - name: TFSTACK_BATCH_SIZE
-  value: {{ $search.batchSize | quote }}
+  value: {{ . | quote }}
+{{- end }}
 - name: TFSTACK_METRICS_PORT
   value: {{ $.Values.trainer.containerPorts.metrics | quote }}
 - name: TFSTACK_TERMINATION_GRACE_SECONDS

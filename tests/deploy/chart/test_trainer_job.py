@@ -167,6 +167,15 @@ def test_should_train_on_embedded_digits_when_data_is_not_set() -> None:
     assert "TFSTACK_DATA" not in env_of(containers(render("indexed_job").one(TEMPLATE))[0])
 
 
+def test_should_leave_the_batch_to_the_trainer_unless_batch_size_is_set() -> None:
+    """batchSize null (default) sets no TFSTACK_BATCH_SIZE: the trainer picks 32, or less on a small folder."""
+    default = env_of(containers(render("indexed_job").one(TEMPLATE))[0])
+    assert "TFSTACK_BATCH_SIZE" not in default and load_config(default).batch_size is None
+    pinned = env_of(containers(render_values({"trainer": {"mode": "indexedJob", "search": {"batchSize": 16}}})
+                               .one(TEMPLATE))[0])
+    assert load_config(pinned).batch_size == 16
+
+
 @pytest.mark.parametrize("value_set", INDEXED_SETS)
 def test_should_run_restricted_when_security_contexts_are_default(value_set: str) -> None:
     assert restricted_violations(pod_spec(render(value_set).one(TEMPLATE))) == []
