@@ -13,7 +13,9 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
     """Write `data` to `path` through a hidden temporary file in the same folder and ``os.replace``.
 
     The temporary name is unique (``mkstemp``), so two writers racing on a shared volume never write
-    into each other's file; the last rename wins whole. The folder is created when missing. A failed
+    into each other's file; the last rename wins whole. The file gets the mode a plain ``open`` would
+    give it (0666 less the umask), not mkstemp's 0600: reports, the search record and scan manifests
+    on a shared volume are read by other users and pods. The folder is created when missing. A failed
     write removes its temporary file and leaves `path` as it was.
     """
     path = Path(path)
@@ -21,6 +23,7 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
     payload = data.encode() if isinstance(data, str) else data
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -29,3 +32,14 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022  # no /proc (not Linux) or a kernel before 4.7: the usual default
