@@ -197,7 +197,7 @@ def plan_search(config: SearchConfig, cluster: Cluster, root: Path, splits: scan
                                         formation_timeout=config.cluster_formation_timeout)
     replicas = strategy.num_replicas_in_sync
     per_replica = auto_batch_size(config.batch_size, len(splits.train), replicas)
-    if per_replica != (config.batch_size or BATCH_SIZE):
+    if config.batch_size is None and per_replica != BATCH_SIZE:
         log.info("batch size: %d a replica, not %d: %d training images would make fewer than %d steps an epoch "
                  "(--batch-size sets it)", per_replica, BATCH_SIZE, len(splits.train), MIN_EPOCH_STEPS)
     config = dataclasses.replace(config, batch_size=per_replica)  # the batch in use, for the spec and the run record

@@ -76,8 +76,7 @@ def auto_batch_size(batch_size: int | None, train_images: int, replicas: int = 1
     above 0.6 (5 seeds; bench/quality.py, docs/trainer.md "Small folders"). More, noisier steps on the
     same images: validation is checked every few steps rather than every 2, and BatchNormalization's
     moving statistics have far more updates to settle. Keyed on the global batch, so the rule holds
-    under MultiWorkerMirroredStrategy; 8 a replica is the floor (smaller batches make BatchNormalization's
-    batch statistics too noisy).
+    under MultiWorkerMirroredStrategy; 8 a replica is the floor, the smallest batch measured.
     """
     if batch_size is not None:
         return batch_size
