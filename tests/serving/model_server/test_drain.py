@@ -43,11 +43,10 @@ def _grpc_in_flight(server: ServerProcess) -> int:
     return int(float(match.group(1))) if match else 0
 
 
-def _busy(seconds: float, release: Path) -> predict_pb2.PredictRequest:
+def _busy(seconds: float) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "busy"
     request.inputs["seconds"].CopyFrom(tf.make_tensor_proto(np.float64(seconds)))
-    request.inputs["release"].CopyFrom(tf.make_tensor_proto(str(release)))
     return request
 
 
@@ -59,34 +58,32 @@ def draining_server(tmp_path: Path) -> Iterator[ServerProcess]:
     process = ServerProcess("--model_name=busy", f"--model_base_path={tmp_path / 'busy'}",
                             f"--monitoring_config_file={monitoring}",
                             "--file_system_poll_wait_seconds=0", "--enable_grpc_healthcheck_service",
-                            "--drain_timeout_seconds=60")
+                            "--drain_timeout_seconds=20")
     yield process
     process.stop()
 
 
 def test_sigterm_drains_health_not_serving_in_flight_finishes_new_ones_unavailable_exit_0(
-    draining_server: ServerProcess, tmp_path: Path,
+    draining_server: ServerProcess,
 ) -> None:
     server = draining_server
     server.wait_ready()
-    release = tmp_path / "release"  # the in-flight request runs until this exists (50 s at most)
     rest = f"http://127.0.0.1:{server.rest_port}/v1/models/busy:predict"
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         assert _health(channel) == SERVING
-        in_flight: Any = stub.Predict.future(_busy(50.0, release), timeout=90)
+        in_flight: Any = stub.Predict.future(_busy(4.0), timeout=60)
         wait_until(lambda: _grpc_in_flight(server) == 1, timeout=30)  # the slow call reached the server
         server.process.send_signal(signal.SIGTERM)
         wait_until(lambda: _health(channel) == NOT_SERVING, timeout=10)
         assert _health(channel, "PredictionService") == NOT_SERVING
         with pytest.raises(grpc.RpcError) as refused:
-            stub.Predict(_busy(0.0, release), timeout=10)
+            stub.Predict(_busy(0.0), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "draining" in refused.value.details()
         status, body = http("POST", rest, '{"inputs": {"seconds": 0.0}}')
         assert status == 503 and "draining" in body["error"]
         assert not in_flight.done()  # all of the above happened while the slow request still ran
-        release.touch()
         response = in_flight.result()
     assert response.outputs["iterations"].int64_val[0] > 0
     assert server.process.wait(timeout=30) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -24,21 +23,14 @@ pytestmark = pytest.mark.slow
 
 
 def build_busy_model(target: Path) -> Path:
-    """A model whose ``busy`` signature runs until the file `release` exists, `seconds` at most.
-
-    A test releases its in-flight request itself instead of racing a fixed duration: on a loaded
-    machine what a test does while the request runs can take longer than any fixed busy time.
-    """
+    """A model whose ``busy`` signature keeps the server busy for ``seconds`` (a graph loop on tf.timestamp)."""
 
     class Busy(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([], tf.float64, name="seconds"),
-                                      tf.TensorSpec([], tf.string, name="release")])
-        def busy(self, seconds: tf.Tensor, release: tf.Tensor) -> dict[str, tf.Tensor]:
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float64, name="seconds")])
+        def busy(self, seconds: tf.Tensor) -> dict[str, tf.Tensor]:
             start = tf.timestamp()
-            (count,) = tf.while_loop(  # at least one pass: a request released before its run still runs
-                lambda i: tf.logical_or(tf.equal(i, 0), tf.logical_and(
-                    tf.timestamp() - start < seconds, tf.equal(tf.size(tf.io.matching_files(release)), 0))),
-                lambda i: (i + 1,), (tf.constant(0, tf.int64),))
+            (count,) = tf.while_loop(lambda i: tf.timestamp() - start < seconds, lambda i: (i + 1,),
+                                     (tf.constant(0, tf.int64),))
             return {"iterations": count}
 
     module = Busy()
@@ -101,13 +93,11 @@ def test_ready_line_names_the_ports_and_status_is_available(server_process: Serv
     assert available_versions(server_process.rest_port, "busy") == {1}
 
 
-def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(server_process: ServerProcess, tmp_path: Path) -> None:
+def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(server_process: ServerProcess) -> None:
     server_process.wait_ready()
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "busy"
-    request.inputs["seconds"].CopyFrom(tf.make_tensor_proto(np.float64(50.0)))
-    release = tmp_path / "release"  # the request runs until this exists (50 s at most)
-    request.inputs["release"].CopyFrom(tf.make_tensor_proto(str(release)))
+    request.inputs["seconds"].CopyFrom(tf.make_tensor_proto(np.float64(1.5)))
     metrics_url = f"http://127.0.0.1:{server_process.rest_port}/monitoring/prometheus/metrics"
     with grpc.insecure_channel(f"127.0.0.1:{server_process.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -115,7 +105,6 @@ def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(server_process: 
         busy = 'tfstack_model_server_requests_in_flight{transport="grpc"} 1.0'
         wait_until(lambda: busy in http("GET", metrics_url)[1])
         server_process.process.send_signal(signal.SIGTERM)
-        release.touch()
         response = future.result()
     assert response.outputs["iterations"].int64_val[0] > 0
     assert server_process.process.wait(timeout=60) == 0
@@ -134,13 +123,12 @@ def test_a_bad_config_file_fails_start_up_with_exit_1(tmp_path: Path) -> None:
     assert f"Expected a base_path for model 'x'. Received: none in {config}" in result.stderr.strip().splitlines()[-1]
 
 
-def test_rest_request_over_the_timeout_is_504(start_server: Any, busy_base: Path, tmp_path: Path) -> None:
+def test_rest_request_over_the_timeout_is_504(start_server: Any, busy_base: Path) -> None:
     server = start_server("--model_name=busy", f"--model_base_path={busy_base}", "--rest_api_timeout_in_ms=200")
     url = f"http://127.0.0.1:{server.rest_port}/v1/models/busy:predict"
-    never = json.dumps(str(tmp_path / "never-released"))  # runs its whole `seconds`
-    status, body = http("POST", url, f'{{"inputs": {{"seconds": 0.6, "release": {never}}}}}')
+    status, body = http("POST", url, '{"inputs": {"seconds": 0.6}}')
     assert status == 504
     assert "--rest_api_timeout_in_ms=200" in body["error"]
     # The server answers normally afterwards (polled: on a loaded machine the abandoned 0.6 s run still
     # competes for the two cores, and the next request can itself pass the 200 ms timeout).
-    wait_until(lambda: http("POST", url, f'{{"inputs": {{"seconds": 0.0, "release": {never}}}}}')[0] == 200, timeout=30)
+    wait_until(lambda: http("POST", url, '{"inputs": {"seconds": 0.0}}')[0] == 200, timeout=30)
